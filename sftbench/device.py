@@ -1,0 +1,69 @@
+"""The one place that decides device and precision, and says why.
+
+Policy: weights and optimizer state stay in fp32 ("master weights"); bf16/fp16 only through
+autocast.  fp16 uses a gradient scaler.  CPU runs in fp32 whatever was asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Precision:
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: no autocast (fp32)
+    use_grad_scaler: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from sftbench.errors import UserError
+
+        raise UserError(f"--device {requested} was asked for but torch sees no CUDA GPU. Use --device cpu or auto.")
+    return dev
+
+
+def pick_precision(device: torch.device, bf16: bool, fp16: bool) -> Precision:
+    """Decide the autocast dtype for training.
+
+    - CPU: fp32, always (CPU autocast of a 135M model buys nothing and changes numerics).
+    - `--bf16` on a GPU that supports it: bf16 autocast, no scaler.
+    - `--fp16`: fp16 autocast with a GradScaler; if the GPU has bf16 we still obey but say bf16 is better.
+    - `--bf16` on a GPU without bf16 (T4, P100): fall back to fp16 + scaler and say so.
+    """
+    if bf16 and fp16:
+        from sftbench.errors import UserError
+
+        raise UserError("--bf16 and --fp16 were both set; choose one.")
+    if device.type != "cuda":
+        asked = "bf16" if bf16 else "fp16" if fp16 else "fp32"
+        why = "CPU: training in fp32" + (f" ({asked} was asked for; it only applies on a GPU)" if asked != "fp32" else "")
+        return Precision(device, None, False, why)
+    has_bf16 = torch.cuda.is_bf16_supported()
+    name = torch.cuda.get_device_name(device)
+    if fp16:
+        extra = "; this GPU supports bf16, which needs no loss scaling and is the better choice (--bf16 True)" if has_bf16 else ""
+        return Precision(device, torch.float16, True, f"{name}: fp16 autocast over fp32 master weights with a gradient scaler{extra}")
+    if bf16:
+        if has_bf16:
+            return Precision(device, torch.bfloat16, False, f"{name}: bf16 autocast over fp32 master weights")
+        return Precision(device, torch.float16, True, f"{name} has no bf16: using fp16 autocast with a gradient scaler instead")
+    return Precision(device, None, False, f"{name}: fp32 (pass --bf16 True for mixed precision)")

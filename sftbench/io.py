@@ -1,0 +1,100 @@
+"""Text-only, atomic file IO: JSON / JSONL with line-numbered errors.
+
+Every writer writes to a temporary name in the same directory and renames it over the
+target, so an interrupted run never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sftbench.errors import UserError
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def append_jsonl(path: str | os.PathLike, row: dict) -> None:
+    """Append one row and fsync: used for logs and resumable partial results.
+
+    A crash can at worst leave a final partial line, which `read_jsonl(..., tolerate_partial_tail=True)`
+    drops.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def iter_jsonl(path: str | os.PathLike, tolerate_partial_tail: bool = False) -> Iterator[tuple[int, Any]]:
+    """Yield (line_number, parsed_object) for each non-blank line; 1-based line numbers.
+
+    Raises UserError naming the file and line on malformed JSON.  With
+    `tolerate_partial_tail`, a malformed *last* line without a trailing newline (a write cut
+    off by a crash) is dropped silently instead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found.")
+    with open(path, "r", encoding="utf-8") as f:
+        lines = f.readlines()
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as e:
+            if tolerate_partial_tail and i == len(lines) and not line.endswith("\n"):
+                return
+            raise UserError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno}). Fix or remove that line.") from None
+
+
+def read_jsonl(path: str | os.PathLike, tolerate_partial_tail: bool = False) -> list[Any]:
+    return [obj for _, obj in iter_jsonl(path, tolerate_partial_tail)]
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found.")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno}).") from None
+
+
+def atomic_replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
+    """Move a fully written temporary directory to its final name (same filesystem)."""
+    final_dir = Path(final_dir)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp_dir, final_dir)
