@@ -134,7 +134,7 @@ class Comparison:
         ptxt = f"p = {format_p(p)}" + (" (Holm-corrected)" if self.p_holm is not None else "")
         sig = "significant" if p < alpha else "not significant"
         return (f"{self.a} {verb}, {ptxt}: {sig} (McNemar exact test over the same {self.n} prompts; "
-                f"{self.b_count} prompts only {self.a} follows, {self.c_count} only {other} follows)")
+                f"{self.b_count} prompts only {self.a} follows, {self.c_count} only {self.b} follows)")
 
 
 def format_p(p: float) -> str:

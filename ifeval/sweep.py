@@ -1,0 +1,583 @@
+"""Evaluate every checkpoint of a training run with IFEval, in one process, resumably.
+
+    python -m ifeval.sweep ckpt/run1 results/run1 [--include_base [PATH]] [--watch] [eval options]
+
+Writes `results/run1/checkpoint-<step>/` (one IFEval result directory each, see docs/ARCHITECTURE.md),
+`results/run1/sweep.csv` (one row per checkpoint) and `results/run1/sweep.json` (the run dir, the eval
+settings and what was evaluated), rewritten after every checkpoint so the curve grows while it runs.
+
+- Discovery: `checkpoint-<step>/` directories holding config.json and a weights file (`.checkpoint-*.tmp`
+  and incomplete directories are ignored), the final model in the run directory's root (skipped when its
+  trainer_state.json global_step equals a checkpoint's step: same weights), and with `--include_base` the
+  starting model as step 0.
+- Resumable and idempotent: a checkpoint whose summary.json is complete with the same settings is skipped;
+  a different setting is an error (use a new results directory or --force).
+- `--watch`: poll the run directory and evaluate checkpoints as training writes them; stop once the final
+  model is there and evaluated (or after --watch_timeout seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from sftbench.errors import UserError, exit_with_user_error
+from sftbench.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+
+PROG = "ifeval.sweep"
+CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors")
+METRICS = ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose")
+CSV_COLUMNS = (["step", "checkpoint", "kind"]
+               + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
+               + ["n_prompts", "hit_cap_fraction", "tokens_per_s", "wall_s", "torch_peak_allocated_gib",
+                  "nvml_peak_gib", "train_loss", "train_loss_step", "model_path"])
+
+
+# ----------------------------------------------------------------------------------------- discovery
+@dataclass(frozen=True)
+class Checkpoint:
+    """One model to evaluate.  kind: "base" (step 0, the starting model), "checkpoint" or "final"."""
+
+    step: int
+    path: str
+    kind: str
+
+    @property
+    def name(self) -> str:
+        """The result directory name: checkpoint-<step> for all kinds (step 0 = the starting model)."""
+        return f"checkpoint-{self.step}"
+
+
+def is_model_dir(p: Path) -> bool:
+    return (p / "config.json").is_file() and any((p / w).is_file() for w in WEIGHT_FILES)
+
+
+def _global_step(model_dir: Path) -> int | None:
+    f = model_dir / "trainer_state.json"
+    if not f.is_file():
+        return None
+    try:
+        step = json.loads(f.read_text(encoding="utf-8")).get("global_step")
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return None
+    return int(step) if isinstance(step, (int, float)) else None
+
+
+def _last_logged_step(run_dir: Path) -> int | None:
+    rows = load_metrics(run_dir)
+    steps = [r["step"] for r in rows if isinstance(r.get("step"), (int, float))]
+    return int(max(steps)) if steps else None
+
+
+def discover_checkpoints(run_dir: str | os.PathLike, include_base: str | None = None) -> list[Checkpoint]:
+    """Models to evaluate in a run directory, sorted by step.
+
+    `include_base`: a model path/name for step 0, or None.  Raises UserError when the run directory is
+    missing.  The final model (the run root) gets its step from trainer_state.json (else the last step
+    in metrics.jsonl) and is dropped when a checkpoint has the same step.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"{run}: run directory not found (give the training output directory that holds checkpoint-<step>/ folders).")
+    found: dict[int, Checkpoint] = {}
+    for child in run.iterdir():
+        m = CKPT_RE.match(child.name)
+        if m and child.is_dir() and is_model_dir(child):
+            step = int(m.group(1))
+            found[step] = Checkpoint(step, str(child.resolve()), "checkpoint")
+    if is_model_dir(run):
+        step = _global_step(run)
+        if step is None:
+            step = _last_logged_step(run)
+        if step is None:
+            step = max(found, default=0) + 1
+            print(f"[{PROG}] {run}: the final model has no trainer_state.json and no metrics.jsonl; "
+                  f"calling it step {step}", file=sys.stderr)
+        if step not in found:
+            found[step] = Checkpoint(step, str(run.resolve()), "final")
+    if include_base is not None:
+        if 0 in found:
+            print(f"[{PROG}] the run already has a step-0 checkpoint; --include_base ignored", file=sys.stderr)
+        else:
+            found[0] = Checkpoint(0, include_base, "base")
+    return [found[s] for s in sorted(found)]
+
+
+def final_model_present(run_dir: str | os.PathLike) -> bool:
+    return is_model_dir(Path(run_dir))
+
+
+def base_model_from_run(run_dir: str | os.PathLike) -> str:
+    """`model_name_or_path` recorded in the run's sft_config.json (UserError if it cannot be found)."""
+    f = Path(run_dir) / "sft_config.json"
+    if not f.is_file():
+        raise UserError(f"{f}: not found, so the starting model is unknown; pass it: --include_base PATH_OR_NAME.")
+    cfg = read_json(f)
+    for key in ("model_name_or_path", "model", "model_path"):
+        if isinstance(cfg, dict) and cfg.get(key):
+            return str(cfg[key])
+    raise UserError(f"{f}: has no model_name_or_path; pass the starting model: --include_base PATH_OR_NAME.")
+
+
+# ------------------------------------------------------------------------------------- training loss
+def load_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """Rows of the run's metrics.jsonl ([] when absent); a half-written last line (training running) is dropped."""
+    f = Path(run_dir) / "metrics.jsonl"
+    if not f.is_file():
+        return []
+    return [r for r in read_jsonl(f, tolerate_partial_tail=True) if isinstance(r, dict)]
+
+
+def loss_at_step(metrics: list[dict], step: int) -> tuple[float | None, int | None]:
+    """(loss, logged_step) of the nearest logged step <= step; (None, None) when there is none."""
+    best = None
+    for r in metrics:
+        s, loss = r.get("step"), r.get("loss")
+        if isinstance(s, (int, float)) and isinstance(loss, (int, float)) and s <= step:
+            if best is None or s >= best[1]:
+                best = (float(loss), int(s))
+    return best if best else (None, None)
+
+
+# ---------------------------------------------------------------------------------------- settings
+def config_dict(cfg: Any) -> dict:
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    if isinstance(cfg, dict):
+        return dict(cfg)
+    return dict(vars(cfg))
+
+
+def config_hash(cfg: Any) -> str:
+    """sha256 of the eval config (all fields, canonical JSON): the sweep-level settings identity."""
+    blob = json.dumps(config_dict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def read_summary(result_dir: Path) -> dict | None:
+    """summary.json if present and complete, else None (an unreadable file counts as incomplete)."""
+    f = result_dir / "summary.json"
+    if not f.is_file():
+        return None
+    try:
+        s = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError):
+        return None
+    return s if isinstance(s, dict) and s.get("complete") is True else None
+
+
+def _settings_conflicts(summary: dict, cfg: Any) -> list[str]:
+    """Settings recorded in a summary that contradict an explicit value in cfg (for adopting old results)."""
+    rec = summary.get("settings") or {}
+    out = []
+    for k, v in config_dict(cfg).items():
+        if k in rec and v not in (None, "auto") and rec[k] is not None and rec[k] != v:
+            out.append(f"{k}: {rec[k]!r} there, {v!r} now")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- sweep
+EvaluateFn = Callable[..., dict]
+
+
+@dataclass
+class SweepPaths:
+    run_dir: Path
+    results_dir: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.results_dir / "sweep.json"
+
+    @property
+    def csv_file(self) -> Path:
+        return self.results_dir / "sweep.csv"
+
+
+class Sweep:
+    """Evaluates checkpoints of one run into one results directory; one scorer/generator session.
+
+    evaluate: `evaluate_checkpoint(model_path, out_dir, cfg, *, loaded=...) -> summary dict`.
+    session: passed as `loaded=` so the scorer and compiled machinery are built once (None: let evaluate load).
+    expected_hash: optional `fn(model_path, cfg) -> settings_hash` from the runner, to check old summaries.
+    """
+
+    def __init__(self, run_dir, results_dir, cfg, evaluate: EvaluateFn, *, session=None,
+                 include_base: str | None = None, force: bool = False,
+                 expected_hash: Callable[[str, Any], str] | None = None,
+                 resolve_model: Callable[[str], str] | None = None, log=print):
+        self.paths = SweepPaths(Path(run_dir), Path(results_dir))
+        self.cfg = cfg
+        self.evaluate = evaluate
+        self.session = session
+        self.include_base = include_base
+        self.force = force
+        self.expected_hash = expected_hash
+        self.resolve_model = resolve_model or (lambda p: p)
+        self.log = log
+        self.cfg_hash = config_hash(cfg)
+        self.state = self._load_state()
+
+    # -- state -------------------------------------------------------------------------------------
+    def _load_state(self) -> dict:
+        f = self.paths.state_file
+        fresh = {"run_dir": str(self.paths.run_dir.resolve()), "include_base": self.include_base,
+                 "eval_config": config_dict(self.cfg), "eval_config_hash": self.cfg_hash, "entries": {}}
+        if not f.is_file():
+            return fresh
+        old = read_json(f)
+        if not isinstance(old, dict):
+            raise UserError(f"{f}: not a sweep state file (expected a JSON object).")
+        if old.get("eval_config_hash") != self.cfg_hash and not self.force:
+            before = old.get("eval_config") or {}
+            now = config_dict(self.cfg)
+            diff = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+                    if before.get(k) != now.get(k)]
+            raise UserError(
+                f"{self.paths.results_dir}: was swept with different eval settings ({'; '.join(diff) or 'unknown'}). "
+                f"Results with different settings must not be mixed: use a new results directory, or pass --force "
+                f"to re-evaluate every checkpoint with the new settings.")
+        old_run = old.get("run_dir")
+        if old_run and Path(old_run).resolve() != self.paths.run_dir.resolve() and not self.force:
+            raise UserError(
+                f"{self.paths.results_dir}: holds the sweep of another run ({old_run}); use a new results "
+                f"directory for {self.paths.run_dir}, or --force.")
+        if self.force:
+            return fresh
+        fresh["entries"] = old.get("entries") or {}
+        if self.include_base is None:
+            fresh["include_base"] = old.get("include_base")
+        return fresh
+
+    def _save_state(self) -> None:
+        self.state["updated"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        atomic_write_json(self.paths.state_file, self.state)
+
+    # -- decisions ---------------------------------------------------------------------------------
+    def status(self, ck: Checkpoint, model_path: str) -> str:
+        """"done" (skip), "todo"; raises UserError when a complete result has other settings."""
+        out = self.paths.results_dir / ck.name
+        summary = read_summary(out)
+        if summary is None or self.force:
+            return "todo"
+        entry = self.state["entries"].get(ck.name)
+        have = summary.get("settings_hash")
+        if self.expected_hash is not None:
+            want = self.expected_hash(model_path, self.cfg)
+            if have == want:
+                return "done"
+            problem = f"its settings_hash {str(have)[:12]} differs from this sweep's {want[:12]}"
+        elif entry is not None:
+            if entry.get("settings_hash") == have and entry.get("eval_config_hash") == self.cfg_hash \
+                    and entry.get("model_path") == model_path:
+                return "done"
+            problem = "it was written with other settings or for another model than this sweep's"
+        else:
+            conflicts = _settings_conflicts(summary, self.cfg)
+            if summary.get("model_path") not in (None, model_path):
+                conflicts.append(f"model_path: {summary.get('model_path')!r} there, {model_path!r} now")
+            if not conflicts:
+                return "done"
+            problem = "; ".join(conflicts)
+        raise UserError(
+            f"{out}/summary.json: a complete result with different settings ({problem}). Use a new results "
+            f"directory, or pass --force to re-evaluate.")
+
+    # -- work --------------------------------------------------------------------------------------
+    def plan(self) -> list[tuple[Checkpoint, str, str]]:
+        """[(checkpoint, resolved model path, "done"|"todo")] for what is in the run directory now."""
+        base = self.state.get("include_base")
+        plan = []
+        for ck in discover_checkpoints(self.paths.run_dir, include_base=base):
+            path = self.resolve_model(ck.path) if ck.kind == "base" else ck.path
+            plan.append((ck, path, self.status(ck, path)))
+        return plan
+
+    def evaluate_one(self, ck: Checkpoint, model_path: str) -> dict:
+        out = self.paths.results_dir / ck.name
+        self.log(f"[{PROG}] evaluating {ck.name} ({ck.kind}, step {ck.step}): {model_path}")
+        t0 = time.time()
+        kwargs = {"loaded": self.session} if self.session is not None else {}
+        summary = self.evaluate(model_path, str(out), self.cfg, **kwargs)
+        if not isinstance(summary, dict):
+            summary = read_summary(out) or {}
+        self.state["entries"][ck.name] = {
+            "step": ck.step, "kind": ck.kind, "model_path": model_path,
+            "settings_hash": summary.get("settings_hash"), "eval_config_hash": self.cfg_hash,
+            "wall_s": round(time.time() - t0, 3)}
+        self._save_state()
+        self.write_csv()
+        acc = (summary.get("accuracy") or {}).get("prompt_strict", {}).get("value")
+        if acc is not None:
+            self.log(f"[{PROG}] {ck.name}: prompt-level strict accuracy {100 * acc:.2f}%")
+        return summary
+
+    def run_once(self, ready: Callable[[Checkpoint], bool] = lambda ck: True) -> tuple[int, int]:
+        """Evaluate every ready, not yet evaluated checkpoint.  Returns (evaluated now, already done)."""
+        plan = self.plan()
+        todo = [(ck, p) for ck, p, st in plan if st == "todo" and ready(ck)]
+        done = [ck for ck, _, st in plan if st == "done"]
+        for ck in done:  # adopt results from an earlier sweep (or a crash before sweep.json was updated)
+            if ck.name not in self.state["entries"]:
+                s = read_summary(self.paths.results_dir / ck.name) or {}
+                self.state["entries"][ck.name] = {"step": ck.step, "kind": ck.kind, "model_path": s.get("model_path"),
+                                                  "settings_hash": s.get("settings_hash"), "eval_config_hash": self.cfg_hash}
+        self._save_state()
+        if done:
+            self.log(f"[{PROG}] {len(done)} checkpoint(s) already evaluated with these settings: "
+                     f"{', '.join(ck.name for ck in done)}")
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover
+            tqdm = None
+        it = tqdm(todo, desc="checkpoints", unit="ckpt", file=sys.stderr) if tqdm and len(todo) > 1 else todo
+        for ck, path in it:
+            self.evaluate_one(ck, path)
+        self.write_csv()
+        return len(todo), len(done)
+
+    def watch(self, poll_s: float = 60.0, timeout_s: float | None = None, sleep=time.sleep) -> str:
+        """Poll the run directory; evaluate checkpoints once complete and unchanged over one poll.
+
+        Returns "final" when the final model was evaluated, "timeout" when timeout_s passed first.
+        A checkpoint is evaluated only when its file list, sizes and mtimes are the same at two
+        consecutive polls (trainers that do not write atomically), so a half-written one is never read.
+        """
+        t0 = time.time()
+        seen: dict[str, tuple] = {}
+        self.log(f"[{PROG}] watching {self.paths.run_dir} every {poll_s:g} s"
+                 + (f" for at most {timeout_s:g} s" if timeout_s else "") + "; Ctrl-C to stop")
+        while True:
+            final = self.paths.run_dir.is_dir() and final_model_present(self.paths.run_dir)
+            stable: set[str] = set()
+            if self.paths.run_dir.is_dir():
+                current = {}
+                for ck in discover_checkpoints(self.paths.run_dir):
+                    current[ck.path] = _dir_signature(Path(ck.path))
+                    if seen.get(ck.path) == current[ck.path]:
+                        stable.add(ck.path)
+                seen = current
+
+                def ready(ck: Checkpoint) -> bool:
+                    return ck.kind == "base" or ck.path in stable
+
+                self.run_once(ready)
+                pending = [ck for ck, _, st in self.plan() if st == "todo"]
+                if final and not pending:
+                    self.log(f"[{PROG}] the final model is evaluated; done")
+                    return "final"
+            if timeout_s is not None and time.time() - t0 >= timeout_s:
+                self.log(f"[{PROG}] --watch_timeout {timeout_s:g} s reached; stopping (rerun to finish the rest)")
+                return "timeout"
+            sleep(poll_s)
+
+    # -- outputs -----------------------------------------------------------------------------------
+    def write_csv(self) -> None:
+        write_sweep_csv(self.paths.results_dir, self.paths.run_dir, self.state)
+
+
+def _dir_signature(p: Path) -> tuple:
+    try:
+        return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file()))
+    except OSError:
+        return ()
+
+
+def sweep_rows(results_dir: str | os.PathLike, run_dir: str | os.PathLike | None, state: dict | None = None) -> list[dict]:
+    """One row per complete result directory checkpoint-<step>/ in results_dir, sorted by step."""
+    results = Path(results_dir)
+    metrics = load_metrics(run_dir) if run_dir and Path(run_dir).is_dir() else []
+    entries = (state or {}).get("entries") or {}
+    rows = []
+    for child in sorted(results.iterdir()) if results.is_dir() else []:
+        m = CKPT_RE.match(child.name)
+        summary = read_summary(child) if m and child.is_dir() else None
+        if summary is None:
+            continue
+        step = int(m.group(1))
+        acc = summary.get("accuracy") or {}
+        gen = summary.get("generation") or {}
+        mem = summary.get("memory") or {}
+        cnt = summary.get("counts") or {}
+        row: dict[str, Any] = {"step": step, "checkpoint": child.name,
+                               "kind": (entries.get(child.name) or {}).get("kind", "base" if step == 0 else "checkpoint")}
+        for k in METRICS:
+            a = acc.get(k) or {}
+            ci = a.get("ci95") or [None, None]
+            row[k], row[f"{k}_lo"], row[f"{k}_hi"] = a.get("value"), ci[0], ci[1]
+        loss, loss_step = loss_at_step(metrics, step)
+        row.update({"n_prompts": cnt.get("prompts"), "hit_cap_fraction": gen.get("hit_cap_fraction"),
+                    "tokens_per_s": gen.get("tokens_per_s"), "wall_s": summary.get("wall_s", gen.get("wall_s")),
+                    "torch_peak_allocated_gib": mem.get("torch_peak_allocated_gib"),
+                    "nvml_peak_gib": mem.get("nvml_peak_gib"), "train_loss": loss, "train_loss_step": loss_step,
+                    "model_path": summary.get("model_path")})
+        rows.append(row)
+    rows.sort(key=lambda r: r["step"])
+    return rows
+
+
+def write_sweep_csv(results_dir, run_dir, state: dict | None = None) -> Path:
+    """(Re)write results_dir/sweep.csv from the complete result directories (atomic)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for r in sweep_rows(results_dir, run_dir, state):
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
+    out = Path(results_dir) / "sweep.csv"
+    atomic_write_text(out, buf.getvalue())
+    return out
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def _field_type(cls, f: dataclasses.Field):
+    try:
+        hints = typing.get_type_hints(cls)
+        t = hints.get(f.name, f.type)
+    except Exception:
+        t = f.type
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if args and typing.get_origin(t) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        t = args[0]
+    if typing.get_origin(t) is typing.Literal:
+        return str, [str(a) for a in typing.get_args(t)]
+    return t if t in (int, float, str, bool) else str, None
+
+
+def _str2bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "y", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
+def _none_or(conv):
+    def parse(v: str):
+        return None if v.lower() in ("none", "null", "") else conv(v)
+    parse.__name__ = getattr(conv, "__name__", "value")
+    return parse
+
+
+def add_config_args(parser: argparse.ArgumentParser, config_cls) -> list[str]:
+    """One --flag per field of the eval config dataclass (help from field metadata or docstring)."""
+    group = parser.add_argument_group("evaluation options (the same as ifeval/run.sh; passed to every checkpoint)")
+    names = []
+    for f in dataclasses.fields(config_cls):
+        if not f.init:
+            continue
+        t, choices = _field_type(config_cls, f)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        conv = _str2bool if t is bool else t
+        help_ = f.metadata.get("help", "") if f.metadata else ""
+        group.add_argument(f"--{f.name}", type=_none_or(conv), default=default, choices=None,
+                           metavar=("{" + ",".join(choices) + "}") if choices else t.__name__.upper(),
+                           help=f"{help_} (default: {default})".strip())
+        names.append(f.name)
+    return names
+
+
+def build_parser(config_cls) -> tuple[argparse.ArgumentParser, list[str]]:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="IFEval every checkpoint of a training run (one process; resumable) and write sweep.csv. "
+                    "Then `python -m analysis.report RESULTS_DIR` writes the report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", help="training output directory (holds checkpoint-<step>/, metrics.jsonl, sft_config.json)")
+    p.add_argument("results_dir", help="where to write checkpoint-<step>/ results, sweep.csv and sweep.json")
+    p.add_argument("--include_base", nargs="?", const="", default=None, metavar="PATH",
+                   help="also evaluate the starting model as step 0; without PATH, the model_name_or_path "
+                        "recorded in RUN_DIR/sft_config.json")
+    p.add_argument("--watch", action="store_true",
+                   help="keep polling RUN_DIR and evaluate checkpoints as training writes them; stops when the "
+                        "final model appears and is evaluated, or after --watch_timeout")
+    p.add_argument("--poll_s", type=float, default=30.0, help="seconds between polls with --watch")
+    p.add_argument("--watch_timeout", type=float, default=None,
+                   help="stop watching after this many seconds (default: wait for the final model)")
+    p.add_argument("--force", action="store_true",
+                   help="re-evaluate checkpoints that already have results (needed when the settings changed)")
+    p.add_argument("--dry_run", action="store_true", help="list what would be evaluated or skipped, then exit")
+    names = add_config_args(p, config_cls)
+    return p, names
+
+
+def _load_runner():
+    try:
+        from ifeval import run as runner
+    except ImportError as e:  # pragma: no cover - the runner ships with the project
+        raise UserError(f"the IFEval runner (ifeval/run.py) could not be imported: {e}") from None
+    return runner
+
+
+def main(argv: list[str] | None = None, *, runner=None) -> int:
+    """CLI entry.  `runner`: a module-like object with EvalConfig and evaluate_checkpoint (tests pass a fake)."""
+    try:
+        runner = runner or _load_runner()
+    except UserError as e:
+        exit_with_user_error(e, PROG)
+    parser, names = build_parser(runner.EvalConfig)
+    args = parser.parse_args(argv)
+    try:
+        cfg = runner.EvalConfig(**{n: getattr(args, n) for n in names})
+        run_dir, results_dir = Path(args.run_dir), Path(args.results_dir)
+        if not args.watch and not run_dir.is_dir():
+            raise UserError(f"{run_dir}: run directory not found.")
+        if run_dir.resolve() == results_dir.resolve():
+            raise UserError(f"{results_dir}: the results directory must differ from the run directory.")
+        include_base = args.include_base
+        if include_base == "":
+            include_base = base_model_from_run(run_dir)
+        resolve = getattr(runner, "resolve_model_path", None)
+        if resolve is None:
+            try:
+                from sftbench.models import resolve_model_path as resolve
+            except ImportError:  # pragma: no cover
+                resolve = None
+        sweep = Sweep(run_dir, results_dir, cfg, runner.evaluate_checkpoint, include_base=include_base,
+                      force=args.force, expected_hash=getattr(runner, "expected_settings_hash", None),
+                      resolve_model=resolve)
+        if args.dry_run:
+            for ck, path, st in sweep.plan():
+                print(f"{ck.name:>18}  {ck.kind:<10}  {'skip (done)' if st == 'done' else 'evaluate'}  {path}")
+            return 0
+        session_cls = getattr(runner, "EvalSession", None)
+        if session_cls is not None:
+            try:
+                sweep.session = session_cls(cfg)  # the scorer and compiled machinery, built once
+            except TypeError as e:  # a runner whose session takes other arguments: let it load per checkpoint
+                print(f"[{PROG}] EvalSession(cfg) failed ({e}); each checkpoint loads its own machinery",
+                      file=sys.stderr)
+        if args.watch:
+            sweep.watch(poll_s=args.poll_s, timeout_s=args.watch_timeout)
+        else:
+            n_new, n_done = sweep.run_once()
+            if n_new + n_done == 0:
+                raise UserError(f"{run_dir}: no complete checkpoint-<step>/ directory (config.json + weights) "
+                                f"and no final model found.")
+        print(f"[{PROG}] wrote {sweep.paths.csv_file}; report: python -m analysis.report {results_dir}")
+    except UserError as e:
+        exit_with_user_error(e, PROG)
+    except KeyboardInterrupt:
+        print(f"[{PROG}] interrupted; rerun the same command to finish the remaining checkpoints", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Fallback when even strategy A runs out of memory: length 512, accumulation 32, max_rounds 4.
+#   bash scripts/sft_min_vram.sh [MODEL [DATA [OUT]]] [--flag value ...]
+# measured: (not yet measured)
+ACCUM=32
+PRESET=(--num_train_epochs 5 --learning_rate 4e-5 --warmup_ratio 0.2 --model_max_length 512
+        --gradient_checkpointing True --max_rounds 4 --save_steps 20 --logging_steps 1 --save_total_limit 2
+        --loss_chunk_size 256)
+. "$(dirname "$0")/_preset.sh"

@@ -1,0 +1,278 @@
+"""The fast engine's forward pass: packed rows through an HF Llama, attention kept per conversation.
+
+The model stays the user's `LlamaForCausalLM` (same parameters, same checkpoints); only the forward is
+ours, so that it can
+- run one packed row [1, T] of several conversations, with a block-diagonal causal mask: FlexAttention
+  (`torch.nn.attention.flex_attention`, block-sparse, skips the masked blocks) on CUDA, or dense SDPA with
+  a boolean [T, T] mask (CPU, or where FlexAttention cannot compile);
+- compile ONE decoder-layer function whose weights are arguments, so the 30 layers share one graph and a
+  new shape costs seconds, not minutes;
+- recompute (activation-checkpoint) the first `checkpoint_layers` layers, chosen to fit a memory budget;
+- end at the final norm, leaving the LM head to the fused chunked cross-entropy (sftbench.fused_ce).
+
+Everything else is HF's own code (embedding, rotary embedding incl. rope scaling, final norm), and the
+per-layer maths mirrors `LlamaDecoderLayer` (RMSNorm in fp32, SwiGLU, GQA); tests check it against the
+unpacked HF forward to 1e-5 in fp32 on CPU.
+
+Entry points for the trainer:
+    prepare_fast_model(model, compile=..., checkpoint_layers=..., attention=...)   once, after .to(device)
+    packed_loss_sum(model, batch)  -> (loss_sum, num_targets)   per packed micro-batch
+    packed_forward_hidden(model, batch) -> [1, T, H]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from sftbench.fused_ce import fused_linear_ce_sum
+
+IGNORE_INDEX = -100
+GIB = 1024**3
+
+
+@dataclass
+class FastSettings:
+    """How the fast forward runs (stored on the model by prepare_fast_model)."""
+
+    attention: str = "auto"
+    """flex (FlexAttention, block-sparse), sdpa (dense boolean mask), or auto (flex on CUDA, sdpa on CPU)."""
+    compile: bool = False
+    """torch.compile the decoder-layer function and the CE chunk (CUDA; one graph per token budget)."""
+    checkpoint_layers: int = 0
+    """Recompute the first N decoder layers in the backward pass instead of storing their activations."""
+    ce_chunk_size: int = 2048
+    """Rows of logits alive at once in the fused cross-entropy ([chunk, vocab] fp32)."""
+    layer_fns: dict = field(default_factory=dict, repr=False)
+
+
+def check_supported(model) -> None:
+    """Raise NotImplementedError (with the reason) for models this forward does not reproduce exactly."""
+    cfg = model.config
+    why = []
+    if getattr(cfg, "model_type", None) != "llama":
+        why.append(f"model_type {getattr(cfg, 'model_type', None)!r} (only 'llama' is supported)")
+    if getattr(cfg, "attention_bias", False):
+        why.append("attention_bias=True")
+    if getattr(cfg, "mlp_bias", False):
+        why.append("mlp_bias=True")
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        why.append(f"hidden_act {cfg.hidden_act!r}")
+    if getattr(cfg, "pretraining_tp", 1) not in (1, None):
+        why.append("pretraining_tp > 1")
+    if why:
+        raise NotImplementedError("the fast engine does not support this model: " + ", ".join(why) +
+                                  ". Use the reference engine (--engine reference).")
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    # Same op order as LlamaRMSNorm: normalise in fp32, cast back, then scale.
+    dt = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(dt)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def _make_layer_fn(n_heads: int, n_kv: int, head_dim: int, eps: float, attention: str):
+    """One decoder layer as a pure function of (x, cos, sin, mask, 9 weights); shapes [B, T, H]."""
+    scale = head_dim**-0.5
+    gqa = n_kv != n_heads
+    if attention == "flex":
+        from torch.nn.attention.flex_attention import flex_attention
+
+    def layer(x, cos, sin, mask, ln1, wq, wk, wv, wo, ln2, wg, wu, wd):
+        b, t, _ = x.shape
+        h = _rms(x, ln1, eps)
+        q = F.linear(h, wq).view(b, t, n_heads, head_dim).transpose(1, 2)
+        k = F.linear(h, wk).view(b, t, n_kv, head_dim).transpose(1, 2)
+        v = F.linear(h, wv).view(b, t, n_kv, head_dim).transpose(1, 2)
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = ((q * c) + (_rotate_half(q) * s)).to(v.dtype)
+        k = ((k * c) + (_rotate_half(k) * s)).to(v.dtype)
+        if attention == "flex":
+            a = flex_attention(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        a = a.transpose(1, 2).reshape(b, t, n_heads * head_dim)
+        x = x + F.linear(a, wo)
+        h = _rms(x, ln2, eps)
+        return x + F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
+
+    return layer
+
+
+def _checkpointed(fn):
+    from torch.utils.checkpoint import checkpoint
+
+    def run(*args):
+        return checkpoint(fn, *args, use_reentrant=False)
+
+    return run
+
+
+def prepare_fast_model(model, *, attention: str = "auto", compile: bool | None = None,
+                       checkpoint_layers: int = 0, ce_chunk_size: int = 2048):
+    """Attach fast-forward settings to an HF LlamaForCausalLM (in place; returns the model).
+
+    Call after moving the model to its device.  `compile=None` means: compile on CUDA only.
+    Raises NotImplementedError for unsupported architectures (the trainer should fall back).
+    """
+    check_supported(model)
+    dev = next(model.parameters()).device
+    if attention == "auto":
+        attention = "flex" if dev.type == "cuda" else "sdpa"
+    if attention not in ("flex", "sdpa"):
+        raise ValueError(f"attention must be flex, sdpa or auto, got {attention!r}")
+    if compile is None:
+        compile = dev.type == "cuda"
+    n_layers = model.config.num_hidden_layers
+    model._sftbench_fast = FastSettings(attention=attention, compile=bool(compile),
+                                        checkpoint_layers=max(0, min(int(checkpoint_layers), n_layers)),
+                                        ce_chunk_size=int(ce_chunk_size))
+    return model
+
+
+def _settings(model) -> FastSettings:
+    st = getattr(model, "_sftbench_fast", None)
+    if st is None:
+        dev = next(model.parameters()).device
+        check_supported(model)
+        st = FastSettings(attention="flex" if dev.type == "cuda" else "sdpa", compile=False)
+        model._sftbench_fast = st
+    return st
+
+
+def _layer_fn(model, st: FastSettings, checkpointed: bool):
+    key = ("ckpt" if checkpointed else "plain")
+    fn = st.layer_fns.get(key)
+    if fn is None:
+        cfg = model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        fn = _make_layer_fn(cfg.num_attention_heads, cfg.num_key_value_heads, head_dim, cfg.rms_norm_eps, st.attention)
+        if checkpointed:
+            fn = _checkpointed(fn)
+        if st.compile:
+            # Checkpoint inside the compiled region: the compiler sees the recompute and plans it.
+            fn = torch.compile(fn, dynamic=False)
+        st.layer_fns[key] = fn
+    return fn
+
+
+def build_attention_mask(doc_ids: torch.Tensor, attention: str, compile: bool = False):
+    """Causal mask restricted to each conversation, for a packed row.  doc_ids [1, T] (on the device).
+
+    flex -> a FlexAttention BlockMask (block-sparse: blocks between different conversations are skipped);
+    sdpa -> a boolean [1, 1, T, T] tensor (True = may attend).
+    """
+    doc = doc_ids[0]
+    t = doc.shape[0]
+    if attention == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def doc_causal(b, h, q_idx, kv_idx):
+            return (doc[q_idx] == doc[kv_idx]) & (q_idx >= kv_idx)
+
+        # A fresh closure per row is fine: dynamo treats the captured tensor as a graph input (no recompile).
+        return create_block_mask(doc_causal, None, None, t, t, device=doc.device, _compile=compile)
+    same = doc.unsqueeze(0) == doc.unsqueeze(1)
+    causal = torch.ones(t, t, dtype=torch.bool, device=doc.device).tril()
+    return (same & causal).view(1, 1, t, t)
+
+
+def packed_forward_hidden(model, batch: dict) -> torch.Tensor:
+    """Final hidden states [1, T, H] (after the final norm) of a packed row from make_packed_batch.
+
+    batch: input_ids, position_ids, doc_ids [1, T] on the model's device.  Attention never crosses
+    conversations; positions restart per conversation, so each conversation sees exactly what it would
+    see alone (up to floating-point summation order).
+    """
+    st = _settings(model)
+    core = model.model
+    input_ids, position_ids = batch["input_ids"], batch["position_ids"]
+    mask = batch.get("_attn_mask")
+    if mask is None:
+        mask = build_attention_mask(batch["doc_ids"], st.attention, compile=st.compile and input_ids.is_cuda)
+    x = core.embed_tokens(input_ids)
+    cos, sin = core.rotary_emb(x, position_ids)
+    plain = _layer_fn(model, st, checkpointed=False)
+    ckpt = _layer_fn(model, st, checkpointed=True) if st.checkpoint_layers else None
+    for i, layer in enumerate(core.layers):
+        at, mlp = layer.self_attn, layer.mlp
+        fn = ckpt if i < st.checkpoint_layers and torch.is_grad_enabled() else plain
+        x = fn(x, cos, sin, mask, layer.input_layernorm.weight, at.q_proj.weight, at.k_proj.weight,
+               at.v_proj.weight, at.o_proj.weight, layer.post_attention_layernorm.weight,
+               mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+    return core.norm(x)
+
+
+def packed_loss_sum(model, batch: dict, chunk_size: int | None = None) -> tuple[torch.Tensor, int]:
+    """(sum of token cross-entropies over the row, number of target tokens) for a packed micro-batch.
+
+    Uses the fused chunked CE over the LM-head weight: no [T, vocab] logits are materialised.  The caller
+    normalises over the whole accumulation window (loss_functions.normalized_loss(sum, n_window)).
+    `num_targets` comes from the batch (computed on the CPU at packing time: no device sync).
+    """
+    st = _settings(model)
+    hidden = packed_forward_hidden(model, batch)
+    targets = batch["shift_labels"][0]
+    loss_sum = fused_linear_ce_sum(hidden[0], model.lm_head.weight, targets,
+                                   chunk_size=chunk_size or st.ce_chunk_size,
+                                   compile=st.compile and hidden.is_cuda)
+    n = batch.get("num_targets")
+    if n is None:
+        n = int((targets != IGNORE_INDEX).sum())
+    return loss_sum, int(n)
+
+
+def packed_token_losses(model, batch: dict) -> torch.Tensor:
+    """Per-position CE [T] (0 where the shifted label is -100), through full logits: for tests and checks."""
+    hidden = packed_forward_hidden(model, batch)
+    logits = model.lm_head(hidden)[0].float()
+    return F.cross_entropy(logits, batch["shift_labels"][0], ignore_index=IGNORE_INDEX, reduction="none")
+
+
+def make_fused_adamw(params, lr: float, **kwargs) -> torch.optim.AdamW:
+    """AdamW with the fused CUDA kernel where possible (one launch for all parameters), else foreach."""
+    params = list(params)
+    on_cuda = all(p.is_cuda for p in params if isinstance(p, torch.Tensor)) and torch.cuda.is_available()
+    if on_cuda:
+        return torch.optim.AdamW(params, lr=lr, fused=True, **kwargs)
+    return torch.optim.AdamW(params, lr=lr, foreach=True, **kwargs)
+
+
+# -------- memory planning --------------------------------------------------------------------------
+
+# Activation bytes kept per token per decoder layer under bf16 autocast, measured on an H100 with the
+# compiled layer (see docs/bench_train.md); a checkpointed layer keeps only its fp32 input.
+ACT_BYTES_PER_TOKEN_LAYER = 24 * 1024
+CKPT_BYTES_PER_TOKEN_LAYER = 4 * 1024
+
+
+def choose_checkpoint_layers(model, token_budget: int, memory_budget_bytes: int,
+                             act_bytes: int = ACT_BYTES_PER_TOKEN_LAYER,
+                             ckpt_bytes: int = CKPT_BYTES_PER_TOKEN_LAYER,
+                             ce_chunk_size: int = 2048) -> int:
+    """Fewest layers to checkpoint so that weights + AdamW state + activations fit `memory_budget_bytes`.
+
+    Static estimate: 16 B/parameter (fp32 weights, grads, two Adam moments), the fused-CE chunk
+    (~10 B x chunk x vocab), one layer's worth of recompute, and `act_bytes` per token per stored layer.
+    Returns num_hidden_layers when even full checkpointing does not fit (the caller should then lower
+    the token budget).
+    """
+    cfg = model.config
+    n_layers = cfg.num_hidden_layers
+    n_params = sum(p.numel() for p in model.parameters())
+    fixed = 16 * n_params + 10 * ce_chunk_size * cfg.vocab_size + (act_bytes + 8 * cfg.hidden_size) * token_budget
+    for k in range(n_layers + 1):
+        need = fixed + token_budget * ((n_layers - k) * act_bytes + k * ckpt_bytes)
+        if need <= memory_budget_bytes:
+            return k
+    return n_layers

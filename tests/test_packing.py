@@ -1,0 +1,249 @@
+"""Packing + the fast forward: same per-token losses and gradients as each conversation alone, no leakage."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sftbench.errors import UserError
+from sftbench.fast_model import (
+    choose_checkpoint_layers,
+    packed_forward_hidden,
+    packed_loss_sum,
+    packed_token_losses,
+    prepare_fast_model,
+)
+from sftbench.fused_ce import fused_linear_ce_sum
+from sftbench.packing import make_packed_batch, pack_examples, packing_efficiency
+
+IGN = -100
+pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+
+
+def _ex(n, vocab=384, prompt=None, seed=0):
+    """A conversation of n tokens whose first `prompt` tokens are untrained (labels unshifted)."""
+    rng = random.Random(seed)
+    ids = [rng.randrange(3, vocab) for _ in range(n)]
+    prompt = n // 3 if prompt is None else prompt
+    return {"input_ids": ids, "labels": [IGN] * prompt + ids[prompt:]}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    m.eval()  # no dropout anyway; eval keeps HF from warning
+    return m
+
+
+@pytest.fixture(scope="module")
+def convs():
+    return [_ex(37, seed=1), _ex(64, prompt=10, seed=2), _ex(20, prompt=19, seed=3), _ex(5, prompt=0, seed=4)]
+
+
+def _reference_token_losses(model, ex):
+    """Each conversation alone through the HF forward: CE of position t predicting label t+1."""
+    ids = torch.tensor([ex["input_ids"]])
+    labels = torch.tensor(ex["labels"])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()
+    return F.cross_entropy(logits[:-1], labels[1:], ignore_index=IGN, reduction="none")
+
+
+# ---- pack_examples ---------------------------------------------------------------------------------
+
+def test_pack_examples_first_fit_decreasing_exact():
+    lens = [5, 9, 3, 7, 2, 6, 4]
+    exs = [{"input_ids": [1] * n, "labels": [1] * n} for n in lens]
+    bins = pack_examples(exs, 10)
+    # FFD by hand: 9->A(1 left) 7->B(3) 6->C(4) 5->D(5) 4->C(0) 3->B(0) 2->D(3)
+    assert bins == [[1], [2, 3], [5, 6], [0, 4]]
+    assert sorted(i for b in bins for i in b) == list(range(len(lens)))
+    assert all(sum(lens[i] for i in b) <= 10 for b in bins)
+    assert pack_examples(exs, 10) == bins  # deterministic
+    assert packing_efficiency(bins, exs, 10) == pytest.approx(36 / 40)
+
+
+def test_pack_examples_seed_shuffles_bin_order_only():
+    exs = [{"input_ids": [1] * n, "labels": [1] * n} for n in [5, 9, 3, 7, 2, 6, 4, 8, 1]]
+    base = pack_examples(exs, 10)
+    a, b = pack_examples(exs, 10, seed=1), pack_examples(exs, 10, seed=1)
+    assert a == b
+    assert sorted(map(tuple, a)) == sorted(map(tuple, base))
+    assert any(pack_examples(exs, 10, seed=s) != base for s in range(5))
+
+
+def test_pack_examples_rejects_too_long_and_bad_examples():
+    with pytest.raises(UserError, match="example 1 has 11 tokens"):
+        pack_examples([{"input_ids": [1], "labels": [1]}, {"input_ids": [1] * 11, "labels": [1] * 11}], 10)
+    with pytest.raises(ValueError, match="labels has 2"):
+        pack_examples([{"input_ids": [1, 2, 3], "labels": [1, 2]}], 10)
+    with pytest.raises(ValueError, match="empty"):
+        pack_examples([{"input_ids": [], "labels": []}], 10)
+
+
+# ---- make_packed_batch -----------------------------------------------------------------------------
+
+def test_make_packed_batch_exact_tensors():
+    exs = [{"input_ids": [10, 11, 12], "labels": [IGN, 11, 12]}, {"input_ids": [20, 21], "labels": [20, 21]}]
+    b = make_packed_batch(exs, 8, pad_id=2)
+    assert b["input_ids"].tolist() == [[10, 11, 12, 20, 21, 2, 2, 2]]
+    # first token of every conversation -> -100 (so no loss crosses the boundary after the shift)
+    assert b["labels"].tolist() == [[IGN, 11, 12, IGN, 21, IGN, IGN, IGN]]
+    assert b["shift_labels"].tolist() == [[11, 12, IGN, 21, IGN, IGN, IGN, IGN]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
+    assert b["doc_ids"].tolist() == [[0, 0, 0, 1, 1, 2, 2, 2]]
+    assert b["cu_seqlens"].tolist() == [0, 3, 5, 8]
+    assert (b["num_targets"], b["num_real_tokens"], b["num_examples"]) == (3, 5, 2)
+    full = make_packed_batch(exs, 5, pad_id=2)
+    assert full["cu_seqlens"].tolist() == [0, 3, 5] and full["input_ids"].shape == (1, 5)
+    with pytest.raises(UserError, match="more than the token budget 4"):
+        make_packed_batch(exs, 4, pad_id=2)
+
+
+# ---- the fast forward vs each conversation alone -----------------------------------------------------
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_packed_per_token_losses_equal_unpacked_reference(model, convs, attention):
+    prepare_fast_model(model, attention=attention, compile=False)
+    budget = 160
+    batch = make_packed_batch(convs, budget, pad_id=2)
+    with torch.no_grad():
+        packed = packed_token_losses(model, batch)
+    start = 0
+    for ex in convs:
+        n = len(ex["input_ids"])
+        ref = _reference_token_losses(model, ex)
+        torch.testing.assert_close(packed[start:start + n - 1], ref, atol=1e-5, rtol=1e-5)
+        assert packed[start + n - 1].item() == 0.0  # its last token predicts nothing across the boundary
+        start += n
+    assert packed[start:].abs().sum().item() == 0.0  # padding carries no loss
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_no_cross_sample_leakage(model, convs, attention):
+    prepare_fast_model(model, attention=attention, compile=False)
+    changed = [dict(c) for c in convs]
+    rng = random.Random(9)
+    changed[1] = {"input_ids": [rng.randrange(3, 384) for _ in convs[1]["input_ids"]], "labels": convs[1]["labels"]}
+    with torch.no_grad():
+        h0 = packed_forward_hidden(model, make_packed_batch(convs, 160, pad_id=2))[0]
+        h1 = packed_forward_hidden(model, make_packed_batch(changed, 160, pad_id=2))[0]
+    n0, n1 = len(convs[0]["input_ids"]), len(convs[1]["input_ids"])
+    torch.testing.assert_close(h1[:n0], h0[:n0], atol=1e-6, rtol=0)           # before the changed one
+    torch.testing.assert_close(h1[n0 + n1:], h0[n0 + n1:], atol=1e-6, rtol=0)  # after it
+    assert (h1[n0:n0 + n1] - h0[n0:n0 + n1]).abs().max().item() > 1e-3       # the change is visible
+
+
+def test_packed_loss_sum_and_gradients_equal_reference(model, convs):
+    """Fused chunked CE sum over a packed row == sum of per-conversation HF losses; same gradients.
+
+    (sdpa: FlexAttention has no backward on CPU; its forward is checked above, its backward on the GPU bench.)"""
+    prepare_fast_model(model, attention="sdpa", compile=False, ce_chunk_size=48)  # 160 = 3x48 + 16
+    batch = make_packed_batch(convs, 160, pad_id=2)
+    model.zero_grad(set_to_none=True)
+    s, n = packed_loss_sum(model, batch)
+    s.backward()
+    fast_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    model.zero_grad(set_to_none=True)
+    ref_sum, ref_n = 0.0, 0
+    for ex in convs:
+        ids = torch.tensor([ex["input_ids"]])
+        labels = torch.tensor(ex["labels"])
+        logits = model(input_ids=ids).logits[0].float()
+        ref_sum = ref_sum + F.cross_entropy(logits[:-1], labels[1:], ignore_index=IGN, reduction="sum")
+        ref_n += int((labels[1:] != IGN).sum())
+    ref_sum.backward()
+    assert n == ref_n == batch["num_targets"]
+    torch.testing.assert_close(s, ref_sum.detach(), atol=1e-4, rtol=1e-5)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(fast_grads[k], p.grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+    model.zero_grad(set_to_none=True)
+
+
+def test_checkpointed_layers_give_same_loss_and_grads(model, convs):
+    batch = make_packed_batch(convs, 160, pad_id=2)
+    out = []
+    for k in (0, 2):
+        prepare_fast_model(model, attention="sdpa", compile=False, checkpoint_layers=k)
+        model.zero_grad(set_to_none=True)
+        s, _ = packed_loss_sum(model, batch)
+        s.backward()
+        out.append((s.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=0, rtol=0)
+    for g0, g1 in zip(out[0][1], out[1][1]):
+        torch.testing.assert_close(g0, g1, atol=1e-7, rtol=0)
+    model.zero_grad(set_to_none=True)
+
+
+def test_normalisation_over_accumulation_window(model, convs):
+    """Two packed micro-batches: sum of sums / total targets == mean token CE over all conversations."""
+    prepare_fast_model(model, attention="sdpa", compile=False)
+    bins = pack_examples(convs, 80)
+    assert len(bins) >= 2
+    total, n_window = 0.0, 0
+    with torch.no_grad():
+        for b in bins:
+            s, n = packed_loss_sum(model, make_packed_batch([convs[i] for i in b], 80, pad_id=2))
+            total, n_window = total + s, n_window + n
+        ref = torch.cat([_reference_token_losses(model, ex)[torch.tensor(ex["labels"][1:]) != IGN] for ex in convs])
+    assert n_window == ref.numel()
+    torch.testing.assert_close(total / n_window, ref.mean(), atol=1e-5, rtol=1e-5)
+    try:
+        from loss_functions import normalized_loss
+    except ImportError:
+        return
+    torch.testing.assert_close(normalized_loss(total, n_window), ref.mean(), atol=1e-5, rtol=1e-5)
+
+
+# ---- fused chunked CE ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_fused_linear_ce_matches_cross_entropy(chunk):
+    g = torch.Generator().manual_seed(chunk)
+    h = torch.randn(50, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(300, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 300, (50,), generator=g)
+    t[::4] = IGN
+    s = fused_linear_ce_sum(h, w, t, chunk_size=chunk)
+    (2.5 * s).backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = F.cross_entropy(h @ w.t(), t, ignore_index=IGN, reduction="sum")
+    (2.5 * ref).backward()
+    torch.testing.assert_close(s, ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(gh, h.grad, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(gw, w.grad, atol=1e-10, rtol=1e-8)
+
+
+def test_fused_linear_ce_all_ignored_is_zero():
+    h = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(10, 8, requires_grad=True)
+    s = fused_linear_ce_sum(h, w, torch.full((4,), IGN), chunk_size=3)
+    s.backward()
+    assert s.item() == 0.0 and h.grad.abs().sum().item() == 0.0 and w.grad.abs().sum().item() == 0.0
+
+
+def test_choose_checkpoint_layers_fits_budget(model):
+    gib = 1024**3
+    n = model.config.num_hidden_layers
+    assert choose_checkpoint_layers(model, 1024, 64 * gib) == 0
+    assert choose_checkpoint_layers(model, 1024, 1) == n
+    ks = [choose_checkpoint_layers(model, 1024, b, act_bytes=10**6, ckpt_bytes=10**4) for b in
+          (10**8, 2 * 10**9, 2 * 10**9 + 10**9, 10**11)]
+    assert ks == sorted(ks, reverse=True)
+
+
+def test_unsupported_model_is_refused(tiny_model_dir):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, attention_bias=True)
+    with pytest.raises(NotImplementedError, match="attention_bias"):
+        prepare_fast_model(LlamaForCausalLM(cfg))

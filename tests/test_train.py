@@ -1,0 +1,221 @@
+"""Trainer tests on CPU with the tiny 2-layer Llama: smoke run, checkpoints, exact resume, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sftbench.demo_data import make_conversations
+from sftbench.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_data(path: Path, n: int = 48) -> Path:
+    path.write_text("".join(json.dumps(c) + "\n" for c in make_conversations(n, seed=1)))
+    return path
+
+
+def args(model_dir, data, out, **over) -> list[str]:
+    base = dict(model_name_or_path=str(model_dir), data_path=str(data), output_dir=str(out), max_steps=6,
+                per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=3e-3, warmup_ratio=0.0,
+                lr_scheduler_type="linear", model_max_length=128, max_rounds=6, save_steps=3, logging_steps=1,
+                seed=7, data_cache_dir="none", progress=False, loss_chunk_size=64)
+    base.update(over)
+    return [x for k, v in base.items() for x in (f"--{k}", str(v))]
+
+
+def run_train(argv):
+    from sftbench.train_config import parse_train_config
+    from train_hw_parallel import train
+
+    return train(parse_train_config(argv))
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("data") / "chat.jsonl")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_model_dir, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    res = run_train(args(tiny_model_dir, data, out))
+    return out, res
+
+
+def test_smoke_loss_falls_and_checkpoints_load(straight_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, res = straight_run
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    for key in ("epoch", "loss", "lr", "grad_norm", "tokens_per_s", "real_tokens"):
+        assert key in rows[0]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert not list(out.glob(".*.tmp"))
+    for ck in ("checkpoint-3", "checkpoint-6", "."):
+        d = out / ck
+        model = AutoModelForCausalLM.from_pretrained(d)
+        tok = AutoTokenizer.from_pretrained(d)
+        assert tok.chat_template and "<|im_start|>" in tok.chat_template
+        eos = model.generation_config.eos_token_id
+        assert 2 in (eos if isinstance(eos, list) else [eos])  # <|im_end|> stops generation
+        assert next(model.parameters()).dtype == torch.float32
+        cfg = json.loads((d / "sft_config.json").read_text())
+        assert cfg["learning_rate"] == 3e-3 and cfg["max_rounds"] == 6
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert (out / "checkpoint-3" / "training_state" / "optimizer.safetensors").is_file()
+    assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl")) and not list(out.rglob("*.bin"))
+
+
+def test_exact_resume(straight_run, tiny_model_dir, data, tmp_path):
+    """6 steps straight == 3 steps + resume + 3 steps: same losses and same final weights."""
+    from safetensors.torch import load_file
+
+    out, _ = straight_run
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-3", resumed / "checkpoint-3")
+    (resumed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics(out)[:3]))
+    run_train(args(tiny_model_dir, data, resumed, resume_from_checkpoint="latest"))
+    a, b = metrics(out), metrics(resumed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-6, abs=1e-7)
+        assert ra["lr"] == pytest.approx(rb["lr"], rel=1e-9)
+    wa = load_file(str(out / "checkpoint-6" / "model.safetensors"))
+    wb = load_file(str(resumed / "checkpoint-6" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_split_is_invariant(tiny_model_dir, data, tmp_path):
+    """micro-batch 4 x accumulation 1 == micro-batch 1 x accumulation 4 (the 2024 GA-normalisation bug)."""
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    run_train(args(tiny_model_dir, data, a, max_steps=2, save_steps=2, per_device_train_batch_size=4, gradient_accumulation_steps=1))
+    run_train(args(tiny_model_dir, data, b, max_steps=2, save_steps=2, per_device_train_batch_size=1, gradient_accumulation_steps=4))
+    for ra, rb in zip(metrics(a), metrics(b)):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+        assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_matches_one_process(tiny_model_dir, data, tmp_path):
+    """2 processes (gloo) x accumulation 1 == 1 process x accumulation 2: same loss, same weights."""
+    from safetensors.torch import load_file
+
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    run_train(args(tiny_model_dir, data, one, max_steps=3, save_steps=3, gradient_accumulation_steps=2))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(ROOT / "train_hw_parallel.py"),
+           *args(tiny_model_dir, data, two, max_steps=3, save_steps=3, gradient_accumulation_steps=1), "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GPUs/processes: 2" in proc.stdout and "effective batch 4" in proc.stdout
+    for ra, rb in zip(metrics(one), metrics(two)):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+    wa = load_file(str(one / "checkpoint-3" / "model.safetensors"))
+    wb = load_file(str(two / "checkpoint-3" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_save_total_limit_prunes_optimizer_state_not_weights(tiny_model_dir, data, tmp_path):
+    out = tmp_path / "prune"
+    run_train(args(tiny_model_dir, data, out, max_steps=4, save_steps=1, save_total_limit=1))
+    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in ckpts] == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    assert [(p / "training_state").exists() for p in ckpts] == [False, False, False, True]
+    assert all((p / "model.safetensors").is_file() for p in ckpts)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _cli(argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train_hw_parallel.py"), *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_output_dir_holding_a_run_is_refused(straight_run, tiny_model_dir, data):
+    out, _ = straight_run
+    before = sorted(p.name for p in out.iterdir())
+    p = _cli(args(tiny_model_dir, data, out))
+    assert p.returncode == 2
+    assert "already holds a run" in p.stderr and "--resume_from_checkpoint latest" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+@pytest.mark.parametrize("what", ["data", "model", "resume"])
+def test_missing_paths_are_clear_errors(what, tiny_model_dir, data, tmp_path):
+    over = {"data": {"data_path": str(tmp_path / "nope.jsonl")},
+            "model": {"model_name_or_path": str(tmp_path / "no_model")},
+            "resume": {"resume_from_checkpoint": str(tmp_path / "no_ckpt")}}[what]
+    kw = dict(over)
+    p = _cli(args(kw.pop("model_name_or_path", tiny_model_dir), kw.pop("data_path", data), tmp_path / "o", **kw))
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "error:" in p.stderr and "Traceback" not in p.stderr
+    assert "nope.jsonl" in p.stderr or "no_model" in p.stderr or "no_ckpt" in p.stderr
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("checkpoint-*"))
+
+
+def test_malformed_jsonl_names_file_and_line(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    good = json.dumps(make_conversations(1)[0])
+    bad.write_text(good + "\n" + good + "\n{not json\n")
+    p = _cli(args(tiny_model_dir, bad, tmp_path / "o"))
+    assert p.returncode == 2
+    assert "bad.jsonl:3" in p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_explains_every_flag():
+    p = _cli(["--help"])
+    assert p.returncode == 0
+    for flag in ("--model_name_or_path", "--max_rounds", "--resume_from_checkpoint", "--truncation_side", "--fp16",
+                 "--bf16", "--save_total_limit", "--gradient_checkpointing", "--lr_scheduler_type"):
+        assert flag in p.stdout
+
+
+def test_homework_command_line_is_accepted():
+    from sftbench.train_config import parse_train_config
+
+    cfg = parse_train_config(
+        "--model_name_or_path M --data_path D --output_dir O --num_train_epochs 5 --per_device_train_batch_size 1 "
+        "--gradient_accumulation_steps 64 --learning_rate 4e-5 --warmup_ratio 0.2 --model_max_length 1024 "
+        "--fp16 True --gradient_checkpointing True --save_steps 20 --logging_steps 1 --max_rounds 6".split())
+    assert cfg.fp16 is True and cfg.gradient_checkpointing is True and cfg.gradient_accumulation_steps == 64
+    assert cfg.effective_warmup_steps(100) == 20
+
+
+def test_precision_policy_on_cpu():
+    from sftbench.device import pick_precision
+
+    p = pick_precision(torch.device("cpu"), bf16=False, fp16=True)
+    assert p.autocast_dtype is None and not p.use_grad_scaler and "fp32" in p.reason
+    with pytest.raises(UserError):
+        pick_precision(torch.device("cpu"), bf16=True, fp16=True)
