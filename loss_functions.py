@@ -77,7 +77,7 @@ def chunked_ce_sum(
     for s in range(0, n, chunk_size):
         hc, tc = h[s : s + chunk_size], targets[s : s + chunk_size]
         if need_grad:
-            part = checkpoint(_chunk_ce_sum, hc, weight, bias, tc, use_reentrant=False)
+            part = checkpoint(_chunk_ce_sum, hc, weight, bias, tc, use_reentrant=False, preserve_rng_state=False)
         else:
             part = _chunk_ce_sum(hc, weight, bias, tc)
         total = part if total is None else total + part

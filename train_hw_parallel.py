@@ -181,6 +181,8 @@ def train(cfg: TrainConfig) -> dict:
         raise UserError("--engine fast is not available in this build; use --engine reference.")
     model_path = resolve_model_path(cfg.model_name_or_path)
     tok = load_tokenizer(model_path, cfg)
+    if cfg.auto_batch:
+        _auto_batch(cfg, device, d)
 
     # --- data -------------------------------------------------------------------------------------
     cache = None if (cfg.data_cache_dir or "").lower() == "none" else (
@@ -203,18 +205,23 @@ def train(cfg: TrainConfig) -> dict:
 
     # --- model, optimizer, schedule -----------------------------------------------------------------
     cap_msg = apply_memory_cap(cfg.memory_cap_gib, device)
-    weights_from = str(resume) if resume else model_path
-    model = AutoModelForCausalLM.from_pretrained(weights_from, dtype=torch.float32)  # fp32 masters, always
+    if cfg.method == "lora":
+        model = _load_lora_model(model_path, resume, cfg)
+    else:
+        weights_from = str(resume) if resume else model_path
+        model = AutoModelForCausalLM.from_pretrained(weights_from, dtype=torch.float32)  # fp32 masters, always
     model.config.use_cache = False
     stops = stop_token_ids(tok)
-    gen_eos = model.generation_config.eos_token_id
-    gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
-    model.generation_config.eos_token_id = list(dict.fromkeys(stops + gen_eos))  # stop at end-of-turn when evaluated
-    model.generation_config.pad_token_id = tok.pad_token_id
+    gcfg = _causal_lm(model).generation_config
+    gen_eos = [gcfg.eos_token_id] if isinstance(gcfg.eos_token_id, int) else list(gcfg.eos_token_id or [])
+    gcfg.eos_token_id = list(dict.fromkeys(stops + gen_eos))  # stop at end-of-turn when evaluated
+    gcfg.pad_token_id = tok.pad_token_id
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.method == "lora":
+            model.enable_input_require_grads()
     model.to(device).train()
-    loss_mod: torch.nn.Module = CausalLMLossSum(model, cfg.loss_chunk_size)
+    loss_mod: torch.nn.Module = CausalLMLossSum(_causal_lm(model), cfg.loss_chunk_size)
     if d.enabled:
         loss_mod = torch.nn.parallel.DistributedDataParallel(
             loss_mod, device_ids=[device.index] if device.type == "cuda" else None)
@@ -356,6 +363,44 @@ def train(cfg: TrainConfig) -> dict:
     return {"global_step": total_steps, "final_loss": last_loss, "output_dir": str(out), "data_stats": stats.as_dict()}
 
 
+def _causal_lm(model):
+    """The LlamaForCausalLM-like module (inside a peft wrapper when training LoRA)."""
+    if hasattr(model, "peft_config"):
+        return model.base_model.model
+    return model
+
+
+def _load_lora_model(model_path: str, resume, cfg: TrainConfig):
+    """Base weights in fp32 + LoRA adapters on q/k/v/o/gate/up/down; resumed adapters from ckpt/adapter."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError:
+        raise UserError("--method lora needs the package peft: pip install 'sftbench[lora]' (or pip install peft).") from None
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if resume:
+        return PeftModel.from_pretrained(base, str(Path(resume) / "adapter"), is_trainable=True)
+    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    return get_peft_model(base, lcfg)
+
+
+def _auto_batch(cfg: TrainConfig, device: torch.device, d: Dist) -> None:
+    """--auto_batch: the largest micro-batch the memory model fits on this GPU, same effective batch."""
+    from sftbench.plan import pick_auto_batch, spec_from_train_config
+
+    if device.type != "cuda":
+        log(d, "auto batch: no GPU, keeping the given micro-batch and accumulation")
+        return
+    mem = cfg.memory_cap_gib or torch.cuda.get_device_properties(device).total_memory / 1024**3
+    eff = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    mb, acc = pick_auto_batch(spec_from_train_config(cfg), mem, eff)
+    log(d, f"auto batch for {mem:.1f} GiB: micro-batch {mb} x accumulation {acc} (effective {eff}; was "
+           f"{cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps})")
+    cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps = mb, acc
+
+
 class _null:
     def __enter__(self):
         return self
@@ -381,23 +426,59 @@ def _save_final(out: Path, model, tok, cfg_dict: dict, trainer_state: dict) -> N
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_train_config(argv)
-    try:
-        train(cfg)
-    except UserError as e:
-        exit_with_user_error(e, PROG)
-    except torch.cuda.OutOfMemoryError as e:
-        msg = f"CUDA out of memory: {str(e).splitlines()[0]}"
+    while True:
         try:
-            from sftbench.plan import oom_advice_for_config
+            train(cfg)
+            return 0
+        except UserError as e:
+            exit_with_user_error(e, PROG)
+        except torch.cuda.OutOfMemoryError as e:
+            if cfg.oom_fallback and cfg.per_device_train_batch_size > 1:
+                _prepare_oom_retry(cfg, e)
+                continue
+            return _report_oom(cfg, e)
 
-            msg += "\n" + oom_advice_for_config(cfg)
-        except Exception:
-            msg += ("\nTry: halve --per_device_train_batch_size and double --gradient_accumulation_steps (same effective "
-                    "batch), --gradient_checkpointing True, a shorter --model_max_length, or scripts/sft_min_vram.sh. "
-                    "Resume from the last checkpoint with --resume_from_checkpoint latest.")
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
-        return 3
-    return 0
+
+def _prepare_oom_retry(cfg: TrainConfig, e: BaseException) -> None:
+    """Half micro-batch, double accumulation (same window, so the same data order); resume from the last checkpoint."""
+    import gc
+
+    from sftbench.checkpoint import list_checkpoints
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    cfg.per_device_train_batch_size //= 2
+    cfg.gradient_accumulation_steps *= 2
+    out = Path(cfg.output_dir)
+    have = [p for _, p in list_checkpoints(out) if (p / "training_state").is_dir()]
+    if have:
+        cfg.resume_from_checkpoint = "latest"
+    elif out.is_dir():  # nothing to resume: move the partial log aside and start over
+        for name in ("metrics.jsonl", "sft_config.json"):
+            if (out / name).exists():
+                os.replace(out / name, out / f"{name}.oom-{int(time.time())}")
+    print(f"[train] out of memory ({str(e).splitlines()[0][:120]}); --oom_fallback: retrying with micro-batch "
+          f"{cfg.per_device_train_batch_size} x accumulation {cfg.gradient_accumulation_steps}"
+          + (" from the last checkpoint" if have else " from the start"), flush=True)
+
+
+def _report_oom(cfg: TrainConfig, e: BaseException) -> int:
+    """The planner's advice instead of a raw CUDA traceback; exit status 3."""
+    msg = f"CUDA out of memory: {str(e).splitlines()[0]}"
+    try:
+        from sftbench.plan import oom_advice_for_config
+
+        msg += "\n" + oom_advice_for_config(cfg)
+    except Exception:
+        msg += ("\nTry: halve --per_device_train_batch_size and double --gradient_accumulation_steps (same effective "
+                "batch), --gradient_checkpointing True, a shorter --model_max_length, or scripts/sft_min_vram.sh. "
+                "Resume from the last checkpoint with --resume_from_checkpoint latest.")
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

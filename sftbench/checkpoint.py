@@ -154,7 +154,17 @@ def finalize_checkpoint(output_dir, step: int) -> Path:
 def save_model_dir(path, model, tokenizer, config_dict: dict, trainer_state: dict) -> None:
     """Weights (safetensors, fp32 masters), config, generation config, tokenizer + template, our JSONs."""
     path = Path(path)
-    model.save_pretrained(path, safe_serialization=True)
+    if hasattr(model, "peft_config"):
+        # LoRA: the adapter (for resume) in adapter/, and a merged full model at the top level so that
+        # from_pretrained and the IFEval sweep load the checkpoint like any other.
+        import copy
+
+        model.save_pretrained(path / "adapter")
+        merged = copy.deepcopy(model).to("cpu").merge_and_unload()
+        merged.save_pretrained(path, safe_serialization=True)
+        del merged
+    else:
+        model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     atomic_write_json(path / "sft_config.json", config_dict)
     atomic_write_json(path / "trainer_state.json", trainer_state)

@@ -46,6 +46,9 @@ class FastSettings:
     """Recompute the first N decoder layers in the backward pass instead of storing their activations."""
     ce_chunk_size: int = 2048
     """Rows of logits alive at once in the fused cross-entropy ([chunk, vocab] fp32)."""
+    checkpoint_mode: str = "inside"
+    """inside: torch.utils.checkpoint inside the compiled layer (the compiler plans the recompute);
+    outside: checkpoint around the compiled layer (the fallback if a torch version cannot trace it)."""
     layer_fns: dict = field(default_factory=dict, repr=False)
 
 
@@ -119,7 +122,7 @@ def _checkpointed(fn):
 
 
 def prepare_fast_model(model, *, attention: str = "auto", compile: bool | None = None,
-                       checkpoint_layers: int = 0, ce_chunk_size: int = 2048):
+                       checkpoint_layers: int = 0, ce_chunk_size: int = 2048, checkpoint_mode: str = "inside"):
     """Attach fast-forward settings to an HF LlamaForCausalLM (in place; returns the model).
 
     Call after moving the model to its device.  `compile=None` means: compile on CUDA only.
@@ -133,10 +136,12 @@ def prepare_fast_model(model, *, attention: str = "auto", compile: bool | None =
         raise ValueError(f"attention must be flex, sdpa or auto, got {attention!r}")
     if compile is None:
         compile = dev.type == "cuda"
+    if checkpoint_mode not in ("inside", "outside"):
+        raise ValueError(f"checkpoint_mode must be inside or outside, got {checkpoint_mode!r}")
     n_layers = model.config.num_hidden_layers
     model._sftbench_fast = FastSettings(attention=attention, compile=bool(compile),
                                         checkpoint_layers=max(0, min(int(checkpoint_layers), n_layers)),
-                                        ce_chunk_size=int(ce_chunk_size))
+                                        ce_chunk_size=int(ce_chunk_size), checkpoint_mode=checkpoint_mode)
     return model
 
 
@@ -157,11 +162,14 @@ def _layer_fn(model, st: FastSettings, checkpointed: bool):
         cfg = model.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         fn = _make_layer_fn(cfg.num_attention_heads, cfg.num_key_value_heads, head_dim, cfg.rms_norm_eps, st.attention)
-        if checkpointed:
+        if checkpointed and st.checkpoint_mode == "inside":
             fn = _checkpointed(fn)
         if st.compile:
-            # Checkpoint inside the compiled region: the compiler sees the recompute and plans it.
+            # One graph for all layers (weights are arguments); with checkpointing inside, the compiler sees
+            # the recompute and plans it.
             fn = torch.compile(fn, dynamic=False)
+        if checkpointed and st.checkpoint_mode == "outside":
+            fn = _checkpointed(fn)
         st.layer_fns[key] = fn
     return fn
 

@@ -70,6 +70,14 @@ class TrainConfig:
     engine: str = _f("reference", "`reference`: padded micro-batches through the HF model. `fast`: padding-free packing into "
                      "--token_budget tokens with per-conversation attention, compiled (GPU).", choices=["reference", "fast"])
     token_budget: int = _f(0, "fast engine: tokens per packed micro-batch (0 = per_device_train_batch_size x model_max_length).")
+    method: str = _f("full", "`full`: train all weights. `lora`: train LoRA adapters (peft) on attention and MLP projections, "
+                     "for models that do not fit fully (e.g. Qwen2.5-0.5B/1.5B on 8-16 GB); checkpoints hold the adapter "
+                     "(adapter/) and a merged model for evaluation.", choices=["full", "lora"])
+    lora_rank: int = _f(16, "LoRA rank (alpha = 2 x rank).")
+    auto_batch: bool = _f(False, "Pick micro-batch and accumulation for the detected GPU (sftbench.plan's memory model), keeping "
+                          "the effective batch = per_device_train_batch_size x gradient_accumulation_steps.")
+    oom_fallback: bool = _f(False, "On CUDA out-of-memory, retry from the last checkpoint with half the micro-batch and double the "
+                            "accumulation (same effective batch, same data order) instead of stopping.")
     device: str = _f("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")
     memory_cap_gib: Optional[float] = _f(None, "Cap this process's GPU memory so the device total (NVML) stays under this many GiB; e.g. 8 to emulate an 8 GB laptop on a bigger GPU.")
 

@@ -10,7 +10,6 @@ import torch
 
 import conversation_func as cf
 from conversation_func import (
-    DataStats,
     build_examples,
     collate,
     load_records,
@@ -108,8 +107,6 @@ def test_tokenizer_without_template_uses_plain_chatml(tiny_tokenizer):
 
 def test_template_with_default_system_prompt(tiny_tokenizer):
     # SmolLM2-Instruct style: a system prompt is injected when none is given; it must not be trained.
-    from sftbench.models import load_offline_tokenizer  # noqa: F401  (import check only)
-
     tmpl = (
         "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
         "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"

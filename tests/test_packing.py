@@ -247,3 +247,18 @@ def test_unsupported_model_is_refused(tiny_model_dir):
                       num_attention_heads=2, num_key_value_heads=1, attention_bias=True)
     with pytest.raises(NotImplementedError, match="attention_bias"):
         prepare_fast_model(LlamaForCausalLM(cfg))
+
+
+def test_agrees_with_loss_functions_chunked_ce(model, convs):
+    """The fused CE on packed shift_labels == loss_functions.chunked_ce_sum on the packed (unshifted) labels."""
+    lf = pytest.importorskip("loss_functions")
+    prepare_fast_model(model, attention="sdpa", compile=False, ce_chunk_size=32)
+    batch = make_packed_batch(convs, 160, pad_id=2)
+    with torch.no_grad():
+        s, n = packed_loss_sum(model, batch)
+        hidden = packed_forward_hidden(model, batch)
+        s2, n2 = lf.chunked_ce_sum(hidden, model.lm_head.weight, batch["labels"], chunk_size=32)
+        s3, n3 = lf.masked_ce_sum(model.lm_head(hidden), batch["labels"])
+    assert n == n2 == n3
+    torch.testing.assert_close(s, s2.float(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(s, s3.float(), atol=1e-4, rtol=1e-5)

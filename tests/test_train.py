@@ -219,3 +219,48 @@ def test_precision_policy_on_cpu():
     assert p.autocast_dtype is None and not p.use_grad_scaler and "fp32" in p.reason
     with pytest.raises(UserError):
         pick_precision(torch.device("cpu"), bf16=True, fp16=True)
+
+
+def test_lora_run_saves_adapter_and_merged_model(tiny_model_dir, data, tmp_path):
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    run_train(args(tiny_model_dir, data, out, max_steps=2, save_steps=2, method="lora", lora_rank=4))
+    ck = out / "checkpoint-2"
+    assert (ck / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(ck)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not any("lora" in k for k in merged.state_dict())
+    diffs = [not torch.equal(merged.state_dict()[k], base.state_dict()[k]) for k in base.state_dict() if "q_proj" in k]
+    assert any(diffs)  # the adapter changed the merged projections
+    rows = metrics(out)
+    assert len(rows) == 2
+    # resume continues from the adapter
+    res = tmp_path / "lora_resume"
+    res.mkdir()
+    shutil.copytree(ck, res / "checkpoint-2")
+    run_train(args(tiny_model_dir, data, res, max_steps=3, save_steps=3, method="lora", lora_rank=4,
+                   resume_from_checkpoint="latest"))
+    assert (res / "checkpoint-3" / "adapter").is_dir()
+
+
+def test_oom_is_answered_with_advice_and_fallback(tiny_model_dir, data, tmp_path, monkeypatch, capsys):
+    """Simulated CUDA OOM: plain run exits 3 with the planner's advice; --oom_fallback retries at half micro-batch."""
+    import train_hw_parallel as thp
+
+    real_forward = thp.CausalLMLossSum.forward
+
+    def fake_forward(self, input_ids, attention_mask, labels):
+        if input_ids.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real_forward(self, input_ids, attention_mask, labels)
+
+    monkeypatch.setattr(thp.CausalLMLossSum, "forward", fake_forward)
+    rc = thp.main(args(tiny_model_dir, data, tmp_path / "a", max_steps=2, save_steps=1))
+    err = capsys.readouterr().err
+    assert rc == 3 and "out of memory" in err and "--per_device_train_batch_size 1" in err
+    rc = thp.main(args(tiny_model_dir, data, tmp_path / "b", max_steps=2, save_steps=1, oom_fallback=True))
+    outp = capsys.readouterr().out
+    assert rc == 0 and "--oom_fallback: retrying with micro-batch 1 x accumulation 4" in outp
+    assert [r["step"] for r in metrics(tmp_path / "b")] == [1, 2]

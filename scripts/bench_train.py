@@ -1,0 +1,615 @@
+#!/usr/bin/env python
+"""Training throughput and memory under an 8 GiB cap: the 8 GB homework recipe, TRL+Liger, our reference
+engine and our fast engine, side by side on the same data, printing real tokens/s, peak VRAM and ratios.
+
+Each row runs in its own subprocess (clean CUDA context, so NVML and torch peaks belong to that row alone),
+under `sftbench.memory.apply_memory_cap(--cap-gib)`.  Rows:
+
+  hf_trainer  HF Trainer, micro-batch 1, fp16 AMP, gradient checkpointing (the homework's 8 GB recipe)
+  trl_liger   TRL SFTTrainer + Liger kernels, bf16, micro-batch --trl-batch (optional deps: trl, liger-kernel;
+              the row is skipped with a note when they are missing; retried at half the batch on OOM)
+  reference   padded micro-batches in data order, HF forward + masked CE, bf16 autocast, fp32 AdamW,
+              HF gradient checkpointing (what `--engine reference` does)
+  fast        packed rows of --token-budget tokens, FlexAttention document mask, compiled decoder layer,
+              fused chunked CE, fused AdamW, bf16 autocast over fp32 masters, checkpointing chosen to fit
+  fast@B:K    extra fast configurations (token budget B, K checkpointed layers or 'auto'), throughput only
+
+Every row sees the same optimizer steps of --batch-convs conversations (same order, same init and LR) except
+that HF Trainer/TRL shuffle with their own sampler.  reference and fast run --steps steps and their per-step
+losses are compared pairwise (same conversations in each step); the peers run --peer-steps steps
+(at ~1k tokens/s the homework recipe would need hours for 200).  Tokens/s counts real (non-padding) input
+tokens, each once, after --warmup-steps steps (compilation and allocator warm-up are excluded; total wall
+time is reported too).
+
+Data: --data FILE.jsonl with {"input_ids", "labels"} rows (see `prepare`), or `synthetic` (lengths log-normal,
+median 450, max 1024).  Model: random-init SmolLM2-135M shape (throughput does not depend on the weights).
+
+  python scripts/bench_train.py prepare --out .bench-data/chat_smollm2.jsonl      # CPU, once
+  python scripts/bench_train.py --data .bench-data/chat_smollm2.jsonl --out $OUT  # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+IGN = -100
+PAD_ID = 2  # <|im_end|>, SmolLM2's pad in this project
+GIB = 1024**3
+ALL_ROWS = ("hf_trainer", "trl_liger", "reference", "fast")
+TRL_LIGER_PEER = 16564  # tokens/s measured here before (shared/NOTES.md); used only if the row cannot run
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data and model
+# ---------------------------------------------------------------------------------------------------------------
+
+def load_examples(spec: str, n_synthetic: int = 2000, seed: int = 0) -> list[dict]:
+    if spec == "synthetic":
+        rng = random.Random(seed)
+        out = []
+        for _ in range(n_synthetic):
+            n = max(16, min(1024, int(rng.lognormvariate(math.log(450), 0.6))))
+            ids = [rng.randrange(3, 49152) for _ in range(n)]
+            p = rng.randrange(4, n // 2)
+            out.append({"input_ids": ids, "labels": [IGN] * p + ids[p:]})
+        return out
+    from sftbench.io import read_jsonl
+
+    rows = read_jsonl(spec)
+    return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+
+
+def step_windows(n_examples: int, steps: int, batch_convs: int, seed: int = 0) -> list[list[int]]:
+    """Example indices of each optimizer step: epochs of seeded permutations, cut into windows."""
+    order: list[int] = []
+    epoch = 0
+    while len(order) < steps * batch_convs:
+        perm = list(range(n_examples))
+        random.Random(seed + epoch).shuffle(perm)
+        order.extend(perm)
+        epoch += 1
+    return [order[k * batch_convs:(k + 1) * batch_convs] for k in range(steps)]
+
+
+def smollm2_135m_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                       rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=PAD_ID)
+
+
+def build_model(seed: int = 0, attn: str = "sdpa", tiny: bool = False):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = smollm2_135m_config()
+    if tiny:
+        cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = 2, 64, 128
+        cfg.num_attention_heads, cfg.num_key_value_heads = 4, 2
+    cfg._attn_implementation = attn
+    return LlamaForCausalLM(cfg)
+
+
+def prepare(out: str, data_dir: str, max_length: int) -> None:
+    """Tokenise the chat data with the real SmolLM2 tokenizer (offline GGUF) via conversation_func."""
+    from conversation_func import build_examples, load_tokenizer
+    from sftbench.io import atomic_write_jsonl
+
+    tok = load_tokenizer("smollm2-135m-instruct-offline")
+    exs, stats = build_examples(data_dir, tok, max_length=max_length, max_rounds=None, progress=True,
+                                on_bad_record="skip")
+    atomic_write_jsonl(out, ({"input_ids": e["input_ids"], "labels": e["labels"]} for e in exs))
+    lens = sorted(len(e["input_ids"]) for e in exs)
+    print(f"wrote {out}: {len(exs)} examples, median {lens[len(lens) // 2]} tokens, max {lens[-1]}; {stats}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one row (runs in a subprocess)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _autocast(device):
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class Meter:
+    """Real tokens and wall time of each optimizer step (device-synchronised at step ends)."""
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        self.t0 = None
+        self.step_ends: list[float] = []
+        self.step_tokens: list[int] = []
+
+    def start(self):
+        _sync()
+        self.t0 = time.perf_counter()
+
+    def step(self, tokens: int):
+        _sync()
+        self.step_ends.append(time.perf_counter())
+        self.step_tokens.append(int(tokens))
+
+    def summary(self, warmup: int) -> dict:
+        n = len(self.step_ends)
+        w = min(warmup, max(n - 2, 0))
+        t_start = self.t0 if w == 0 else self.step_ends[w - 1]
+        toks = sum(self.step_tokens[w:])
+        secs = self.step_ends[-1] - t_start if n else float("nan")
+        return {"steps": n, "timed_steps": n - w, "timed_tokens": toks, "timed_s": round(secs, 3),
+                "tokens_per_s": round(toks / secs, 1) if secs > 0 else None,
+                "total_wall_s": round(self.step_ends[-1] - self.t0, 2) if n else None,
+                "total_tokens": sum(self.step_tokens)}
+
+
+def _lr_lambda(warmup: int):
+    return lambda s: min(1.0, (s + 1) / max(1, warmup))
+
+
+def row_reference(a, examples, windows, model, device) -> dict:
+    import torch
+
+    from conversation_func import collate
+    from loss_functions import masked_ce_sum
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
+    meter, losses = Meter(), []
+    meter.start()
+    for win in windows:
+        exs = [examples[i] for i in win]
+        n_window = sum(sum(1 for l in e["labels"][1:] if l != IGN) for e in exs)
+        total = torch.zeros((), device=device)
+        for s in range(0, len(exs), a.ref_batch):
+            b = {k: v.to(device, non_blocking=True) for k, v in collate(exs[s:s + a.ref_batch], PAD_ID).items()}
+            with _autocast(device):
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            ce, _ = masked_ce_sum(logits, b["labels"])
+            (ce / n_window).backward()
+            total += ce.detach()
+            del logits, ce
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total / n_window)
+        meter.step(sum(len(e["input_ids"]) for e in exs))
+    out = meter.summary(a.warmup_steps)
+    out["losses"] = [round(float(x), 5) for x in torch.stack(losses).tolist()]
+    out["config"] = {"micro_batch": a.ref_batch, "gradient_checkpointing": True, "precision": "bf16 autocast"}
+    return out
+
+
+def row_fast(a, examples, windows, model, device, budget: int, ckpt: str) -> dict:
+    import torch
+
+    from sftbench.fast_model import choose_checkpoint_layers, make_fused_adamw, packed_loss_sum, prepare_fast_model
+    from sftbench.packing import batch_to_device, make_packed_batch, pack_examples
+
+    if ckpt == "auto":
+        # plan for --target-gib of device memory: minus ~1.3 GiB of CUDA context, minus 10% allocator slack
+        k = choose_checkpoint_layers(model, budget, int((a.target_gib - 1.3) * 0.9 * GIB), ce_chunk_size=a.ce_chunk)
+    else:
+        k = int(ckpt)
+    prepare_fast_model(model, attention=a.attention, compile=not a.no_compile and device.type == "cuda",
+                       checkpoint_layers=k, ce_chunk_size=a.ce_chunk, checkpoint_mode=a.ckpt_mode)
+    model.train()
+    opt = make_fused_adamw(model.parameters(), lr=a.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
+    meter, losses = Meter(), []
+    pin = device.type == "cuda"
+    n_bins = 0
+    packed_tokens = 0
+    meter.start()
+    for step, win in enumerate(windows):
+        exs = [examples[i] for i in win]
+        bins = pack_examples(exs, budget, seed=step)
+        batches = [batch_to_device({k2: (v.pin_memory() if torch.is_tensor(v) and pin else v) for k2, v in
+                                    make_packed_batch([exs[i] for i in b], budget, PAD_ID).items()}, device)
+                   for b in bins]
+        n_window = sum(b["num_targets"] for b in batches)
+        total = torch.zeros((), device=device)
+        for b in batches:
+            with _autocast(device):
+                s, _ = packed_loss_sum(model, b)
+            (s / n_window).backward()
+            total += s.detach()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total / n_window)
+        n_bins += len(bins)
+        packed_tokens += sum(b["num_real_tokens"] for b in batches)
+        meter.step(sum(len(e["input_ids"]) for e in exs))
+    out = meter.summary(a.warmup_steps)
+    out["losses"] = [round(float(x), 5) for x in torch.stack(losses).tolist()]
+    out["config"] = {"token_budget": budget, "checkpoint_layers": k, "ce_chunk": a.ce_chunk,
+                     "attention": model._sftbench_fast.attention, "compile": model._sftbench_fast.compile,
+                     "ckpt_mode": a.ckpt_mode,
+                     "micro_batches_per_step": round(n_bins / len(windows), 2),
+                     "packing_efficiency": round(packed_tokens / (n_bins * budget), 3)}
+    return out
+
+
+class _TokenCounter:
+    """Forward pre-hook: adds the real tokens of every micro-batch (attention_mask sum) on the device."""
+
+    def __init__(self, model, device):
+        import torch
+
+        self.count = torch.zeros((), dtype=torch.long, device=device)
+        self.handle = model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        am = kwargs.get("attention_mask")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if am is not None and am.dim() == 2:
+            self.count += am.sum()
+        elif kwargs.get("position_ids") is not None and ids is not None:  # padding-free: everything is real
+            self.count += ids.numel()
+        elif ids is not None:
+            self.count += (ids != PAD_ID).sum()
+        return None
+
+
+def _hf_callback(meter_box):
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            meter_box["meter"].start()
+            meter_box["last"] = 0
+
+        def on_step_end(self, args, state, control, **kw):
+            c = int(meter_box["counter"].count.item())
+            meter_box["meter"].step(c - meter_box["last"])
+            meter_box["last"] = c
+
+    return Timer()
+
+
+def _trainer_losses(trainer) -> list[float]:
+    return [round(float(h["loss"]), 5) for h in trainer.state.log_history if "loss" in h]
+
+
+class _ListDataset:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def row_hf_trainer(a, examples, windows, model, device, tmp: str) -> dict:
+    import torch
+    from torch.utils.data import IterableDataset
+    from transformers import Trainer, TrainingArguments
+
+    from conversation_func import collate
+
+    rows = [examples[i] for w in windows for i in w]
+
+    class InOrder(IterableDataset):  # no shuffling: the same conversations in the same order as our rows
+        def __iter__(self):
+            return iter(rows)
+
+    args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=1,
+                             gradient_accumulation_steps=a.batch_convs, max_steps=len(windows),
+                             learning_rate=a.lr, weight_decay=0.0, lr_scheduler_type="constant",
+                             fp16=device.type == "cuda", gradient_checkpointing=True, use_cpu=device.type == "cpu", logging_steps=1, save_strategy="no",
+                             report_to="none", dataloader_num_workers=0, seed=0, max_grad_norm=1.0)
+    box = {"meter": Meter(), "counter": _TokenCounter(model, device)}
+    trainer = Trainer(model=model, args=args, train_dataset=InOrder(),
+                      data_collator=lambda b: collate(b, PAD_ID), callbacks=[_hf_callback(box)])
+    trainer.train()
+    out = box["meter"].summary(a.peer_warmup_steps)
+    out["losses"] = _trainer_losses(trainer)
+    out["config"] = {"micro_batch": 1, "gradient_accumulation": a.batch_convs, "fp16": True,
+                     "gradient_checkpointing": True}
+    return out
+
+
+def row_trl_liger(a, examples, windows, model, device, tmp: str) -> dict:
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [examples[i] for w in windows for i in w]
+    ds = datasets.Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    mb = a.trl_batch
+    ga = max(1, a.batch_convs // mb)
+    args = SFTConfig(output_dir=tmp, per_device_train_batch_size=mb, gradient_accumulation_steps=ga,
+                     max_steps=len(windows), learning_rate=a.lr, weight_decay=0.0, lr_scheduler_type="constant",
+                     bf16=device.type == "cuda", use_liger_kernel=device.type == "cuda", max_length=1024, packing=False, logging_steps=1,
+                     save_strategy="no", report_to="none", dataloader_num_workers=0, seed=0,
+                     max_grad_norm=1.0, use_cpu=device.type == "cpu")
+    tok = _tiny_pad_tokenizer()
+    box = {"meter": Meter(), "counter": _TokenCounter(model, device)}
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                         callbacks=[_hf_callback(box)])
+    box["counter"].handle.remove()
+    box["counter"] = _TokenCounter(trainer.model, device)
+    trainer.train()
+    out = box["meter"].summary(a.peer_warmup_steps)
+    out["losses"] = _trainer_losses(trainer)
+    out["config"] = {"micro_batch": mb, "gradient_accumulation": ga, "bf16": args.bf16, "liger": args.use_liger_kernel,
+                     "gradient_checkpointing": bool(args.gradient_checkpointing)}
+    return out
+
+
+def _tiny_pad_tokenizer():
+    """TRL wants a processing_class for its pad id; the data are already token ids, so any tokenizer whose
+    pad id is 2 (<|im_end|>) does: the project's tiny tokenizer has SmolLM2's special ids."""
+    from sftbench.tiny import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    assert tok.pad_token_id == PAD_ID
+    return tok
+
+
+def run_row(a) -> dict:
+    import torch
+
+    from sftbench.memory import MemoryMonitor, apply_memory_cap, torch_peak_gib
+
+    device = torch.device("cuda", 0) if not a.cpu_debug else torch.device("cpu")
+    cap_line = apply_memory_cap(a.cap_gib, device)
+    examples = load_examples(a.data)
+    if a.cpu_debug:  # a smoke test of the code paths on a CPU: short examples, tiny model
+        examples = [{"input_ids": e["input_ids"][:96], "labels": e["labels"][:96]} for e in examples]
+    name = a.row
+    steps = {"hf_trainer": a.hf_steps, "trl_liger": a.peer_steps}.get(name, a.peer_steps if name.startswith("fast@") else a.steps)
+    windows = step_windows(len(examples), steps, a.batch_convs)
+    model = build_model(seed=0, tiny=a.cpu_debug).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    mon = MemoryMonitor(device_index=0, interval_s=0.05).start()
+    t0 = time.time()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if name == "reference":
+                res = row_reference(a, examples, windows, model, device)
+            elif name == "fast":
+                res = row_fast(a, examples, windows, model, device, a.token_budget, a.checkpoint_layers)
+            elif name.startswith("fast@"):
+                parts = name[5:].split(":")  # BUDGET:K[:inside|outside]
+                if len(parts) == 3:
+                    a.ckpt_mode = parts[2]
+                res = row_fast(a, examples, windows, model, device, int(parts[0]), parts[1])
+            elif name == "hf_trainer":
+                res = row_hf_trainer(a, examples, windows, model, device, tmp)
+            elif name == "trl_liger":
+                res = row_trl_liger(a, examples, windows, model, device, tmp)
+            else:
+                raise SystemExit(f"unknown row {name}")
+        res["status"] = "ok"
+    except torch.OutOfMemoryError as e:
+        res = {"status": "oom", "error": str(e).splitlines()[0][:300]}
+    finally:
+        mon.stop()
+    res.update(torch_peak_gib(device))
+    res.update(mon.summary())
+    res["cap"] = cap_line
+    res["row"] = name
+    res["row_wall_s"] = round(time.time() - t0, 1)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# orchestration and report
+# ---------------------------------------------------------------------------------------------------------------
+
+def _child(a, row: str, extra: list[str]) -> dict:
+    out = Path(a.out) / f"row_{row.replace('@', '_').replace(':', '_')}.json"
+    cmd = [sys.executable, __file__, "--_row", row, "--_row-out", str(out)] + a._argv + extra
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    print(f"\n=== {row}: {' '.join(extra)}", flush=True)
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=env, timeout=a.row_timeout)
+    if proc.returncode != 0 or not out.is_file():
+        return {"row": row, "status": f"failed (exit {proc.returncode}, {time.time() - t0:.0f} s)"}
+    return json.loads(out.read_text())
+
+
+def _deps_available(cpu_debug: bool = False) -> str | None:
+    import importlib.util
+
+    need = ("trl", "datasets") if cpu_debug else ("trl", "liger_kernel", "datasets")
+    missing = [m for m in need if importlib.util.find_spec(m) is None]
+    return None if not missing else "missing " + ", ".join(missing)
+
+
+def compare_curves(ref: list[float], fast: list[float], window: int = 11) -> dict:
+    """Paired per-step comparison (same conversations in each step) against the reference's own noise."""
+    import numpy as np
+
+    r, f = np.asarray(ref, float), np.asarray(fast, float)
+    n = min(len(r), len(f))
+    r, f = r[:n], f[:n]
+    d = f - r
+    half = n // 2
+    k = np.ones(window) / window
+    smooth = np.convolve(r, k, mode="same")
+    inner = slice(max(half, window), n - window // 2)
+    noise = float(np.std((r - smooth)[inner])) if n > 2 * window else float("nan")
+    last = min(20, n)
+    res = {
+        "steps": n,
+        "mean_abs_diff": float(np.mean(np.abs(d))),
+        "mean_abs_diff_2nd_half": float(np.mean(np.abs(d[half:]))),
+        "max_abs_diff": float(np.max(np.abs(d))),
+        "mean_diff_2nd_half": float(np.mean(d[half:])),
+        "ref_step_noise_std": noise,
+        "ref_final_mean": float(np.mean(r[-last:])),
+        "fast_final_mean": float(np.mean(f[-last:])),
+        "ref_first": float(r[0]), "fast_first": float(f[0]),
+    }
+    res["match"] = bool(res["mean_abs_diff_2nd_half"] < noise and abs(res["mean_diff_2nd_half"]) < noise / 2)
+    return res
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def report(a, results: list[dict]) -> str:
+    by = {r["row"]: r for r in results}
+    trl = by.get("trl_liger", {})
+    trl_tps = trl.get("tokens_per_s") if trl.get("status") == "ok" else None
+    base_note = ""
+    if trl_tps is None:
+        trl_tps = TRL_LIGER_PEER
+        base_note = f" (TRL+Liger row did not run here: ratios use the earlier measurement, {TRL_LIGER_PEER} tok/s)"
+    lines = [
+        f"| row | status | steps timed | real tokens/s | x TRL+Liger | torch peak alloc GiB | torch peak reserved GiB | NVML peak GiB | final loss | config |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        tps = r.get("tokens_per_s")
+        losses = r.get("losses") or []
+        cfg = r.get("config", {})
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["row"], r.get("status"), r.get("timed_steps", "-"), fmt(tps, ",.0f"),
+            fmt(tps / trl_tps if tps else None, ".2f"), fmt(r.get("torch_peak_allocated_gib"), ".2f"),
+            fmt(r.get("torch_peak_reserved_gib"), ".2f"), fmt(r.get("nvml_peak_gib"), ".2f"),
+            fmt(losses[-1] if losses else None, ".4f"), ", ".join(f"{k}={v}" for k, v in cfg.items())))
+    text = "\n".join(lines) + "\n" + base_note
+    if "reference" in by and "fast" in by and by["reference"].get("losses") and by["fast"].get("losses"):
+        c = compare_curves(by["reference"]["losses"], by["fast"]["losses"])
+        text += (
+            f"\nloss curves, fast vs reference, {c['steps']} optimizer steps with the same conversations per step:\n"
+            f"  first step {c['ref_first']:.4f} vs {c['fast_first']:.4f}; mean of last 20 steps "
+            f"{c['ref_final_mean']:.4f} (ref) vs {c['fast_final_mean']:.4f} (fast)\n"
+            f"  |fast - ref| per step: mean {c['mean_abs_diff']:.4f}, 2nd half {c['mean_abs_diff_2nd_half']:.4f} "
+            f"(signed {c['mean_diff_2nd_half']:+.4f}), max {c['max_abs_diff']:.4f}\n"
+            f"  reference step-to-step noise (std around an 11-step moving average, 2nd half): {c['ref_step_noise_std']:.4f}\n"
+            f"  verdict: {'MATCH' if c['match'] else 'DIFFERENT'} (match = mean |diff| over the 2nd half below the "
+            f"reference's step noise and the signed mean diff below half of it)\n")
+        by["fast"]["curve_comparison"] = c
+    return text
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", nargs="?", default="run", choices=["run", "prepare"],
+                   help="run (default): the benchmark on a CUDA GPU; prepare: tokenise chat data (CPU)")
+    p.add_argument("--data", default=".bench-data/chat_smollm2.jsonl",
+                   help="JSONL of {input_ids, labels} rows (from `prepare`), or 'synthetic'")
+    p.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "chat"), help="prepare: chat data dir")
+    p.add_argument("--max-length", type=int, default=1024, help="prepare: truncate conversations to this length")
+    p.add_argument("--out", default="runs/bench_train", help="run: folder for row JSONs, summary.json, table.md; "
+                   "prepare: the JSONL file to write")
+    p.add_argument("--rows", default=",".join(ALL_ROWS),
+                   help="comma list of rows: hf_trainer, trl_liger, reference, fast, fast@BUDGET:K[:inside|outside] "
+                        "(K = checkpointed layers or auto)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps for reference and fast")
+    p.add_argument("--peer-steps", type=int, default=8, help="optimizer steps for trl_liger and fast@ rows")
+    p.add_argument("--hf-steps", type=int, default=3, help="optimizer steps for hf_trainer (~15 s each at 32 conversations)")
+    p.add_argument("--batch-convs", type=int, default=32, help="conversations per optimizer step")
+    p.add_argument("--warmup-steps", type=int, default=10, help="steps excluded from the timing (reference, fast)")
+    p.add_argument("--peer-warmup-steps", type=int, default=1, help="steps excluded from the timing (peers, fast@)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW, no weight decay)")
+    p.add_argument("--warmup-lr-steps", type=int, default=10, help="linear LR warm-up steps (reference, fast)")
+    p.add_argument("--cap-gib", type=float, default=8.0, help="device memory cap per row (NVML total)")
+    p.add_argument("--target-gib", type=float, default=6.0, help="fast: device memory to plan checkpointing for")
+    p.add_argument("--token-budget", type=int, default=16384, help="fast: tokens per packed micro-batch")
+    p.add_argument("--checkpoint-layers", default="auto", help="fast: layers to recompute (int or auto)")
+    p.add_argument("--ce-chunk", type=int, default=2048, help="fast: rows of logits per CE chunk")
+    p.add_argument("--attention", default="auto", choices=["auto", "flex", "sdpa"], help="fast: attention kernel")
+    p.add_argument("--no-compile", action="store_true", help="fast: skip torch.compile")
+    p.add_argument("--ckpt-mode", default="inside", choices=["inside", "outside"],
+                   help="fast: activation checkpointing inside the compiled layer (compiler-planned) or around it")
+    p.add_argument("--ref-batch", type=int, default=4, help="reference: conversations per padded micro-batch")
+    p.add_argument("--trl-batch", type=int, default=8, help="trl_liger: micro-batch (halved once on OOM)")
+    p.add_argument("--row-timeout", type=int, default=400, help="seconds before a row's subprocess is killed")
+    p.add_argument("--_row", dest="row", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_cpu-debug", dest="cpu_debug", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--_row-out", dest="row_out", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a._argv = [x for x in (argv if argv is not None else sys.argv[1:]) if x not in ("run",)]
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    from sftbench.errors import UserError, exit_with_user_error
+
+    try:
+        if a.command == "prepare":
+            prepare(a.out, a.source, a.max_length)
+            return 0
+        if a.row:
+            from sftbench.io import atomic_write_json
+
+            res = run_row(a)
+            atomic_write_json(a.row_out, res)
+            print(json.dumps({k: v for k, v in res.items() if k != "losses"}), flush=True)
+            return 0
+        import torch
+
+        if not torch.cuda.is_available() and not a.cpu_debug:
+            raise UserError("bench_train: the benchmark needs a CUDA GPU (run `prepare` on the CPU).")
+        if a.data != "synthetic" and not Path(a.data).is_file():
+            raise UserError(f"{a.data}: data file not found; run `python scripts/bench_train.py prepare` first, "
+                            f"or pass --data synthetic.")
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        results = []
+        for row in [r.strip() for r in a.rows.split(",") if r.strip()]:
+            if row == "trl_liger" and _deps_available(a.cpu_debug):
+                results.append({"row": row, "status": f"skipped ({_deps_available(a.cpu_debug)})"})
+                continue
+            res = _child(a, row, [])
+            if row == "trl_liger" and res.get("status") == "oom" and a.trl_batch > 1:
+                res = _child(a, row, ["--trl-batch", str(a.trl_batch // 2)])
+            results.append(res)
+        text = report(a, results)
+        import transformers
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (debug run)"
+        head = (f"bench_train: {gpu}, torch {torch.__version__}, transformers "
+                f"{transformers.__version__}; data {a.data}; {a.batch_convs} conversations/step; cap {a.cap_gib} GiB\n")
+        from sftbench.io import atomic_write_json, atomic_write_text
+
+        atomic_write_json(Path(a.out) / "summary.json", {"args": {k: v for k, v in vars(a).items() if k != "_argv"},
+                                                         "results": results})
+        atomic_write_text(Path(a.out) / "table.md", head + text)
+        print("\n" + head + text, flush=True)
+        return 0
+    except UserError as e:
+        exit_with_user_error(e, "bench_train")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
