@@ -212,7 +212,10 @@ def analyse_pick(sweep: SweepData, alpha: float = ALPHA) -> PickReport:
         pvals = ", ".join(f"{c}: p = {format_p(cmp.p_value)} (Holm {format_p(cmp.p_holm)})"
                           for c, cmp in pick.comparisons.items())
         acc = {c: 100 * float(np.mean(out[c])) for c in trained_names}
-        if pick.pick == pick.best:
+        if pick.pick == pick.best and trained_names.index(pick.best) == 0:
+            txt = (f"Defensible pick: **{pick.pick}** — the best is also the earliest trained checkpoint "
+                   f"(McNemar exact, Holm-corrected over {len(pick.comparisons)} comparisons, alpha {alpha}).")
+        elif pick.pick == pick.best:
             txt = (f"Defensible pick: **{pick.pick}** — every earlier checkpoint is significantly worse than the "
                    f"best (McNemar exact, Holm-corrected over {len(pick.comparisons)} comparisons, alpha {alpha}).")
         else:

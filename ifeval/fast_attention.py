@@ -68,14 +68,14 @@ if HAVE_TRITON:
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         s = tl.program_id(2)
-        pos = tl.load(POS + b).to(tl.int64)
+        pos = tl.load(POS + b).to(tl.int32)
         offs_g = tl.arange(0, G_PAD)
         offs_d = tl.arange(0, D)
         gmask = offs_g < G
         heads = kvh * G + offs_g
         q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=gmask[:, None], other=0.0)
-        start = s * chunk
-        end = tl.minimum(start + chunk, pos)
+        start = (s * chunk).to(tl.int32)
+        end = tl.minimum(start + chunk, pos).to(tl.int32)
         kc_base = KC + b.to(tl.int64) * stride_cb + kvh * stride_ch
         vc_base = VC + b.to(tl.int64) * stride_cb + kvh * stride_ch
 

@@ -281,22 +281,29 @@ class FastGenerator:
         if not self.use_graph:
             self.last_capture_s = time.perf_counter() - t0
             return
+        while True:
+            try:
+                self._graph = self._capture()
+                break
+            except Exception as e:  # a compile or kernel problem must not cost the user the run
+                if self._fns is not self._eager_fns:
+                    what, self._fns, self.compile = "without torch.compile", self._eager_fns, False
+                elif self.attention == "triton":
+                    what, self.attention = "with SDPA attention instead of the Triton kernel", "torch"
+                else:
+                    raise
+                print(f"[fast_generate] decode step failed ({type(e).__name__}: {str(e)[:300]}); retrying {what}",
+                      flush=True)
+                torch.cuda.synchronize(self.device)
+        self.last_capture_s = time.perf_counter() - t0
+
+    def _capture(self):
+        """Warm up (compiles and autotunes outside the capture) on a side stream, then capture."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        try:
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._decode_step()
-        except Exception as e:  # compile problems must not cost the user the run
-            if self._fns is self._eager_fns:
-                raise
-            print(f"[fast_generate] torch.compile failed ({type(e).__name__}: {str(e)[:200]}); continuing uncompiled",
-                  flush=True)
-            self._fns = self._eager_fns
-            self.compile = False
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._decode_step()
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._decode_step()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
@@ -304,8 +311,10 @@ class FastGenerator:
             for _ in range(self.sync_every):
                 self._decode_step()
         torch.cuda.synchronize(self.device)
-        self._graph = graph
-        self.last_capture_s = time.perf_counter() - t0
+        # Leave the state inert: warm-up and capture ran steps on all-done rows.
+        self.done.fill_(True)
+        self.pos.zero_()
+        return graph
 
     def _run_window(self) -> None:
         if self._graph is not None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from typing import Iterable
 
@@ -60,9 +61,46 @@ def _no_nltk_download():
         nltk.download = real
 
 
+def _light_import():
+    """Import lm-eval's IFEval checker modules without running `lm_eval/tasks/__init__.py`.
+
+    That __init__ builds lm-eval's task manager, which imports datasets, sacrebleu, scikit-learn and more
+    (seconds, and packages a GPU box may lack); the checkers themselves need only nltk, langdetect and
+    immutabledict.  A bare package object stands in for `lm_eval.tasks` while the three modules load.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    if "lm_eval.tasks.ifeval.instructions_registry" in sys.modules:
+        return sys.modules["lm_eval.tasks.ifeval.instructions_registry"], sys.modules["lm_eval.tasks.ifeval.utils"]
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("No module named 'lm_eval'")
+    tasks_dir = os.path.join(list(spec.submodule_search_locations)[0], "tasks")
+    if "lm_eval.tasks" in sys.modules:  # the real package is already loaded: use it
+        return importlib.import_module("lm_eval.tasks.ifeval.instructions_registry"), importlib.import_module("lm_eval.tasks.ifeval.utils")
+    stub = types.ModuleType("lm_eval.tasks")
+    stub.__path__ = [tasks_dir]
+    sys.modules["lm_eval.tasks"] = stub
+    try:
+        reg = importlib.import_module("lm_eval.tasks.ifeval.instructions_registry")
+        utils = importlib.import_module("lm_eval.tasks.ifeval.utils")
+    finally:
+        # Leave the checker modules loaded but not the stub, so a later `import lm_eval.tasks` gets the real one.
+        if sys.modules.get("lm_eval.tasks") is stub:
+            del sys.modules["lm_eval.tasks"]
+    return reg, utils
+
+
 def _import_lm_eval_ifeval():
     require_punkt_tab()
     with _no_nltk_download():
+        try:
+            return _light_import()
+        except ImportError:
+            pass
         try:
             from lm_eval.tasks.ifeval import instructions_registry, utils
         except ImportError as e:

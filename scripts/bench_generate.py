@@ -60,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--variants", default="nocompile,nograph",
                    help="Extra fast-backend runs: nocompile (CUDA graph, eager kernels), nograph (no graph, no "
                         "compile). Empty for none.")
+    p.add_argument("--deadline-s", type=float, default=470.0,
+                   help="Skip the optional fast-backend variants once this many seconds have passed since start.")
     p.add_argument("--out-dir", default=None, help="Where to write results ($OUT if set, else ./bench-out).")
     p.add_argument("--score", default=None, metavar="DIR",
                    help="Score DIR/fast_responses.jsonl and DIR/hf_responses.jsonl with lm-eval's checkers and exit.")
@@ -243,6 +245,9 @@ def same_count(a: dict, b: dict, keys) -> tuple[int, int, float | None]:
 
 # ------------------------------------------------------------------------------------------- main
 
+T0 = time.perf_counter()
+
+
 def run(args) -> int:
     import torch
 
@@ -296,63 +301,84 @@ def run(args) -> int:
 
     # ---------------------------------------------------------------- 1. HF generate()
     if not args.skip_hf:
-        hf_model = load_model(model_dir, dtype, device)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        probes = []
-        from ifeval.fast_generate import available_memory_bytes
+        try:
+            hf_model = load_model(model_dir, dtype, device)
+            order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+            probes = []
+            from ifeval.fast_generate import available_memory_bytes
 
-        avail = available_memory_bytes(device) if device.type == "cuda" else None
-        for bs in [int(b) for b in args.hf_batch_sizes.split(",") if b.strip()]:
-            bs = min(bs, len(ids))
-            batch = [ids[i] for i in order[:bs]]
-            est = hf_memory_estimate(shape, bs, len(batch[0]), max_new)
-            fits = avail is None or est <= avail
-            try:
-                with Phase(device) as ph:
-                    hf_generate(hf_model, batch, args.hf_probe_tokens, stop, pad, min_new=args.hf_probe_tokens)
-                tps = bs * args.hf_probe_tokens / ph.wall
-                probes.append({"batch": bs, "wall_s": round(ph.wall, 3), "tokens_per_s": round(tps, 1),
-                               "step_ms": round(1000 * ph.wall / args.hf_probe_tokens, 1), "est_full_gib": round(est / GIB, 2),
-                               "fits_full_length": fits, "torch_peak_gib": ph.torch_peak_gib})
-            except Exception as e:
-                if not is_oom(e):
-                    raise
-                probes.append({"batch": bs, "oom": True, "est_full_gib": round(est / GIB, 2), "fits_full_length": False})
-                reset_peaks(device)
-            print(f"[bench] HF probe {probes[-1]}", flush=True)
-        ok = [p for p in probes if p.get("fits_full_length") and not p.get("oom")]
-        best = max(ok, key=lambda p: p["tokens_per_s"]) if ok else min(probes, key=lambda p: p["batch"])
-        bs = best["batch"]
-        summary["hf_probes"] = probes
-        summary["hf_batch"] = bs
-        batches = [order[i: i + bs] for i in range(0, len(order), bs)]
-        done_batches, batch_times = 0, []
-        with Phase(device) as ph:
-            t0 = time.perf_counter()
-            for b in batches:
-                elapsed = time.perf_counter() - t0
-                guess = max(batch_times) if batch_times else max_new * best.get("step_ms", 100) / 1000
-                if done_batches and elapsed + guess > args.hf_time_budget_s:
-                    break
-                tb = time.perf_counter()
-                outs = hf_generate(hf_model, [ids[i] for i in b], max_new, stop, pad)
-                batch_times.append(time.perf_counter() - tb)
-                for i, o in zip(b, outs):
-                    hf_tokens[i] = cut_at_stop(o, set(stop), max_new)[0]
-                    hf_order.append(i)
-                done_batches += 1
-                print(f"[bench] HF batch {done_batches}/{len(batches)}: {len(b)} prompts in {batch_times[-1]:.1f} s",
-                      flush=True)
-        hf_gen = sum(len(hf_tokens[i]) for i in hf_order)
-        hf_cap = sum(1 for i in hf_order if len(hf_tokens[i]) >= max_new and hf_tokens[i][-1] not in stop)
-        full = done_batches == len(batches)
-        note = "all prompts" if full else f"{done_batches}/{len(batches)} batches (time budget)"
-        rows.append(row(f"HF generate() bs={bs}", bs, len(hf_order), ph.wall, hf_gen, ph.torch_peak_gib,
-                        ph.nvml_peak_gib, hf_cap, note))
-        summary["hf"] = {**rows[-1], "batch_times_s": [round(t, 2) for t in batch_times], "complete": full,
-                         "projected_full_s": round(ph.wall * len(batches) / max(done_batches, 1), 3)}
-        del hf_model
-        reset_peaks(device)
+            avail = available_memory_bytes(device) if device.type == "cuda" else None
+            for bs in [int(b) for b in args.hf_batch_sizes.split(",") if b.strip()]:
+                bs = min(bs, len(ids))
+                batch = [ids[i] for i in order[:bs]]
+                est = hf_memory_estimate(shape, bs, len(batch[0]), max_new)
+                fits = avail is None or est <= avail
+                try:
+                    with Phase(device) as ph:
+                        hf_generate(hf_model, batch, args.hf_probe_tokens, stop, pad, min_new=args.hf_probe_tokens)
+                    tps = bs * args.hf_probe_tokens / ph.wall
+                    probes.append({"batch": bs, "wall_s": round(ph.wall, 3), "tokens_per_s": round(tps, 1),
+                                   "step_ms": round(1000 * ph.wall / args.hf_probe_tokens, 1), "est_full_gib": round(est / GIB, 2),
+                                   "fits_full_length": fits, "torch_peak_gib": ph.torch_peak_gib})
+                except Exception as e:
+                    if not is_oom(e):
+                        raise
+                    probes.append({"batch": bs, "oom": True, "est_full_gib": round(est / GIB, 2), "fits_full_length": False})
+                    reset_peaks(device)
+                print(f"[bench] HF probe {probes[-1]}", flush=True)
+            ok = [p for p in probes if p.get("fits_full_length") and not p.get("oom")]
+            best = max(ok, key=lambda p: p["tokens_per_s"]) if ok else min(probes, key=lambda p: p["batch"])
+            bs = best["batch"]
+            summary["hf_probes"] = probes
+            summary["hf_batch"] = bs
+            batches = [order[i: i + bs] for i in range(0, len(order), bs)]
+            done_batches, batch_times = 0, []
+            with Phase(device) as ph:
+                t0 = time.perf_counter()
+                for b in batches:
+                    elapsed = time.perf_counter() - t0
+                    guess = max(batch_times) if batch_times else max_new * best.get("step_ms", 100) / 1000
+                    if done_batches and elapsed + guess > args.hf_time_budget_s:
+                        break
+                    tb = time.perf_counter()
+                    try:
+                        outs = hf_generate(hf_model, [ids[i] for i in b], max_new, stop, pad)
+                    except Exception as e:
+                        if not is_oom(e):
+                            raise
+                        print(f"[bench] HF batch {done_batches + 1} ran out of memory at bs={bs}; stopping HF here",
+                              flush=True)
+                        summary["hf_oom_at_batch"] = done_batches + 1
+                        reset_peaks(device)
+                        break
+                    batch_times.append(time.perf_counter() - tb)
+                    for i, o in zip(b, outs):
+                        hf_tokens[i] = cut_at_stop(o, set(stop), max_new)[0]
+                        hf_order.append(i)
+                    done_batches += 1
+                    print(f"[bench] HF batch {done_batches}/{len(batches)}: {len(b)} prompts in {batch_times[-1]:.1f} s",
+                          flush=True)
+            if not hf_order:
+                raise RuntimeError("HF generate() finished no batch under the cap")
+            hf_gen = sum(len(hf_tokens[i]) for i in hf_order)
+            hf_cap = sum(1 for i in hf_order if len(hf_tokens[i]) >= max_new and hf_tokens[i][-1] not in stop)
+            full = done_batches == len(batches)
+            note = "all prompts" if full else f"{done_batches}/{len(batches)} batches (time budget)"
+            rows.append(row(f"HF generate() bs={bs}", bs, len(hf_order), ph.wall, hf_gen, ph.torch_peak_gib,
+                            ph.nvml_peak_gib, hf_cap, note))
+            summary["hf"] = {**rows[-1], "batch_times_s": [round(t, 2) for t in batch_times], "complete": full,
+                             "projected_full_s": round(ph.wall * len(batches) / max(done_batches, 1), 3)}
+            del hf_model
+            reset_peaks(device)
+        except Exception as e:  # keep the fast measurements even if the baseline breaks
+            if not is_oom(e):
+                import traceback
+
+                traceback.print_exc()
+            print(f"[bench] HF phase failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            summary["hf_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+            hf_model = None
+            reset_peaks(device)
 
     # ---------------------------------------------------------------- 2. fast backend
     fast_rows = {}
@@ -384,7 +410,7 @@ def run(args) -> int:
                      f"+{ph_lw.wall:.2f} s load_weights, +{load_s:.1f} s from_pretrained")
     summary["fast_ckpt2_total_s"] = round(fast_rows["fast ckpt2 (load_weights+generate)"]["wall_s"] + ph_lw.wall, 3)
     fast_sub = None
-    if hf_order and len(hf_order) < len(ids):
+    if hf_order and "hf" in summary and len(hf_order) < len(ids):
         fast_sub = fast_run("fast, HF's prompts only", gen, sorted(hf_order), "like-for-like with the HF row")
 
     # decode window at full batch vs its memory floor (all slots active, positions spread over the cap)
@@ -436,6 +462,9 @@ def run(args) -> int:
     variants = [v for v in args.variants.split(",") if v.strip()] if device.type == "cuda" else []
     var_tokens = {}
     for v in variants:
+        if time.perf_counter() - T0 > args.deadline_s:
+            print(f"[bench] skipping variant {v}: past --deadline-s", flush=True)
+            continue
         kw = {"nocompile": dict(compile=False), "nograph": dict(compile=False, cuda_graph=False)}[v]
         gv = FastGenerator(m2, tok, max_new_tokens=max_new, stop_token_ids=stop, device=device, dtype=dtype, **kw)
         var_tokens[v] = fast_run(f"fast {v} (1st call incl. setup)", gv, all_idx)
@@ -451,14 +480,14 @@ def run(args) -> int:
     for v, toks in var_tokens.items():
         n_same, n, pre = same_count(fast1, toks, all_idx)
         agree[f"fast_vs_{v}"] = {"identical": n_same, "of": n, "median_common_prefix_of_differing": pre}
-    if hf_order:
+    if hf_order and "hf" in summary:
         n_same, n, pre = same_count(fast1, hf_tokens, hf_order)
         agree["fast_vs_hf"] = {"identical": n_same, "of": n, "median_common_prefix_of_differing": pre}
     summary["agreement"] = agree
     summary["rows"] = rows
     ratios = {}
-    if hf_order:
-        hf_row = rows[0]
+    if hf_order and "hf" in summary:
+        hf_row = summary["hf"]
         if fast_sub is not None:
             ratios["like_for_like_hf_subset"] = round(hf_row["wall_s"] / fast_rows["fast, HF's prompts only"]["wall_s"], 1)
         else:
@@ -480,7 +509,7 @@ def run(args) -> int:
         atomic_write_jsonl(out_dir / name, rows_)
 
     dump("fast_responses.jsonl", fast1, all_idx)
-    if hf_order:
+    if hf_order and "hf" in summary:
         dump("hf_responses.jsonl", hf_tokens, sorted(hf_order))
     atomic_write_json(out_dir / "bench_summary.json", summary)
 

@@ -165,7 +165,8 @@ class Meter:
         return {"steps": n, "timed_steps": n - w, "timed_tokens": toks, "timed_s": round(secs, 3),
                 "tokens_per_s": round(toks / secs, 1) if secs > 0 else None,
                 "total_wall_s": round(self.step_ends[-1] - self.t0, 2) if n else None,
-                "total_tokens": sum(self.step_tokens)}
+                "total_tokens": sum(self.step_tokens),
+                "first_step_s": round(self.step_ends[0] - self.t0, 2) if n else None}
 
 
 def _lr_lambda(warmup: int):
@@ -221,7 +222,7 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str) -> dic
     else:
         k = int(ckpt)
     prepare_fast_model(model, attention=a.attention, compile=not a.no_compile and device.type == "cuda",
-                       checkpoint_layers=k, ce_chunk_size=a.ce_chunk, checkpoint_mode=a.ckpt_mode)
+                       checkpoint_layers=k, ce_chunk_size=a.ce_chunk)
     model.train()
     opt = make_fused_adamw(model.parameters(), lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
@@ -229,6 +230,9 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str) -> dic
     pin = device.type == "cuda"
     n_bins = 0
     packed_tokens = 0
+    profile_text = None
+    if a.profile_row == a.row:
+        windows, prof_window = windows[:-1], windows[-1]
     meter.start()
     for step, win in enumerate(windows):
         exs = [examples[i] for i in win]
@@ -251,14 +255,52 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str) -> dic
         n_bins += len(bins)
         packed_tokens += sum(b["num_real_tokens"] for b in batches)
         meter.step(sum(len(e["input_ids"]) for e in exs))
-    out = meter.summary(a.warmup_steps)
+    out = meter.summary(a.warmup_steps if not a.row.startswith("fast@") else a.peer_warmup_steps)
     out["losses"] = [round(float(x), 5) for x in torch.stack(losses).tolist()]
+    if a.profile_row == a.row:
+        out["profile"] = _profile_one_step(a, model, opt, [examples[i] for i in prof_window], budget, device)
     out["config"] = {"token_budget": budget, "checkpoint_layers": k, "ce_chunk": a.ce_chunk,
                      "attention": model._sftbench_fast.attention, "compile": model._sftbench_fast.compile,
-                     "ckpt_mode": a.ckpt_mode,
+                     "conversations_per_step": len(windows[0]),
                      "micro_batches_per_step": round(n_bins / len(windows), 2),
                      "packing_efficiency": round(packed_tokens / (n_bins * budget), 3)}
     return out
+
+
+def _profile_one_step(a, model, opt, exs, budget, device) -> str:
+    """Device-kernel breakdown of one optimizer step (for docs/bench_train.md: where the time goes)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from sftbench.fast_model import packed_loss_sum
+    from sftbench.packing import batch_to_device, make_packed_batch, pack_examples
+
+    _sync()
+    t0 = time.perf_counter()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        bins = pack_examples(exs, budget, seed=0)
+        batches = [batch_to_device(make_packed_batch([exs[i] for i in b], budget, PAD_ID), device) for b in bins]
+        n_window = sum(b["num_targets"] for b in batches)
+        for b in batches:
+            with _autocast(device):
+                s, _ = packed_loss_sum(model, b)
+            (s / n_window).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync()
+    wall = time.perf_counter() - t0
+    ka = prof.key_averages()
+    dev_us = 0.0
+    for e in ka:
+        dev_us += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0) or 0.0
+    try:
+        table = ka.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
+    except Exception:
+        table = ka.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
+    return (f"one step, {len(batches)} packed micro-batches of {budget} tokens: wall {wall * 1e3:.1f} ms (profiled), "
+            f"sum of device kernel time {dev_us / 1e3:.1f} ms -> GPU busy {100 * dev_us / 1e6 / wall:.0f}%\n" + table)
 
 
 class _TokenCounter:
@@ -391,7 +433,8 @@ def run_row(a) -> dict:
         examples = [{"input_ids": e["input_ids"][:96], "labels": e["labels"][:96]} for e in examples]
     name = a.row
     steps = {"hf_trainer": a.hf_steps, "trl_liger": a.peer_steps}.get(name, a.peer_steps if name.startswith("fast@") else a.steps)
-    windows = step_windows(len(examples), steps, a.batch_convs)
+    convs = a.sweep_batch_convs if name.startswith("fast@") else a.batch_convs
+    windows = step_windows(len(examples), steps + (1 if name == a.profile_row else 0), convs)
     model = build_model(seed=0, tiny=a.cpu_debug).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -404,10 +447,8 @@ def run_row(a) -> dict:
             elif name == "fast":
                 res = row_fast(a, examples, windows, model, device, a.token_budget, a.checkpoint_layers)
             elif name.startswith("fast@"):
-                parts = name[5:].split(":")  # BUDGET:K[:inside|outside]
-                if len(parts) == 3:
-                    a.ckpt_mode = parts[2]
-                res = row_fast(a, examples, windows, model, device, int(parts[0]), parts[1])
+                budget, k = name[5:].split(":")  # BUDGET:K
+                res = row_fast(a, examples, windows, model, device, int(budget), k)
             elif name == "hf_trainer":
                 res = row_hf_trainer(a, examples, windows, model, device, tmp)
             elif name == "trl_liger":
@@ -437,7 +478,10 @@ def _child(a, row: str, extra: list[str]) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     print(f"\n=== {row}: {' '.join(extra)}", flush=True)
     t0 = time.time()
-    proc = subprocess.run(cmd, env=env, timeout=a.row_timeout)
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=a.row_timeout)
+    except subprocess.TimeoutExpired:
+        return {"row": row, "status": f"timed out after {a.row_timeout} s"}
     if proc.returncode != 0 or not out.is_file():
         return {"row": row, "status": f"failed (exit {proc.returncode}, {time.time() - t0:.0f} s)"}
     return json.loads(out.read_text())
@@ -493,19 +537,29 @@ def report(a, results: list[dict]) -> str:
         trl_tps = TRL_LIGER_PEER
         base_note = f" (TRL+Liger row did not run here: ratios use the earlier measurement, {TRL_LIGER_PEER} tok/s)"
     lines = [
-        f"| row | status | steps timed | real tokens/s | x TRL+Liger | torch peak alloc GiB | torch peak reserved GiB | NVML peak GiB | final loss | config |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| row | status | steps timed | real tokens/s | x TRL+Liger | torch peak alloc GiB | torch peak reserved GiB | NVML peak GiB | NVML <= {a.target_gib:g} GiB | first step s | final loss | config |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         tps = r.get("tokens_per_s")
         losses = r.get("losses") or []
         cfg = r.get("config", {})
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        nv = r.get("nvml_peak_gib")
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             r["row"], r.get("status"), r.get("timed_steps", "-"), fmt(tps, ",.0f"),
             fmt(tps / trl_tps if tps else None, ".2f"), fmt(r.get("torch_peak_allocated_gib"), ".2f"),
-            fmt(r.get("torch_peak_reserved_gib"), ".2f"), fmt(r.get("nvml_peak_gib"), ".2f"),
+            fmt(r.get("torch_peak_reserved_gib"), ".2f"), fmt(nv, ".2f"),
+            "-" if nv is None else ("yes" if nv <= a.target_gib else "no"), fmt(r.get("first_step_s"), ".1f"),
             fmt(losses[-1] if losses else None, ".4f"), ", ".join(f"{k}={v}" for k, v in cfg.items())))
     text = "\n".join(lines) + "\n" + base_note
+    fast_rows = [r for r in results if r["row"].startswith("fast") and r.get("status") == "ok" and r.get("tokens_per_s")]
+    fit = [r for r in fast_rows if r.get("nvml_peak_gib") is not None and r["nvml_peak_gib"] <= a.target_gib]
+    for label, pool in ((f"NVML <= {a.target_gib:g} GiB", fit), (f"under the {a.cap_gib:g} GiB cap", fast_rows)):
+        if pool:
+            best = max(pool, key=lambda r: r["tokens_per_s"])
+            text += (f"\nfastest fast row {label}: {best['row']} {best['tokens_per_s']:,.0f} real tokens/s = "
+                     f"{best['tokens_per_s'] / trl_tps:.1f}x TRL+Liger (goal 10x), NVML peak {best.get('nvml_peak_gib')} GiB")
+    text += "\n"
     if "reference" in by and "fast" in by and by["reference"].get("losses") and by["fast"].get("losses"):
         c = compare_curves(by["reference"]["losses"], by["fast"]["losses"])
         text += (
@@ -531,29 +585,35 @@ def parse(argv=None):
     p.add_argument("--max-length", type=int, default=1024, help="prepare: truncate conversations to this length")
     p.add_argument("--out", default="runs/bench_train", help="run: folder for row JSONs, summary.json, table.md; "
                    "prepare: the JSONL file to write")
-    p.add_argument("--rows", default=",".join(ALL_ROWS),
-                   help="comma list of rows: hf_trainer, trl_liger, reference, fast, fast@BUDGET:K[:inside|outside] "
+    p.add_argument("--rows", default="fast,reference,fast@16384:30,fast@32768:30,trl_liger,hf_trainer",
+                   help="comma list of rows: hf_trainer, trl_liger, reference, fast, fast@BUDGET:K "
                         "(K = checkpointed layers or auto)")
+    p.add_argument("--sweep-batch-convs", type=int, default=128,
+                   help="conversations per optimizer step for the fast@ rows (the homework's batch size is 128; "
+                        "packing needs windows several times the token budget)")
+    p.add_argument("--profile-row", default="fast@16384:30", help="after its timed steps, profile one more step of this "
+                   "fast row and write the top device kernels to profile.txt")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps for reference and fast")
     p.add_argument("--peer-steps", type=int, default=8, help="optimizer steps for trl_liger and fast@ rows")
-    p.add_argument("--hf-steps", type=int, default=3, help="optimizer steps for hf_trainer (~15 s each at 32 conversations)")
-    p.add_argument("--batch-convs", type=int, default=32, help="conversations per optimizer step")
+    p.add_argument("--hf-steps", type=int, default=4, help="optimizer steps for hf_trainer (~4 s each at 8 conversations)")
+    p.add_argument("--batch-convs", type=int, default=8,
+                   help="conversations per optimizer step for reference, fast, trl_liger and hf_trainer (small, so "
+                        "that the eager reference finishes 200 steps in ~2 minutes on this box)")
     p.add_argument("--warmup-steps", type=int, default=10, help="steps excluded from the timing (reference, fast)")
     p.add_argument("--peer-warmup-steps", type=int, default=1, help="steps excluded from the timing (peers, fast@)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW, no weight decay)")
     p.add_argument("--warmup-lr-steps", type=int, default=10, help="linear LR warm-up steps (reference, fast)")
     p.add_argument("--cap-gib", type=float, default=8.0, help="device memory cap per row (NVML total)")
     p.add_argument("--target-gib", type=float, default=6.0, help="fast: device memory to plan checkpointing for")
-    p.add_argument("--token-budget", type=int, default=16384, help="fast: tokens per packed micro-batch")
-    p.add_argument("--checkpoint-layers", default="auto", help="fast: layers to recompute (int or auto)")
-    p.add_argument("--ce-chunk", type=int, default=2048, help="fast: rows of logits per CE chunk")
+    p.add_argument("--token-budget", type=int, default=4096,
+                   help="fast: tokens per packed micro-batch (fast@ rows set their own)")
+    p.add_argument("--checkpoint-layers", default="30", help="fast: layers to recompute (int or auto)")
+    p.add_argument("--ce-chunk", type=int, default=1024, help="fast: rows of logits per CE chunk")
     p.add_argument("--attention", default="auto", choices=["auto", "flex", "sdpa"], help="fast: attention kernel")
     p.add_argument("--no-compile", action="store_true", help="fast: skip torch.compile")
-    p.add_argument("--ckpt-mode", default="inside", choices=["inside", "outside"],
-                   help="fast: activation checkpointing inside the compiled layer (compiler-planned) or around it")
-    p.add_argument("--ref-batch", type=int, default=4, help="reference: conversations per padded micro-batch")
+    p.add_argument("--ref-batch", type=int, default=8, help="reference: conversations per padded micro-batch (halved once on OOM)")
     p.add_argument("--trl-batch", type=int, default=8, help="trl_liger: micro-batch (halved once on OOM)")
-    p.add_argument("--row-timeout", type=int, default=400, help="seconds before a row's subprocess is killed")
+    p.add_argument("--row-timeout", type=int, default=240, help="seconds before a row's subprocess is killed")
     p.add_argument("--_row", dest="row", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_cpu-debug", dest="cpu_debug", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--_row-out", dest="row_out", default=None, help=argparse.SUPPRESS)
@@ -593,6 +653,8 @@ def main(argv=None) -> int:
             res = _child(a, row, [])
             if row == "trl_liger" and res.get("status") == "oom" and a.trl_batch > 1:
                 res = _child(a, row, ["--trl-batch", str(a.trl_batch // 2)])
+            if row == "reference" and res.get("status") == "oom" and a.ref_batch > 1:
+                res = _child(a, row, ["--ref-batch", str(a.ref_batch // 2)])
             results.append(res)
         text = report(a, results)
         import transformers
@@ -605,6 +667,9 @@ def main(argv=None) -> int:
         atomic_write_json(Path(a.out) / "summary.json", {"args": {k: v for k, v in vars(a).items() if k != "_argv"},
                                                          "results": results})
         atomic_write_text(Path(a.out) / "table.md", head + text)
+        for r in results:
+            if r.get("profile"):
+                atomic_write_text(Path(a.out) / "profile.txt", f"{r['row']}\n{r['profile']}\n")
         print("\n" + head + text, flush=True)
         return 0
     except UserError as e:
