@@ -177,8 +177,8 @@ def train(cfg: TrainConfig) -> dict:
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "model_max_length", "save_steps", "logging_steps"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be >= 1 (got {getattr(cfg, name)}).")
-    if cfg.engine == "fast":
-        raise UserError("--engine fast is not available in this build; use --engine reference.")
+    if cfg.engine == "fast" and cfg.method == "lora":
+        raise UserError("--engine fast trains full weights only; use --engine reference with --method lora.")
     model_path = resolve_model_path(cfg.model_name_or_path)
     tok = load_tokenizer(model_path, cfg)
     if cfg.auto_batch:
@@ -221,8 +221,11 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.method == "lora":
             model.enable_input_require_grads()
     model.to(device).train()
+    token_budget = 0
+    if cfg.engine == "fast":
+        token_budget = _setup_fast_engine(model, cfg, device, d)
     loss_mod: torch.nn.Module = CausalLMLossSum(_causal_lm(model), cfg.loss_chunk_size)
-    if d.enabled:
+    if d.enabled and cfg.engine != "fast":  # the fast engine all-reduces gradients itself (uneven packed rows per rank)
         loss_mod = torch.nn.parallel.DistributedDataParallel(
             loss_mod, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, cfg, device)
@@ -284,6 +287,10 @@ def train(cfg: TrainConfig) -> dict:
         n_window = sum(sum(1 for x in ex["labels"][1:] if x != -100) for ex in win)
         mine = micro[d.rank::d.world]  # rank r takes micro-batches r, r+world, ...
         ce_total, real_tokens = 0.0, 0
+        if cfg.engine == "fast":
+            ce_total, real_tokens = _fast_window(model, [ex for m in mine for ex in m], token_budget, pad_id,
+                                                 n_window, prec, scaler, d, device, seed=cfg.seed + step)
+            mine = []
         for j, batch_ex in enumerate(mine):
             batch = {k: v.to(device) for k, v in cf.collate(batch_ex, pad_id).items()}
             real_tokens += int(batch["attention_mask"].sum())
@@ -361,6 +368,59 @@ def train(cfg: TrainConfig) -> dict:
         d.barrier()
         dist.destroy_process_group()
     return {"global_step": total_steps, "final_loss": last_loss, "output_dir": str(out), "data_stats": stats.as_dict()}
+
+
+def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist) -> int:
+    """Padding-free packing + per-conversation attention + compiled layers (sftbench.fast_model).
+
+    Returns the token budget of one packed micro-batch.  The number of checkpointed layers is chosen from the
+    memory budget (the --memory_cap_gib, else the GPU's memory).
+    """
+    from sftbench.fast_model import choose_checkpoint_layers, prepare_fast_model
+
+    budget = cfg.token_budget or (8192 if device.type == "cuda" else cfg.per_device_train_batch_size * cfg.model_max_length)
+    if budget < cfg.model_max_length:
+        raise UserError(f"--token_budget {budget} is smaller than --model_max_length {cfg.model_max_length}: "
+                        f"a conversation must fit in one packed micro-batch.")
+    k = 0
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 1024**3
+        cap = min(cfg.memory_cap_gib or total, total)
+        k = choose_checkpoint_layers(model, budget, int((cap - 1.3) * 0.9 * 1024**3), ce_chunk_size=cfg.loss_chunk_size or 1024)
+    elif cfg.gradient_checkpointing:
+        k = model.config.num_hidden_layers
+    try:
+        prepare_fast_model(model, checkpoint_layers=k, ce_chunk_size=cfg.loss_chunk_size or 1024)
+    except NotImplementedError as e:
+        raise UserError(f"--engine fast does not support this model ({e}); use --engine reference.") from None
+    log(d, f"fast engine: packed micro-batches of {budget} tokens, {k} of {model.config.num_hidden_layers} layers "
+           f"checkpointed, {'compiled FlexAttention' if device.type == 'cuda' else 'SDPA with a block-diagonal mask (CPU)'}")
+    return budget
+
+
+def _fast_window(model, examples: list[dict], budget: int, pad_id: int, n_window: int, prec, scaler, d: Dist,
+                 device, seed: int) -> tuple[float, int]:
+    """One rank's share of an accumulation window, packed; gradients summed over ranks by one all-reduce."""
+    from sftbench.fast_model import packed_loss_sum
+    from sftbench.packing import batch_to_device, make_packed_batch, pack_examples
+
+    ce_total, real = 0.0, 0
+    if examples:
+        for b in pack_examples(examples, budget, seed=seed):
+            batch = batch_to_device(make_packed_batch([examples[i] for i in b], budget, pad_id), device)
+            real += int(batch["num_real_tokens"])
+            with prec.autocast():
+                s, _ = packed_loss_sum(model, batch)
+            scaler.scale(s.float() / max(n_window, 1)).backward()
+            ce_total += float(s.detach())
+    if d.enabled:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters() if p.requires_grad]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat)  # sum: each rank's loss is already divided by the whole window's target count
+        for p, g in zip([p for p in model.parameters() if p.requires_grad],
+                        torch._utils._unflatten_dense_tensors(flat, grads)):
+            p.grad = g
+    return ce_total, real
 
 
 def _causal_lm(model):

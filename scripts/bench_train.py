@@ -14,12 +14,17 @@ under `sftbench.memory.apply_memory_cap(--cap-gib)`.  Rows:
               fused chunked CE, fused AdamW, bf16 autocast over fp32 masters, checkpointing chosen to fit
   fast@B:K    extra fast configurations (token budget B, K checkpointed layers or 'auto'), throughput only
 
-Every row sees the same optimizer steps of --batch-convs conversations (same order, same init and LR) except
-that HF Trainer/TRL shuffle with their own sampler.  reference and fast run --steps steps and their per-step
-losses are compared pairwise (same conversations in each step); the peers run --peer-steps steps
-(at ~1k tokens/s the homework recipe would need hours for 200).  Tokens/s counts real (non-padding) input
-tokens, each once, after --warmup-steps steps (compilation and allocator warm-up are excluded; total wall
-time is reported too).
+Correctness and speed are measured by different rows:
+- reference vs fast: --steps (200) optimizer steps of --batch-convs (8) conversations, the same conversations
+  in each step, same init and LR; their per-step losses are compared pairwise against the reference's own
+  step-to-step noise.  The eager reference is slow on this box (~100 us per op), hence the small step.
+- fast@BUDGET:K rows: the throughput headline, --peer-steps steps of --sweep-batch-convs (128, the homework's
+  batch) conversations, so that packing fills several BUDGET-token rows per step.
+- hf_trainer (--hf-steps) and trl_liger (--peer-steps) at --batch-convs per step; hf_trainer reads our order,
+  TRL shuffles with its own sampler.
+Tokens/s counts real (non-padding) input tokens, each once, after the warm-up steps (compilation and allocator
+warm-up excluded; the first step's seconds are reported too).  The row named by --profile-row profiles one
+more step and writes the top device kernels to profile.txt.
 
 Data: --data FILE.jsonl with {"input_ids", "labels"} rows (see `prepare`), or `synthetic` (lengths log-normal,
 median 450, max 1024).  Model: random-init SmolLM2-135M shape (throughput does not depend on the weights).
@@ -48,7 +53,6 @@ if str(ROOT) not in sys.path:
 IGN = -100
 PAD_ID = 2  # <|im_end|>, SmolLM2's pad in this project
 GIB = 1024**3
-ALL_ROWS = ("hf_trainer", "trl_liger", "reference", "fast")
 TRL_LIGER_PEER = 16564  # tokens/s measured here before (shared/NOTES.md); used only if the row cannot run
 
 
@@ -210,7 +214,7 @@ def row_reference(a, examples, windows, model, device) -> dict:
     return out
 
 
-def row_fast(a, examples, windows, model, device, budget: int, ckpt: str) -> dict:
+def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: bool = False) -> dict:
     import torch
 
     from sftbench.fast_model import choose_checkpoint_layers, make_fused_adamw, packed_loss_sum, prepare_fast_model
@@ -222,7 +226,7 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str) -> dic
     else:
         k = int(ckpt)
     prepare_fast_model(model, attention=a.attention, compile=not a.no_compile and device.type == "cuda",
-                       checkpoint_layers=k, ce_chunk_size=a.ce_chunk)
+                       checkpoint_layers=k, ce_chunk_size=a.ce_chunk, fuse_projections=fuse)
     model.train()
     opt = make_fused_adamw(model.parameters(), lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
@@ -261,7 +265,7 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str) -> dic
         out["profile"] = _profile_one_step(a, model, opt, [examples[i] for i in prof_window], budget, device)
     out["config"] = {"token_budget": budget, "checkpoint_layers": k, "ce_chunk": a.ce_chunk,
                      "attention": model._sftbench_fast.attention, "compile": model._sftbench_fast.compile,
-                     "conversations_per_step": len(windows[0]),
+                     "fuse_projections": fuse, "conversations_per_step": len(windows[0]),
                      "micro_batches_per_step": round(n_bins / len(windows), 2),
                      "packing_efficiency": round(packed_tokens / (n_bins * budget), 3)}
     return out
@@ -344,17 +348,6 @@ def _trainer_losses(trainer) -> list[float]:
     return [round(float(h["loss"]), 5) for h in trainer.state.log_history if "loss" in h]
 
 
-class _ListDataset:
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
-
-
 def row_hf_trainer(a, examples, windows, model, device, tmp: str) -> dict:
     import torch
     from torch.utils.data import IterableDataset
@@ -379,7 +372,7 @@ def row_hf_trainer(a, examples, windows, model, device, tmp: str) -> dict:
     trainer.train()
     out = box["meter"].summary(a.peer_warmup_steps)
     out["losses"] = _trainer_losses(trainer)
-    out["config"] = {"micro_batch": 1, "gradient_accumulation": a.batch_convs, "fp16": True,
+    out["config"] = {"micro_batch": 1, "gradient_accumulation": a.batch_convs, "fp16": args.fp16,
                      "gradient_checkpointing": True}
     return out
 
@@ -447,8 +440,9 @@ def run_row(a) -> dict:
             elif name == "fast":
                 res = row_fast(a, examples, windows, model, device, a.token_budget, a.checkpoint_layers)
             elif name.startswith("fast@"):
-                budget, k = name[5:].split(":")  # BUDGET:K
-                res = row_fast(a, examples, windows, model, device, int(budget), k)
+                parts = name[5:].split(":")  # BUDGET:K[:fused]
+                res = row_fast(a, examples, windows, model, device, int(parts[0]), parts[1],
+                               fuse=len(parts) > 2 and parts[2] == "fused")
             elif name == "hf_trainer":
                 res = row_hf_trainer(a, examples, windows, model, device, tmp)
             elif name == "trl_liger":
@@ -585,9 +579,9 @@ def parse(argv=None):
     p.add_argument("--max-length", type=int, default=1024, help="prepare: truncate conversations to this length")
     p.add_argument("--out", default="runs/bench_train", help="run: folder for row JSONs, summary.json, table.md; "
                    "prepare: the JSONL file to write")
-    p.add_argument("--rows", default="fast,reference,fast@16384:30,fast@32768:30,trl_liger,hf_trainer",
-                   help="comma list of rows: hf_trainer, trl_liger, reference, fast, fast@BUDGET:K "
-                        "(K = checkpointed layers or auto)")
+    p.add_argument("--rows", default="fast,reference,fast@16384:30,fast@32768:30,fast@16384:30:fused,trl_liger,hf_trainer",
+                   help="comma list of rows: hf_trainer, trl_liger, reference, fast, fast@BUDGET:K[:fused] "
+                        "(K = checkpointed layers or auto; fused = one matmul for q/k/v and one for gate/up)")
     p.add_argument("--sweep-batch-convs", type=int, default=128,
                    help="conversations per optimizer step for the fast@ rows (the homework's batch size is 128; "
                         "packing needs windows several times the token budget)")

@@ -108,9 +108,9 @@ def test_make_packed_batch_exact_tensors():
 
 # ---- the fast forward vs each conversation alone -----------------------------------------------------
 
-@pytest.mark.parametrize("attention", ["sdpa", "flex"])
-def test_packed_per_token_losses_equal_unpacked_reference(model, convs, attention):
-    prepare_fast_model(model, attention=attention, compile=False)
+@pytest.mark.parametrize("attention,fuse", [("sdpa", False), ("flex", False), ("sdpa", True), ("flex", True)])
+def test_packed_per_token_losses_equal_unpacked_reference(model, convs, attention, fuse):
+    prepare_fast_model(model, attention=attention, compile=False, fuse_projections=fuse)
     budget = 160
     batch = make_packed_batch(convs, budget, pad_id=2)
     with torch.no_grad():
@@ -144,7 +144,12 @@ def test_packed_loss_sum_and_gradients_equal_reference(model, convs):
     """Fused chunked CE sum over a packed row == sum of per-conversation HF losses; same gradients.
 
     (sdpa: FlexAttention has no backward on CPU; its forward is checked above, its backward on the GPU bench.)"""
-    prepare_fast_model(model, attention="sdpa", compile=False, ce_chunk_size=48)  # 160 = 3x48 + 16
+    for fuse in (False, True):
+        _loss_and_grads_vs_reference(model, convs, fuse)
+
+
+def _loss_and_grads_vs_reference(model, convs, fuse):
+    prepare_fast_model(model, attention="sdpa", compile=False, ce_chunk_size=48, fuse_projections=fuse)  # 160 = 3x48 + 16
     batch = make_packed_batch(convs, 160, pad_id=2)
     model.zero_grad(set_to_none=True)
     s, n = packed_loss_sum(model, batch)

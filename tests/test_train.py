@@ -121,7 +121,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_matches_one_process(tiny_model_dir, data, tmp_path):
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_two_process_ddp_matches_one_process(engine, tiny_model_dir, data, tmp_path):
     """2 processes (gloo) x accumulation 1 == 1 process x accumulation 2: same loss, same weights."""
     from safetensors.torch import load_file
 
@@ -131,7 +132,8 @@ def test_two_process_ddp_matches_one_process(tiny_model_dir, data, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(ROOT / "train_hw_parallel.py"),
-           *args(tiny_model_dir, data, two, max_steps=3, save_steps=3, gradient_accumulation_steps=1), "--device", "cpu"]
+           *args(tiny_model_dir, data, two, max_steps=3, save_steps=3, gradient_accumulation_steps=1, engine=engine),
+           "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "GPUs/processes: 2" in proc.stdout and "effective batch 4" in proc.stdout
@@ -264,3 +266,15 @@ def test_oom_is_answered_with_advice_and_fallback(tiny_model_dir, data, tmp_path
     outp = capsys.readouterr().out
     assert rc == 0 and "--oom_fallback: retrying with micro-batch 1 x accumulation 4" in outp
     assert [r["step"] for r in metrics(tmp_path / "b")] == [1, 2]
+
+
+def test_fast_engine_matches_reference_losses(tiny_model_dir, data, tmp_path):
+    """--engine fast (packed, per-conversation attention) gives the reference engine's losses (CPU, fp32)."""
+    ref = tmp_path / "ref"
+    fast = tmp_path / "fast"
+    run_train(args(tiny_model_dir, data, ref, max_steps=3, save_steps=3))
+    run_train(args(tiny_model_dir, data, fast, max_steps=3, save_steps=3, engine="fast", token_budget=256))
+    for ra, rb in zip(metrics(ref), metrics(fast)):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+        assert ra["real_tokens"] == rb["real_tokens"]
+        assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-4)
