@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import tempfile
@@ -42,7 +41,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model", default="smollm2-135m-instruct-offline",
-                   help="A model directory, a .gguf file (converted with sftbench.models into --out-dir/hf-model), "
+                   help="A model directory, a .gguf file (converted with sftbench.models into a temporary directory), "
                         "`smollm2-135m-instruct-offline`, or `tiny` (random 2-layer Llama for smoke runs).")
     p.add_argument("--data", default=None,
                    help="IFEval jsonl (default: .bench-data/input_data.jsonl if present, else ../shared/data/ifeval/input_data.jsonl).")

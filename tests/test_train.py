@@ -141,8 +141,11 @@ def test_two_process_ddp_matches_one_process(engine, tiny_model_dir, data, tmp_p
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
     wa = load_file(str(one / "checkpoint-3" / "model.safetensors"))
     wb = load_file(str(two / "checkpoint-3" / "model.safetensors"))
+    # The fast engine packs 4 conversations per row in one process and 2 per row in each of two, so sums run
+    # in a different order; Adam magnifies that float noise on near-zero gradients, hence the looser atol.
+    atol = 1e-5 if engine == "reference" else 1e-4
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=atol)
 
 
 def test_save_total_limit_prunes_optimizer_state_not_weights(tiny_model_dir, data, tmp_path):
