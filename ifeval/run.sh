@@ -11,4 +11,4 @@ if [ -z "${VIRTUAL_ENV:-}" ] && [ -f "$ROOT/.venv/bin/activate" ]; then
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
-exec python -m ifeval.run "$@"
+exec "${PYTHON:-$(command -v python || command -v python3)}" -m ifeval.run "$@"

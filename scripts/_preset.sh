@@ -11,11 +11,12 @@ DATA=${pos[1]:-${DATA:-PeterV09/smol-smoltalk-6k}}
 OUT=${pos[2]:-${OUT:-runs/$(basename "$0" .sh)-$(date +%Y%m%d-%H%M%S)}}
 NPROC=${NPROC:-1}
 if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then . "$ROOT/.venv/bin/activate"; fi
+PY=${PYTHON:-$(command -v python || command -v python3)}
 if [ $((ACCUM % NPROC)) -ne 0 ]; then echo "NPROC=$NPROC does not divide the accumulation $ACCUM" >&2; exit 2; fi
 ACCUM=$((ACCUM / NPROC))
 if [ "$NPROC" -gt 1 ]; then LAUNCH=(accelerate launch --num_processes "$NPROC" "$ROOT/train_hw_parallel.py")
-else LAUNCH=(python "$ROOT/train_hw_parallel.py"); fi
-if python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 1)" 2>/dev/null; then
+else LAUNCH=("$PY" "$ROOT/train_hw_parallel.py"); fi
+if "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 1)" 2>/dev/null; then
   PRECISION=(--bf16 True)   # Ampere and newer (RTX 4060, A100, H100)
 else
   PRECISION=(--fp16 True)   # T4 / P100: fp16 autocast + gradient scaler (on CPU the trainer runs fp32)

@@ -5,6 +5,7 @@
 # MODEL defaults to the offline SmolLM2-135M-Instruct (SFTBENCH_GGUF may point at the .gguf file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PY=${PYTHON:-$(command -v python || command -v python3)}
 MODEL=${MODEL:-smollm2-135m-instruct-offline}
 DATA=${DATA:?chat data (.jsonl) to train on}
 IFEVAL=${IFEVAL:-}
@@ -15,10 +16,10 @@ SAVE=${SAVE:-5}
 CAP=${CAP:-8}
 ENGINE=${ENGINE:-reference}
 EXTRA_TRAIN=${EXTRA_TRAIN:-}
-python - <<'PY'
+"$PY" - <<'PY'
 import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 PY
-MODEL_DIR=$(python -c "from sftbench.models import resolve_model_path as r; print(r('$MODEL'))")
+MODEL_DIR=$("$PY" -c "from sftbench.models import resolve_model_path as r; print(r('$MODEL'))")
 t0=$(date +%s)
 bash scripts/sft_4060_8gb.sh "$MODEL_DIR" "$DATA" "$OUT" --memory_cap_gib "$CAP" --max_steps "$STEPS" --save_steps "$SAVE" \
   --progress False --engine "$ENGINE" $EXTRA_TRAIN
@@ -26,7 +27,7 @@ t1=$(date +%s)
 echo "train wall: $((t1 - t0)) s"
 ifeval_args=(--memory_cap_gib "$CAP")
 [ -n "$IFEVAL" ] && ifeval_args+=(--data "$IFEVAL")
-python -m ifeval.sweep "$OUT" "$RESULTS" --include_base "$MODEL_DIR" "${ifeval_args[@]}" ${EXTRA_EVAL:-}
+"$PY" -m ifeval.sweep "$OUT" "$RESULTS" --include_base "$MODEL_DIR" "${ifeval_args[@]}" ${EXTRA_EVAL:-}
 t2=$(date +%s)
 echo "sweep wall: $((t2 - t1)) s"
-python -m analysis.report "$RESULTS" || true
+"$PY" -m analysis.report "$RESULTS" || true

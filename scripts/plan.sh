@@ -7,4 +7,4 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then . "$ROOT/.venv/bin/activate"; fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-exec python -m sftbench.plan "$@"
+exec "${PYTHON:-$(command -v python || command -v python3)}" -m sftbench.plan "$@"
