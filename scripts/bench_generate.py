@@ -473,13 +473,16 @@ def run(args) -> int:
 
     del gen
     reset_peaks(device)
-    variants = [v for v in args.variants.split(",") if v.strip()] if device.type == "cuda" else []
+    variants = [v.strip() for v in args.variants.split(",") if v.strip() and v.strip() != "none"] if device.type == "cuda" else []
     var_tokens = {}
     for v in variants:
         if time.perf_counter() - T0 > args.deadline_s:
             print(f"[bench] skipping variant {v}: past --deadline-s", flush=True)
             continue
-        kw = {"nocompile": dict(compile=False), "nograph": dict(compile=False, cuda_graph=False)}[v]
+        kw = {"nocompile": dict(compile=False), "nograph": dict(compile=False, cuda_graph=False)}.get(v)
+        if kw is None:
+            print(f"[bench] unknown variant {v!r} (known: nocompile, nograph, none); skipped", flush=True)
+            continue
         gv = FastGenerator(m2, tok, max_new_tokens=max_new, stop_token_ids=stop, device=device, dtype=dtype, **kw)
         var_tokens[v] = fast_run(f"fast {v} (1st call incl. setup)", gv, all_idx)
         if v == "nocompile":
