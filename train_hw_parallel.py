@@ -179,6 +179,10 @@ def train(cfg: TrainConfig) -> dict:
             raise UserError(f"--{name} must be >= 1 (got {getattr(cfg, name)}).")
     if cfg.engine == "fast" and cfg.method == "lora":
         raise UserError("--engine fast trains full weights only; use --engine reference with --method lora.")
+    engine_asked = cfg.engine
+    if cfg.engine == "auto":
+        cfg.engine = "fast" if (device.type == "cuda" and cfg.method == "full") else "reference"
+        log(d, f"engine: {cfg.engine} (auto: {'CUDA GPU, full fine-tuning' if cfg.engine == 'fast' else 'no GPU or LoRA'})")
     model_path = resolve_model_path(cfg.model_name_or_path)
     tok = load_tokenizer(model_path, cfg)
     if cfg.auto_batch:
@@ -223,7 +227,9 @@ def train(cfg: TrainConfig) -> dict:
     model.to(device).train()
     token_budget = 0
     if cfg.engine == "fast":
-        token_budget = _setup_fast_engine(model, cfg, device, d)
+        token_budget = _setup_fast_engine(model, cfg, device, d, explicit=engine_asked == "fast")
+        if token_budget == 0:
+            cfg.engine = "reference"
     loss_mod: torch.nn.Module = CausalLMLossSum(_causal_lm(model), cfg.loss_chunk_size)
     if d.enabled and cfg.engine != "fast":  # the fast engine all-reduces gradients itself (uneven packed rows per rank)
         loss_mod = torch.nn.parallel.DistributedDataParallel(
@@ -370,7 +376,7 @@ def train(cfg: TrainConfig) -> dict:
     return {"global_step": total_steps, "final_loss": last_loss, "output_dir": str(out), "data_stats": stats.as_dict()}
 
 
-def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist) -> int:
+def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, explicit: bool = True) -> int:
     """Padding-free packing + per-conversation attention + compiled layers (sftbench.fast_model).
 
     Returns the token budget of one packed micro-batch.  The number of checkpointed layers is chosen from the
@@ -378,20 +384,23 @@ def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist) -
     """
     from sftbench.fast_model import choose_checkpoint_layers, prepare_fast_model
 
-    budget = cfg.token_budget or (8192 if device.type == "cuda" else cfg.per_device_train_batch_size * cfg.model_max_length)
+    budget = cfg.token_budget or (16384 if device.type == "cuda" else cfg.per_device_train_batch_size * cfg.model_max_length)
     if budget < cfg.model_max_length:
         raise UserError(f"--token_budget {budget} is smaller than --model_max_length {cfg.model_max_length}: "
                         f"a conversation must fit in one packed micro-batch.")
     k = 0
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / 1024**3
-        cap = min(cfg.memory_cap_gib or total, total)
+        cap = min(cfg.memory_cap_gib or total, total, cfg.vram_target_gib or total)
         k = choose_checkpoint_layers(model, budget, int((cap - 1.3) * 0.9 * 1024**3), ce_chunk_size=cfg.loss_chunk_size or 1024)
     elif cfg.gradient_checkpointing:
         k = model.config.num_hidden_layers
     try:
         prepare_fast_model(model, checkpoint_layers=k, ce_chunk_size=cfg.loss_chunk_size or 1024)
     except NotImplementedError as e:
+        if not explicit:
+            log(d, f"engine: reference (the fast engine does not support this model: {e})")
+            return 0
         raise UserError(f"--engine fast does not support this model ({e}); use --engine reference.") from None
     log(d, f"fast engine: packed micro-batches of {budget} tokens, {k} of {model.config.num_hidden_layers} layers "
            f"checkpointed, {'compiled FlexAttention' if device.type == 'cuda' else 'SDPA with a block-diagonal mask (CPU)'}")
