@@ -404,6 +404,9 @@ def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, e
         raise UserError(f"--engine fast does not support this model ({e}); use --engine reference.") from None
     log(d, f"fast engine: packed micro-batches of {budget} tokens, {k} of {model.config.num_hidden_layers} layers "
            f"checkpointed, {'compiled FlexAttention' if device.type == 'cuda' else 'SDPA with a block-diagonal mask (CPU)'}")
+    if device.type == "cuda":
+        log(d, "fast engine: the first step compiles the layer graphs (torch.compile): measured 20-80 s with a warm "
+               "inductor cache and over 2 minutes on a cold machine; later runs reuse the cache. --engine reference skips it.")
     return budget
 
 
