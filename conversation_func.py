@@ -680,7 +680,15 @@ def template_from_flag(value: str) -> str | None:
     p = Path(value).expanduser()
     if not p.is_file():
         raise UserError(f"--chat_template {value}: not 'model', 'plain', 'homework' or an existing Jinja template file.")
-    return p.read_text(encoding="utf-8")
+    text = p.read_text(encoding="utf-8")
+    import jinja2
+
+    try:  # syntax only (HF's extra tags are unknown to a plain Environment, so only plain Jinja is checked here)
+        jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        if "generation" not in str(e.message):
+            raise UserError(f"--chat_template {value}:{e.lineno}: Jinja syntax error ({e.message}).") from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -707,6 +715,9 @@ def main(argv: list[str] | None = None) -> int:
             args.data_path, tok, max_length=args.max_length, max_rounds=args.max_rounds, mode=args.mode,
             truncation_side=args.truncation_side, chat_template=template, on_bad_record=args.on_bad_record,
         )
+        if stats.records == 0:
+            raise UserError(f"{args.data_path}: no records (an empty file?). Each line should hold one "
+                            f"{{\"messages\": [...]}} object.")
     except UserError as e:
         from sftbench.errors import exit_with_user_error
 

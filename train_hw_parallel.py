@@ -118,6 +118,12 @@ def load_tokenizer(model_path: str, cfg: TrainConfig):
         if not p.is_file():
             raise UserError(f"--chat_template {p}: file not found.")
         tok.chat_template = p.read_text()
+        import jinja2
+
+        try:  # a syntax error would otherwise surface as a traceback from the tokenisation
+            tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+        except jinja2.TemplateSyntaxError as e:
+            raise UserError(f"--chat_template {p}:{e.lineno}: Jinja syntax error ({e.message}).") from None
     elif not getattr(tok, "chat_template", None):
         tok.chat_template = PLAIN_CHATML  # the base model has none: plain ChatML, as the homework used
     if tok.pad_token is None:
@@ -201,6 +207,9 @@ def train(cfg: TrainConfig) -> dict:
         d.barrier()
     log(d, f"data: {stats.as_dict()}")
     window = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * d.world
+    if not examples:
+        raise UserError(f"{cfg.data_path}: no trainable conversation ({stats.records} records read; an empty file, or every "
+                        f"record lost its assistant tokens to --model_max_length / --max_rounds). Point --data_path at chat data.")
     if len(examples) < window:
         raise UserError(f"{cfg.data_path}: {len(examples)} trainable conversations, fewer than one optimizer step's "
                         f"effective batch ({window}). Lower --gradient_accumulation_steps or add data.")
@@ -239,9 +248,21 @@ def train(cfg: TrainConfig) -> dict:
                               num_training_steps=total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=prec.use_grad_scaler)
     start_step = 0
+    last_loss = float("nan")
     if resume:
         state = ck.load_training_state(resume, optimizer=optimizer, scheduler=scheduler, scaler=scaler, rank=d.rank)
         start_step = int(state["global_step"])
+        if start_step > total_steps:  # else the final model would be labelled with a step its weights are past
+            raise UserError(f"--resume_from_checkpoint {resume}: that checkpoint is at step {start_step}, past this "
+                            f"run's {total_steps} optimizer steps. Nothing was written. Raise --max_steps / "
+                            f"--num_train_epochs, or resume from an earlier checkpoint.")
+        later = [p.name for st, p in ck.list_checkpoints(out) if st > start_step]
+        if later:  # else the run would stop at the first of them, after truncating metrics.jsonl
+            raise UserError(f"--resume_from_checkpoint {resume}: {out} already holds later checkpoints "
+                            f"({', '.join(later[:4])}). Nothing was changed. Resume from the newest "
+                            f"(--resume_from_checkpoint latest), or move the later checkpoints out of {out} first.")
+        if isinstance(state.get("loss"), (int, float)):
+            last_loss = float(state["loss"])  # resuming a finished run: the final model keeps its loss, not NaN
         if state.get("world_size", d.world) != d.world or state.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
             log(d, f"warning: resuming with world size {d.world} / steps per epoch {steps_per_epoch}, the checkpoint had "
                    f"{state.get('world_size')} / {state.get('steps_per_epoch')}: the data order will differ from a straight run.")
@@ -280,7 +301,6 @@ def train(cfg: TrainConfig) -> dict:
 
     pad_id = tok.pad_token_id
     mb = cfg.per_device_train_batch_size
-    last_loss = float("nan")
     t_start = time.time()
     for step in range(start_step, total_steps):
         t0 = time.time()

@@ -592,6 +592,8 @@ def compare_report(sweeps: list[SweepData], out_dir: Path) -> dict:
 
 
 def write_report(results_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> dict:
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"--out {out_dir}: exists and is a file; give a directory.")
     sweeps = [load_sweep(d) for d in results_dirs]
     names = [s.name for s in sweeps]
     if len(set(names)) != len(names):

@@ -433,7 +433,14 @@ def evaluate_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None 
     from ifeval import generate as gen
 
     tokenizer = gen.load_tokenizer(model_path, cfg.chat_template)  # no template -> UserError, before any write
-    gen.render_prompts(tokenizer, [ps.examples[0].prompt], cfg.system_prompt)  # template errors before any write
+    import jinja2
+
+    try:
+        gen.render_prompts(tokenizer, [ps.examples[0].prompt], cfg.system_prompt)  # template errors before any write
+    except jinja2.TemplateError as e:
+        where = f"--chat_template {cfg.chat_template}" if cfg.chat_template else f"{model_path}: the chat template"
+        raise UserError(f"{where}: cannot render a prompt ({type(e).__name__}: {e}). Fix the template, or pass "
+                        f"--chat_template plain_chatml.") from None
     out.mkdir(parents=True, exist_ok=True)
     log(f"{len(ps.examples)} prompts from {ps.source}; model {model_path}; {device.type} {dtype}; backend {backend}")
     res = generate_responses(model_path, out, cfg, session, ps, device, dtype, backend, shash, settings, tokenizer)

@@ -241,7 +241,9 @@ class Sweep:
         old = read_json(f)
         if not isinstance(old, dict):
             raise UserError(f"{f}: not a sweep state file (expected a JSON object).")
-        if old.get("eval_config_hash") != self.cfg_hash and not self.force:
+        # A state with no entries evaluated nothing (e.g. a first try that stopped on a bad option): nothing to mix.
+        nothing_done = not old.get("entries")
+        if old.get("eval_config_hash") != self.cfg_hash and not self.force and not nothing_done:
             before = old.get("eval_config") or {}
             now = config_dict(self.cfg)
             diff = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
@@ -251,7 +253,7 @@ class Sweep:
                 f"Results with different settings must not be mixed: use a new results directory, or pass --force "
                 f"to re-evaluate every checkpoint with the new settings.")
         old_run = old.get("run_dir")
-        if old_run and Path(old_run).resolve() != self.paths.run_dir.resolve() and not self.force:
+        if old_run and Path(old_run).resolve() != self.paths.run_dir.resolve() and not self.force and not nothing_done:
             raise UserError(
                 f"{self.paths.results_dir}: holds the sweep of another run ({old_run}); use a new results "
                 f"directory for {self.paths.run_dir}, or --force.")
@@ -486,9 +488,9 @@ def add_config_args(parser: argparse.ArgumentParser, config_cls) -> list[str]:
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         conv = _str2bool if t is bool else t
         help_ = f.metadata.get("help", "") if f.metadata else ""
-        group.add_argument(f"--{f.name}", type=_none_or(conv), default=default, choices=None,
+        group.add_argument(f"--{f.name}", type=_none_or(conv), default=default, choices=choices or None,
                            metavar=("{" + ",".join(choices) + "}") if choices else t.__name__.upper(),
-                           help=f"{help_} (default: {default})".strip())
+                           help=argparse.SUPPRESS if f.name == "score_only" else help_)  # the formatter adds the default
         names.append(f.name)
     return names
 
@@ -534,6 +536,9 @@ def main(argv: list[str] | None = None, *, runner=None) -> int:
     parser, names = build_parser(runner.EvalConfig)
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "score_only", None):  # one responses file would be scored as every checkpoint's answers
+            raise UserError("--score_only scores one responses file: use it with ifeval/run.sh, not with a sweep, "
+                            "which generates answers for each checkpoint.")
         cfg = runner.EvalConfig(**{n: getattr(args, n) for n in names})
         run_dir, results_dir = Path(args.run_dir), Path(args.results_dir)
         if not args.watch and not run_dir.is_dir():

@@ -12,6 +12,7 @@ OUT=${pos[2]:-${OUT:-runs/$(basename "$0" .sh)-$(date +%Y%m%d-%H%M%S)}}
 NPROC=${NPROC:-1}
 if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then . "$ROOT/.venv/bin/activate"; fi
 PY=${PYTHON:-$(command -v python || command -v python3)}
+case "$NPROC" in ''|*[!0-9]*|0) echo "NPROC=$NPROC: give the number of GPUs, a positive integer" >&2; exit 2;; esac
 if [ $((ACCUM % NPROC)) -ne 0 ]; then echo "NPROC=$NPROC does not divide the accumulation $ACCUM" >&2; exit 2; fi
 ACCUM=$((ACCUM / NPROC))
 if [ "$NPROC" -gt 1 ]; then LAUNCH=(accelerate launch --num_processes "$NPROC" "$ROOT/train_hw_parallel.py")

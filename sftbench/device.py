@@ -33,10 +33,13 @@ def pick_device(requested: str = "auto") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
-    dev = torch.device(requested)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from sftbench.errors import UserError
+    from sftbench.errors import UserError
 
+    try:
+        dev = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"--device {requested!r}: not a device; use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {requested} was asked for but torch sees no CUDA GPU. Use --device cpu or auto.")
     return dev
 

@@ -132,6 +132,8 @@ def resolve_model_path(name_or_path: str) -> str:
         check_model_dir(p)
         return str(p)
     looks_like_hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))
+    if looks_like_hub_id and Path(name_or_path.split("/")[0]).is_dir():
+        looks_like_hub_id = False  # `runs/typo` with a local runs/ folder: a mistyped path, not a hub id
     if looks_like_hub_id:
         return name_or_path
     raise UserError(

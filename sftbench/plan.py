@@ -520,6 +520,9 @@ def measure_data(data: str, avg_tokens: float | None = None) -> DataSize:
             raise UserError("--data: the number of examples must be >= 1.")
         return DataSize(n, float(avg_tokens or 512), f"{n} examples (given)")
     p = Path(s).expanduser()
+    repo_p = Path(__file__).resolve().parents[1] / p
+    if not p.exists() and not p.is_absolute() and repo_p.exists():
+        p = repo_p  # e.g. the default data/demo_chat.jsonl when run from outside the repository
     if not p.exists():
         raise UserError(f"--data {s}: no such file, and not a number of examples. Give a .jsonl/.json chat file or an integer.")
     if p.is_dir():

@@ -52,8 +52,9 @@ class TrainConfig:
     # --- data ---
     model_max_length: int = _f(1024, "Maximum tokens per conversation; longer ones are truncated (see --truncation_side).")
     max_rounds: int = _f(6, "Keep the leading system message and the first N user->assistant rounds (-1 = all).")
-    truncation_side: str = _f("right", "Cut tokens from the right (end) or left (start) of an over-long conversation.",
-                              choices=["right", "left"])
+    truncation_side: str = _f("right", "Cut tokens from the right (end) or left (start) of an over-long conversation, or "
+                              "`rounds`: drop whole trailing rounds until it fits (never half a turn).",
+                              choices=["right", "left", "rounds"])
     masking: str = _f("assistant", "Which tokens carry loss: `assistant` (assistant content + <|im_end|>; recommended) or "
                       "`homework` (reproduces the COMP4901B homework's labels exactly, header and newline included).",
                       choices=["assistant", "homework"])
@@ -116,5 +117,8 @@ def parse_train_config(argv: list[str] | None = None) -> TrainConfig:
         "atomic checkpoints, exact resume. Multi-GPU: `accelerate launch --num_processes N train_hw_parallel.py ...` "
         "or torchrun. Presets: scripts/sft_4060_8gb.sh, scripts/sft_4060_aggressive.sh, scripts/sft_min_vram.sh.",
     )
-    (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    # Unknown flags get argparse's usage + one-line error (exit 2) instead of HfArgumentParser's ValueError traceback.
+    cfg, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)} (see --help)")
     return cfg

@@ -281,3 +281,19 @@ def test_fast_engine_matches_reference_losses(tiny_model_dir, data, tmp_path):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
         assert ra["real_tokens"] == rb["real_tokens"]
         assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-4)
+
+
+def test_unknown_flag_and_bad_device_are_clean_errors(tiny_model_dir, data, tmp_path):
+    p = _cli(["--bogus", "1"])
+    assert p.returncode == 2 and "unrecognized arguments" in p.stderr and "Traceback" not in p.stderr
+    p = _cli(args(tiny_model_dir, data, tmp_path / "o", device="bogus"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "bogus" in p.stderr
+
+
+def test_resume_from_an_older_checkpoint_is_refused(straight_run, tiny_model_dir, data):
+    """Resuming checkpoint-3 while checkpoint-6 exists would overwrite later results: refused, nothing changed."""
+    out, _ = straight_run
+    before = {p.name: p.stat().st_mtime for p in out.iterdir()}
+    p = _cli(args(tiny_model_dir, data, out, resume_from_checkpoint=str(out / "checkpoint-3")))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert {p.name: p.stat().st_mtime for p in out.iterdir()} == before
