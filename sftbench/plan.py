@@ -739,6 +739,9 @@ def format_plan(spec: PlanSpec, data: DataSize, epochs: float, num_gpus: int, gp
     out.append("")
     out.append("Estimates: worst-case padding; time assumes every conversation at the average length. Check with "
                "scripts/bench_plan.py on a GPU (predicted vs measured).")
+    out.append("Memory and time are for the trainer's reference engine. On a CUDA GPU the default --engine auto trains "
+               "with the fast engine (packed micro-batches), measured at ~130k tokens/s on one H100 under an 8 GiB cap "
+               "with a 5.6 GiB peak (docs/gpu_results.md); its memory is planned by --vram_target_gib.")
     return "\n".join(out)
 
 
