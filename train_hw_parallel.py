@@ -13,6 +13,7 @@ device/precision -> sftbench/device.py, checkpoints -> sftbench/checkpoint.py.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -86,10 +87,11 @@ class CausalLMLossSum(torch.nn.Module):
         return masked_ce_sum(logits, labels)
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+@functools.lru_cache(maxsize=2)
+def epoch_order(seed: int, epoch: int, n: int) -> tuple[int, ...]:
     """The data order of one epoch: a permutation that depends only on (seed, epoch), so resume is exact."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+    return tuple(torch.randperm(n, generator=g).tolist())
 
 
 def check_output_dir(out: Path, resuming: bool) -> None:
@@ -214,6 +216,7 @@ def train(cfg: TrainConfig) -> dict:
         raise UserError(f"{cfg.data_path}: {len(examples)} trainable conversations, fewer than one optimizer step's "
                         f"effective batch ({window}). Lower --gradient_accumulation_steps or add data.")
     steps_per_epoch = len(examples) // window
+    n_targets = [sum(1 for x in ex["labels"][1:] if x != -100) for ex in examples]  # shifted targets, once
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
 
     # --- model, optimizer, schedule -----------------------------------------------------------------
@@ -306,11 +309,12 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.time()
         epoch, pos = divmod(step, steps_per_epoch)
         order = epoch_order(cfg.seed, epoch, len(examples))
-        win = [examples[i] for i in order[pos * window:(pos + 1) * window]]
+        idx = order[pos * window:(pos + 1) * window]
+        win = [examples[i] for i in idx]
         micro = [win[i:i + mb] for i in range(0, window, mb)]
         # Normalise by the target tokens of the WHOLE window (all micro-batches, all ranks): the
         # gradient is then the same whatever the micro-batch / accumulation / GPU split.
-        n_window = sum(sum(1 for x in ex["labels"][1:] if x != -100) for ex in win)
+        n_window = sum(n_targets[i] for i in idx)
         mine = micro[d.rank::d.world]  # rank r takes micro-batches r, r+world, ...
         ce_total, real_tokens = 0.0, 0
         if cfg.engine == "fast":

@@ -86,8 +86,6 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike)
 
     plain_cfg = LlamaConfig(**cfg_dict)
     plain_cfg.bos_token_id, plain_cfg.eos_token_id, plain_cfg.pad_token_id = 1, 2, 2
-    with torch.device("meta"):
-        pass
     model = LlamaForCausalLM(plain_cfg)
     missing, unexpected = model.load_state_dict(qmodel.state_dict(), strict=False)
     missing = [m for m in missing if not (plain_cfg.tie_word_embeddings and m == "lm_head.weight")]
