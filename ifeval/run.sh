@@ -4,11 +4,5 @@
 #   bash ifeval/run.sh results/run1/checkpoint-100 --score_only results/run1/checkpoint-100/responses.jsonl
 # All options: bash ifeval/run.sh --help
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -f "$ROOT/.venv/bin/activate" ]; then
-  # shellcheck disable=SC1091
-  . "$ROOT/.venv/bin/activate"
-fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
-exec "${PYTHON:-$(command -v python || command -v python3)}" -m ifeval.run "$@"
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/_env.sh"
+exec "$PYTHON" -m ifeval.run "$@"

@@ -5,7 +5,8 @@
 # MODEL defaults to the offline SmolLM2-135M-Instruct (SFTBENCH_GGUF may point at the .gguf file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-$(command -v python || command -v python3)}
+. scripts/_env.sh
+PY=$PYTHON
 MODEL=${MODEL:-smollm2-135m-instruct-offline}
 DATA=${DATA:?chat data (.jsonl) to train on}
 IFEVAL=${IFEVAL:-}

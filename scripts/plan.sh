@@ -4,7 +4,5 @@
 #        --data data/demo_chat.jsonl --epochs 5 [--method lora] [--gpu 4060-8gb,t4]
 # `bash scripts/plan.sh --help` explains every flag.  Works offline.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ -x "$ROOT/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then . "$ROOT/.venv/bin/activate"; fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-$(command -v python || command -v python3)}" -m sftbench.plan "$@"
+. "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+exec "$PYTHON" -m sftbench.plan "$@"

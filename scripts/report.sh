@@ -6,11 +6,6 @@
 #   several:        overlaid curves and a ranking of the runs with their hyperparameters (default --out:
 #                   their common parent's comparison/)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="${PYTHON:-}"
-if [[ -z "$PY" ]]; then
-  if [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
-fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+. "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 export MPLBACKEND="${MPLBACKEND:-Agg}"
-exec "$PY" -m analysis.report "$@"
+exec "$PYTHON" -m analysis.report "$@"

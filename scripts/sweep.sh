@@ -10,10 +10,5 @@
 #   bash scripts/sweep.sh ckpt/run1 results/smoke --limit 10 --max_new_tokens 64 --device cpu
 # `bash scripts/sweep.sh --help` lists every option.  Paths are relative to where you run it.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="${PYTHON:-}"
-if [[ -z "$PY" ]]; then
-  if [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
-fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PY" -m ifeval.sweep "$@"
+. "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+exec "$PYTHON" -m ifeval.sweep "$@"
