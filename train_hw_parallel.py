@@ -255,6 +255,7 @@ def train(cfg: TrainConfig) -> dict:
     if resume:
         state = ck.load_training_state(resume, optimizer=optimizer, scheduler=scheduler, scaler=scaler, rank=d.rank)
         start_step = int(state["global_step"])
+        _sync_lr_to_schedule(optimizer, scheduler)
         if start_step > total_steps:  # else the final model would be labelled with a step its weights are past
             raise UserError(f"--resume_from_checkpoint {resume}: that checkpoint is at step {start_step}, past this "
                             f"run's {total_steps} optimizer steps. Nothing was written. Raise --max_steps / "
@@ -305,85 +306,87 @@ def train(cfg: TrainConfig) -> dict:
     pad_id = tok.pad_token_id
     mb = cfg.per_device_train_batch_size
     t_start = time.time()
-    for step in range(start_step, total_steps):
-        t0 = time.time()
-        epoch, pos = divmod(step, steps_per_epoch)
-        order = epoch_order(cfg.seed, epoch, len(examples))
-        idx = order[pos * window:(pos + 1) * window]
-        win = [examples[i] for i in idx]
-        micro = [win[i:i + mb] for i in range(0, window, mb)]
-        # Normalise by the target tokens of the WHOLE window (all micro-batches, all ranks): the
-        # gradient is then the same whatever the micro-batch / accumulation / GPU split.
-        n_window = sum(n_targets[i] for i in idx)
-        mine = micro[d.rank::d.world]  # rank r takes micro-batches r, r+world, ...
-        ce_total, real_tokens = 0.0, 0
-        if cfg.engine == "fast":
-            ce_total, real_tokens = _fast_window(model, [ex for m in mine for ex in m], token_budget, pad_id,
-                                                 n_window, prec, scaler, d, device, seed=cfg.seed + step)
-            mine = []
-        for j, batch_ex in enumerate(mine):
-            batch = {k: v.to(device) for k, v in cf.collate(batch_ex, pad_id).items()}
-            real_tokens += int(batch["attention_mask"].sum())
-            sync = (j == len(mine) - 1)
-            ctx = loss_mod.no_sync() if (d.enabled and not sync) else _null()
-            with ctx:
-                with prec.autocast():
-                    ce_sum, _ = loss_mod(batch["input_ids"], batch["attention_mask"], batch["labels"])
-                # DDP averages gradients over ranks; multiply by world so the result is sum / n_window.
-                loss = ce_sum.float() * (d.world / max(n_window, 1))
-                scaler.scale(loss).backward()
-            ce_total += float(ce_sum.detach())
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        scaler.step(optimizer)
-        scaler.update()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    try:
+        for step in range(start_step, total_steps):
+            t0 = time.time()
+            epoch, pos = divmod(step, steps_per_epoch)
+            order = epoch_order(cfg.seed, epoch, len(examples))
+            idx = order[pos * window:(pos + 1) * window]
+            win = [examples[i] for i in idx]
+            micro = [win[i:i + mb] for i in range(0, window, mb)]
+            # Normalise by the target tokens of the WHOLE window (all micro-batches, all ranks): the
+            # gradient is then the same whatever the micro-batch / accumulation / GPU split.
+            n_window = sum(n_targets[i] for i in idx)
+            mine = micro[d.rank::d.world]  # rank r takes micro-batches r, r+world, ...
+            ce_total, real_tokens = 0.0, 0
+            if cfg.engine == "fast":
+                ce_total, real_tokens = _fast_window(model, [ex for m in mine for ex in m], token_budget, pad_id,
+                                                     n_window, prec, scaler, d, device, seed=cfg.seed + step)
+                mine = []
+            for j, batch_ex in enumerate(mine):
+                batch = {k: v.to(device) for k, v in cf.collate(batch_ex, pad_id).items()}
+                real_tokens += int(batch["attention_mask"].sum())
+                sync = (j == len(mine) - 1)
+                ctx = loss_mod.no_sync() if (d.enabled and not sync) else _null()
+                with ctx:
+                    with prec.autocast():
+                        ce_sum, _ = loss_mod(batch["input_ids"], batch["attention_mask"], batch["labels"])
+                    # DDP averages gradients over ranks; multiply by world so the result is sum / n_window.
+                    loss = ce_sum.float() * (d.world / max(n_window, 1))
+                    scaler.scale(loss).backward()
+                ce_total += float(ce_sum.detach())
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            scaler.step(optimizer)
+            scaler.update()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        global_step = step + 1
-        ce_total, real_tokens = d.sum(ce_total), int(d.sum(real_tokens))
-        last_loss = ce_total / max(n_window, 1)
-        dt = time.time() - t0
-        if d.main and (global_step % cfg.logging_steps == 0 or global_step == total_steps):
-            row = {"step": global_step, "epoch": round(step / steps_per_epoch + 1 / steps_per_epoch, 4),
-                   "loss": round(last_loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
-                   "tokens_per_s": round(real_tokens / dt, 1), "real_tokens": real_tokens, "target_tokens": n_window,
-                   "time_s": round(time.time() - t_start, 2)}
-            if device.type == "cuda":
-                row["torch_peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 3)
-                used = monitor.sample()
-                row["nvml_used_gib"] = None if used is None else round(used / GIB, 3)
-                row["nvml_peak_gib"] = None if monitor.peak_bytes() is None else round(monitor.peak_bytes() / GIB, 3)
-            append_jsonl(out / "metrics.jsonl", row)
-            if tracker is not None and cfg.report_to == "tensorboard":
-                for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                    tracker.add_scalar(f"train/{k}", row[k], global_step)
-            elif tracker is not None:
-                tracker.log(row, step=global_step)
+            global_step = step + 1
+            ce_total, real_tokens = d.sum(ce_total), int(d.sum(real_tokens))
+            last_loss = ce_total / max(n_window, 1)
+            dt = time.time() - t0
+            if d.main and (global_step % cfg.logging_steps == 0 or global_step == total_steps):
+                row = {"step": global_step, "epoch": round(step / steps_per_epoch + 1 / steps_per_epoch, 4),
+                       "loss": round(last_loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
+                       "tokens_per_s": round(real_tokens / dt, 1), "real_tokens": real_tokens, "target_tokens": n_window,
+                       "time_s": round(time.time() - t_start, 2)}
+                if device.type == "cuda":
+                    row["torch_peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 3)
+                    used = monitor.sample()
+                    row["nvml_used_gib"] = None if used is None else round(used / GIB, 3)
+                    row["nvml_peak_gib"] = None if monitor.peak_bytes() is None else round(monitor.peak_bytes() / GIB, 3)
+                append_jsonl(out / "metrics.jsonl", row)
+                if tracker is not None and cfg.report_to == "tensorboard":
+                    for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                        tracker.add_scalar(f"train/{k}", row[k], global_step)
+                elif tracker is not None:
+                    tracker.log(row, step=global_step)
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{real_tokens / dt:.0f}", lr=f"{lr:.2e}")
+
+            if global_step % cfg.save_steps == 0 or global_step == total_steps:
+                trainer_state = {"global_step": global_step, "epoch": global_step / steps_per_epoch, "total_steps": total_steps,
+                                 "steps_per_epoch": steps_per_epoch, "world_size": d.world, "loss": last_loss}
+                if (out / f"checkpoint-{global_step}").exists():
+                    raise UserError(f"{out}/checkpoint-{global_step} already exists; refusing to overwrite it.")
+                ck.save_checkpoint(out, global_step, model=model, tokenizer=tok, optimizer=optimizer, scheduler=scheduler,
+                                   scaler=scaler, config_dict=cfg_dict, trainer_state=trainer_state, rank=d.rank)
+                d.barrier()
+                ck.save_rng(out, global_step, d.rank)
+                d.barrier()
+                if d.main:
+                    ck.finalize_checkpoint(out, global_step)
+                    for a in ck.prune_checkpoints(out, cfg.save_total_limit, cfg.keep_weights_limit):
+                        log(d, a)
+                d.barrier()
+    finally:  # also on an exception (an OOM retry must not leave the sampler thread running)
         if pbar is not None:
-            pbar.update(1)
-            pbar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{real_tokens / dt:.0f}", lr=f"{lr:.2e}")
-
-        if global_step % cfg.save_steps == 0 or global_step == total_steps:
-            trainer_state = {"global_step": global_step, "epoch": global_step / steps_per_epoch, "total_steps": total_steps,
-                             "steps_per_epoch": steps_per_epoch, "world_size": d.world, "loss": last_loss}
-            if (out / f"checkpoint-{global_step}").exists():
-                raise UserError(f"{out}/checkpoint-{global_step} already exists; refusing to overwrite it.")
-            ck.save_checkpoint(out, global_step, model=model, tokenizer=tok, optimizer=optimizer, scheduler=scheduler,
-                               scaler=scaler, config_dict=cfg_dict, trainer_state=trainer_state, rank=d.rank)
-            d.barrier()
-            ck.save_rng(out, global_step, d.rank)
-            d.barrier()
-            if d.main:
-                ck.finalize_checkpoint(out, global_step)
-                for a in ck.prune_checkpoints(out, cfg.save_total_limit, cfg.keep_weights_limit):
-                    log(d, a)
-            d.barrier()
-    if pbar is not None:
-        pbar.close()
-    monitor.stop()
+            pbar.close()
+        monitor.stop()
 
     if d.main:
         _save_final(out, model, tok, cfg_dict, {"global_step": total_steps, "epoch": total_steps / steps_per_epoch,
@@ -426,6 +429,7 @@ def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, e
             log(d, f"engine: reference (the fast engine does not support this model: {e})")
             return 0
         raise UserError(f"--engine fast does not support this model ({e}); use --engine reference.") from None
+    cfg.token_budget = budget  # the resolved value: saved in sft_config.json, halved by --oom_fallback
     log(d, f"fast engine: packed micro-batches of {budget} tokens, {k} of {model.config.num_hidden_layers} layers "
            f"checkpointed, {'compiled FlexAttention' if device.type == 'cuda' else 'SDPA with a block-diagonal mask (CPU)'}")
     if device.type == "cuda":
@@ -457,6 +461,21 @@ def _fast_window(model, examples: list[dict], budget: int, pad_id: int, n_window
                         torch._utils._unflatten_dense_tensors(flat, grads)):
             p.grad = g
     return ce_total, real
+
+
+def _sync_lr_to_schedule(optimizer, scheduler) -> None:
+    """After loading optimizer/scheduler state: set each group's lr from THIS run's schedule at the resumed step.
+
+    The optimizer state carries the lr of the old schedule's next step; when a finished run is extended with a
+    larger --max_steps, that is the old schedule's end (0 for linear decay), and the first new step would not
+    move.  Same schedule: the recomputed value equals the saved one, so exact resume is unchanged."""
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if not lambdas:
+        return
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, lambdas)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
 
 
 def _causal_lm(model):
@@ -523,23 +542,28 @@ def _save_final(out: Path, model, tok, cfg_dict: dict, trainer_state: dict) -> N
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_train_config(argv)
     while True:
+        oom = ""
         try:
             train(cfg)
             return 0
         except UserError as e:
             exit_with_user_error(e, PROG)
         except torch.cuda.OutOfMemoryError as e:
-            if cfg.oom_fallback and cfg.per_device_train_batch_size > 1:
-                _prepare_oom_retry(cfg, e)
-                continue
-            return _report_oom(cfg, e)
+            oom = (str(e).splitlines() or ["CUDA out of memory"])[0]
+            # The traceback's frames hold train()'s model, optimizer and activations: drop them, or the retry
+            # (and the advice's own CUDA query) would run with the failed attempt's memory still allocated.
+            import traceback
+
+            traceback.clear_frames(e.__traceback__)
+        _release_cuda_memory()
+        if cfg.oom_fallback and _shrink_for_retry(cfg):
+            _prepare_oom_retry(cfg, oom)
+            continue
+        return _report_oom(cfg, oom)
 
 
-def _prepare_oom_retry(cfg: TrainConfig, e: BaseException) -> None:
-    """Half micro-batch, double accumulation (same window, so the same data order); resume from the last checkpoint."""
+def _release_cuda_memory() -> None:
     import gc
-
-    from sftbench.checkpoint import list_checkpoints
 
     gc.collect()
     if torch.cuda.is_available():
@@ -547,8 +571,30 @@ def _prepare_oom_retry(cfg: TrainConfig, e: BaseException) -> None:
         torch.cuda.reset_peak_memory_stats()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _shrink_for_retry(cfg: TrainConfig) -> bool:
+    """Make the next attempt's micro-batch half as large; False when it cannot shrink any more.
+
+    Reference engine: half the micro-batch, double the accumulation (same window, same data order).
+    Fast engine: half the packed token budget (the window is unchanged; it is packed into more micro-batches),
+    down to --model_max_length, below which a conversation would not fit a micro-batch."""
+    if cfg.engine == "fast" and cfg.token_budget > 0:
+        if cfg.token_budget // 2 < cfg.model_max_length:
+            return False
+        cfg.token_budget //= 2
+        return True
+    if cfg.per_device_train_batch_size <= 1:
+        return False
     cfg.per_device_train_batch_size //= 2
     cfg.gradient_accumulation_steps *= 2
+    return True
+
+
+def _prepare_oom_retry(cfg: TrainConfig, oom: str) -> None:
+    """Resume from the last checkpoint that has optimizer state, or start over with the partial log moved aside."""
+    from sftbench.checkpoint import list_checkpoints
+
     out = Path(cfg.output_dir)
     have = [p for _, p in list_checkpoints(out) if (p / "training_state").is_dir()]
     if have:
@@ -557,22 +603,33 @@ def _prepare_oom_retry(cfg: TrainConfig, e: BaseException) -> None:
         for name in ("metrics.jsonl", "sft_config.json"):
             if (out / name).exists():
                 os.replace(out / name, out / f"{name}.oom-{int(time.time())}")
-    print(f"[train] out of memory ({str(e).splitlines()[0][:120]}); --oom_fallback: retrying with micro-batch "
-          f"{cfg.per_device_train_batch_size} x accumulation {cfg.gradient_accumulation_steps}"
+    what = (f"packed micro-batches of {cfg.token_budget} tokens" if cfg.engine == "fast" else
+            f"micro-batch {cfg.per_device_train_batch_size} x accumulation {cfg.gradient_accumulation_steps}")
+    print(f"[train] out of memory ({oom[:120]}); --oom_fallback: retrying with {what}"
           + (" from the last checkpoint" if have else " from the start"), flush=True)
 
 
-def _report_oom(cfg: TrainConfig, e: BaseException) -> int:
+def _report_oom(cfg: TrainConfig, oom: str) -> int:
     """The planner's advice instead of a raw CUDA traceback; exit status 3."""
-    msg = f"CUDA out of memory: {str(e).splitlines()[0]}"
-    try:
-        from sftbench.plan import oom_advice_for_config
+    msg = f"CUDA out of memory: {oom}"
+    if cfg.engine == "fast" and cfg.token_budget > 0:
+        half = cfg.token_budget // 2
+        msg += (f"\nThe fast engine packed {cfg.token_budget}-token micro-batches and checkpointed the layers its memory "
+                f"model chose for --vram_target_gib {cfg.vram_target_gib:g}"
+                + (f" under --memory_cap_gib {cfg.memory_cap_gib:g}" if cfg.memory_cap_gib else "") + ". Try, in this order: "
+                + (f"--token_budget {half} (same optimizer steps, more micro-batches); " if half >= cfg.model_max_length else "")
+                + f"a lower --vram_target_gib (checkpoints more layers); --oom_fallback True (halves the token budget "
+                  f"and retries by itself); --engine reference with the planner's advice (python -m sftbench.plan). "
+                  f"Resume from the last checkpoint with --resume_from_checkpoint latest.")
+    else:
+        try:
+            from sftbench.plan import oom_advice_for_config
 
-        msg += "\n" + oom_advice_for_config(cfg)
-    except Exception:
-        msg += ("\nTry: halve --per_device_train_batch_size and double --gradient_accumulation_steps (same effective "
-                "batch), --gradient_checkpointing True, a shorter --model_max_length, or scripts/sft_min_vram.sh. "
-                "Resume from the last checkpoint with --resume_from_checkpoint latest.")
+            msg += "\n" + oom_advice_for_config(cfg)
+        except Exception:
+            msg += ("\nTry: halve --per_device_train_batch_size and double --gradient_accumulation_steps (same effective "
+                    "batch), --gradient_checkpointing True, a shorter --model_max_length, or scripts/sft_min_vram.sh. "
+                    "Resume from the last checkpoint with --resume_from_checkpoint latest.")
     print(f"{PROG}: error: {msg}", file=sys.stderr)
     return 3
 

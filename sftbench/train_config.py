@@ -83,7 +83,8 @@ class TrainConfig:
     auto_batch: bool = _f(False, "Pick micro-batch and accumulation for the detected GPU (sftbench.plan's memory model), keeping "
                           "the effective batch = per_device_train_batch_size x gradient_accumulation_steps.")
     oom_fallback: bool = _f(False, "On CUDA out-of-memory, retry from the last checkpoint with half the micro-batch and double the "
-                            "accumulation (same effective batch, same data order) instead of stopping.")
+                            "accumulation (reference engine) or half the --token_budget (fast engine): same effective "
+                            "batch, same data order, instead of stopping.")
     device: str = _f("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N.")
     memory_cap_gib: Optional[float] = _f(None, "Cap this process's GPU memory so the device total (NVML) stays under this many GiB; e.g. 8 to emulate an 8 GB laptop on a bigger GPU.")
 

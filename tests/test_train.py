@@ -104,6 +104,24 @@ def test_exact_resume(straight_run, tiny_model_dir, data, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
 
+def test_extending_a_finished_run_uses_the_new_schedule(straight_run, tiny_model_dir, data, tmp_path):
+    """A finished 6-step run (linear decay ends at lr 0) extended to 9 steps: step 7 trains at the 9-step
+    schedule's lr, not at the old schedule's 0, and the weights move."""
+    from safetensors.torch import load_file
+
+    out, _ = straight_run
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    shutil.copytree(out / "checkpoint-6", ext / "checkpoint-6")
+    run_train(args(tiny_model_dir, data, ext, max_steps=9, save_steps=3, resume_from_checkpoint="latest"))
+    rows = metrics(ext)
+    assert [r["step"] for r in rows] == [7, 8, 9]
+    assert [r["lr"] for r in rows] == pytest.approx([3e-3 * 3 / 9, 3e-3 * 2 / 9, 3e-3 * 1 / 9], rel=1e-9)
+    w6 = load_file(str(out / "checkpoint-6" / "model.safetensors"))
+    w7 = load_file(str(ext / "checkpoint-9" / "model.safetensors"))
+    assert any(not torch.equal(w6[k], w7[k]) for k in w6)
+
+
 def test_accumulation_split_is_invariant(tiny_model_dir, data, tmp_path):
     """micro-batch 4 x accumulation 1 == micro-batch 1 x accumulation 4 (the 2024 GA-normalisation bug)."""
     a = tmp_path / "a"
@@ -269,6 +287,36 @@ def test_oom_is_answered_with_advice_and_fallback(tiny_model_dir, data, tmp_path
     outp = capsys.readouterr().out
     assert rc == 0 and "--oom_fallback: retrying with micro-batch 1 x accumulation 4" in outp
     assert [r["step"] for r in metrics(tmp_path / "b")] == [1, 2]
+
+
+def test_fast_engine_oom_fallback_halves_the_token_budget(tiny_model_dir, data, tmp_path, monkeypatch, capsys):
+    """Fast engine: a simulated OOM on packed micro-batches over 256 tokens; the plain run exits 3 naming
+    --token_budget, --oom_fallback retries at 256 tokens and gives the losses of a run started at 256."""
+    import sftbench.fast_model as fm
+    import train_hw_parallel as thp
+
+    real = fm.packed_loss_sum
+
+    def fake(model, batch, chunk_size=None):
+        if batch["input_ids"].numel() > 256:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
+        return real(model, batch, chunk_size)
+
+    monkeypatch.setattr(fm, "packed_loss_sum", fake)
+    rc = thp.main(args(tiny_model_dir, data, tmp_path / "a", max_steps=2, save_steps=1, engine="fast", token_budget=512))
+    err = capsys.readouterr().err
+    assert rc == 3 and "--token_budget 256" in err and "Traceback" not in err
+    rc = thp.main(args(tiny_model_dir, data, tmp_path / "b", max_steps=2, save_steps=1, engine="fast", token_budget=512,
+                       oom_fallback=True))
+    outp = capsys.readouterr().out
+    assert rc == 0 and "--oom_fallback: retrying with packed micro-batches of 256 tokens from the start" in outp
+    assert json.loads((tmp_path / "b" / "sft_config.json").read_text())["token_budget"] == 256
+    run_train(args(tiny_model_dir, data, tmp_path / "c", max_steps=2, save_steps=1, engine="fast", token_budget=256))
+    assert [r["loss"] for r in metrics(tmp_path / "b")] == [r["loss"] for r in metrics(tmp_path / "c")]
+    # at the floor (--model_max_length) it stops with the advice instead of looping
+    rc = thp.main(args(tiny_model_dir, data, tmp_path / "d", max_steps=2, engine="fast", token_budget=512,
+                       model_max_length=512, oom_fallback=True))
+    assert rc == 3
 
 
 def test_fast_engine_matches_reference_losses(tiny_model_dir, data, tmp_path):
