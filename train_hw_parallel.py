@@ -239,7 +239,8 @@ def train(cfg: TrainConfig) -> dict:
     model.to(device).train()
     token_budget = 0
     if cfg.engine == "fast":
-        token_budget = _setup_fast_engine(model, cfg, device, d, explicit=engine_asked == "fast")
+        token_budget = _setup_fast_engine(model, cfg, device, d, explicit=engine_asked == "fast",
+                                          half_precision=prec.name in ("bf16", "fp16"))
         if token_budget == 0:
             cfg.engine = "reference"
     loss_mod: torch.nn.Module = CausalLMLossSum(_causal_lm(model), cfg.loss_chunk_size)
@@ -403,13 +404,14 @@ def train(cfg: TrainConfig) -> dict:
     return {"global_step": total_steps, "final_loss": last_loss, "output_dir": str(out), "data_stats": stats.as_dict()}
 
 
-def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, explicit: bool = True) -> int:
+def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, explicit: bool = True,
+                       half_precision: bool = True) -> int:
     """Padding-free packing + per-conversation attention + compiled layers (sftbench.fast_model).
 
     Returns the token budget of one packed micro-batch.  The number of checkpointed layers is chosen from the
     memory budget (the --memory_cap_gib, else the GPU's memory).
     """
-    from sftbench.fast_model import choose_checkpoint_layers, prepare_fast_model
+    from sftbench.fast_model import choose_checkpoint_layers, pick_attention, prepare_fast_model
 
     budget = cfg.token_budget or (16384 if device.type == "cuda" else cfg.per_device_train_batch_size * cfg.model_max_length)
     if budget < cfg.model_max_length:
@@ -423,7 +425,9 @@ def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, e
     elif cfg.gradient_checkpointing:
         k = model.config.num_hidden_layers
     try:
-        prepare_fast_model(model, checkpoint_layers=k, ce_chunk_size=cfg.loss_chunk_size or 1024)
+        attention, why = pick_attention(device, half_precision)
+        prepare_fast_model(model, attention=attention, checkpoint_layers=k, ce_chunk_size=cfg.loss_chunk_size or 1024,
+                           max_seqlen=cfg.model_max_length)
     except NotImplementedError as e:
         if not explicit:
             log(d, f"engine: reference (the fast engine does not support this model: {e})")
@@ -431,10 +435,11 @@ def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, e
         raise UserError(f"--engine fast does not support this model ({e}); use --engine reference.") from None
     cfg.token_budget = budget  # the resolved value: saved in sft_config.json, halved by --oom_fallback
     log(d, f"fast engine: packed micro-batches of {budget} tokens, {k} of {model.config.num_hidden_layers} layers "
-           f"checkpointed, {'compiled FlexAttention' if device.type == 'cuda' else 'SDPA with a block-diagonal mask (CPU)'}")
+           f"checkpointed; attention: {why}")
     if device.type == "cuda":
-        log(d, "fast engine: the first step compiles the layer graphs (torch.compile): measured 20-80 s with a warm "
-               "inductor cache and over 2 minutes on a cold machine; later runs reuse the cache. --engine reference skips it.")
+        log(d, "fast engine: the first step compiles the layer graphs (torch.compile)"
+               + ("" if attention == "varlen" else "; with FlexAttention that took over 3 minutes on a cold H100 "
+                  "machine (later runs reuse the inductor cache); --engine reference skips it") + ".")
     return budget
 
 
@@ -447,7 +452,8 @@ def _fast_window(model, examples: list[dict], budget: int, pad_id: int, n_window
     ce_total, real = 0.0, 0
     if examples:
         for b in pack_examples(examples, budget, seed=seed):
-            batch = batch_to_device(make_packed_batch([examples[i] for i in b], budget, pad_id), device)
+            batch = batch_to_device(make_packed_batch([examples[i] for i in b], budget, pad_id,
+                                                      max_seqlen=model._sftbench_fast.max_seqlen), device)
             real += int(batch["num_real_tokens"])
             with prec.autocast():
                 s, _ = packed_loss_sum(model, batch)

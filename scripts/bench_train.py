@@ -10,7 +10,7 @@ under `sftbench.memory.apply_memory_cap(--cap-gib)`.  Rows:
               the row is skipped with a note when they are missing; retried at half the batch on OOM)
   reference   padded micro-batches in data order, HF forward + masked CE, bf16 autocast, fp32 AdamW,
               HF gradient checkpointing (what `--engine reference` does)
-  fast        packed rows of --token-budget tokens, FlexAttention document mask, compiled decoder layer,
+  fast        packed rows of --token-budget tokens, attention per conversation (varlen flash; FlexAttention off sm80+), compiled layer,
               fused chunked CE, fused AdamW, bf16 autocast over fp32 masters, checkpointing chosen to fit
   fast@B:K    extra fast configurations (token budget B, K checkpointed layers or 'auto'), throughput only
 
@@ -225,8 +225,9 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: 
         k = choose_checkpoint_layers(model, budget, int((a.target_gib - 1.3) * 0.9 * GIB), ce_chunk_size=a.ce_chunk)
     else:
         k = int(ckpt)
+    longest = max(len(e["input_ids"]) for e in examples)  # varlen attention's static segment bound
     prepare_fast_model(model, attention=a.attention, compile=not a.no_compile and device.type == "cuda",
-                       checkpoint_layers=k, ce_chunk_size=a.ce_chunk, fuse_projections=fuse)
+                       checkpoint_layers=k, ce_chunk_size=a.ce_chunk, fuse_projections=fuse, max_seqlen=longest)
     model.train()
     opt = make_fused_adamw(model.parameters(), lr=a.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
@@ -242,7 +243,7 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: 
         exs = [examples[i] for i in win]
         bins = pack_examples(exs, budget, seed=step)
         batches = [batch_to_device({k2: (v.pin_memory() if torch.is_tensor(v) and pin else v) for k2, v in
-                                    make_packed_batch([exs[i] for i in b], budget, PAD_ID).items()}, device)
+                                    make_packed_batch([exs[i] for i in b], budget, PAD_ID, longest).items()}, device)
                    for b in bins]
         n_window = sum(b["num_targets"] for b in batches)
         total = torch.zeros((), device=device)
@@ -284,7 +285,8 @@ def _profile_one_step(a, model, opt, exs, budget, device) -> str:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         bins = pack_examples(exs, budget, seed=0)
-        batches = [batch_to_device(make_packed_batch([exs[i] for i in b], budget, PAD_ID), device) for b in bins]
+        batches = [batch_to_device(make_packed_batch([exs[i] for i in b], budget, PAD_ID,
+                                                     model._sftbench_fast.max_seqlen), device) for b in bins]
         n_window = sum(b["num_targets"] for b in batches)
         for b in batches:
             with _autocast(device):
@@ -603,7 +605,7 @@ def parse(argv=None):
                    help="fast: tokens per packed micro-batch (fast@ rows set their own)")
     p.add_argument("--checkpoint-layers", default="30", help="fast: layers to recompute (int or auto)")
     p.add_argument("--ce-chunk", type=int, default=1024, help="fast: rows of logits per CE chunk")
-    p.add_argument("--attention", default="auto", choices=["auto", "flex", "sdpa"], help="fast: attention kernel")
+    p.add_argument("--attention", default="auto", choices=["auto", "varlen", "flex", "sdpa"], help="fast: attention kernel")
     p.add_argument("--no-compile", action="store_true", help="fast: skip torch.compile")
     p.add_argument("--ref-batch", type=int, default=8, help="reference: conversations per padded micro-batch (halved once on OOM)")
     p.add_argument("--trl-batch", type=int, default=8, help="trl_liger: micro-batch (halved once on OOM)")

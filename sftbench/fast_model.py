@@ -2,9 +2,11 @@
 
 The model stays the user's `LlamaForCausalLM` (same parameters, same checkpoints); only the forward is
 ours, so that it can
-- run one packed row [1, T] of several conversations, with a block-diagonal causal mask: FlexAttention
-  (`torch.nn.attention.flex_attention`, block-sparse, skips the masked blocks) on CUDA, or dense SDPA with
-  a boolean [T, T] mask (CPU, or where FlexAttention cannot compile);
+- run one packed row [1, T] of several conversations with attention kept inside each one:
+  varlen flash attention (`torch.nn.attention.varlen`, the conversations' boundaries as cu_seqlens) on
+  sm80+ GPUs in bf16/fp16; FlexAttention (block-sparse mask) on other GPUs; dense SDPA with a boolean
+  [T, T] mask on the CPU.  Varlen is the default where it runs: it needs no compilation of its own, while
+  FlexAttention's forward+backward took 195 s to compile on a cold H100 machine (4-9 s for varlen);
 - compile ONE decoder-layer function whose weights are arguments, so the 30 layers share one graph and a
   new shape costs seconds, not minutes;
 - recompute (activation-checkpoint) the first `checkpoint_layers` layers, chosen to fit a memory budget;
@@ -38,7 +40,11 @@ class FastSettings:
     """How the fast forward runs (stored on the model by prepare_fast_model)."""
 
     attention: str = "auto"
-    """flex (FlexAttention, block-sparse), sdpa (dense boolean mask), or auto (flex on CUDA, sdpa on CPU)."""
+    """varlen (flash attention over cu_seqlens), flex (FlexAttention, block-sparse), sdpa (dense boolean
+    mask), or auto (pick_attention: varlen where it runs, else flex on CUDA, sdpa on CPU)."""
+    max_seqlen: int | None = None
+    """varlen: the longest segment of a packed row (pack with make_packed_batch(..., max_seqlen=)); None =
+    the row's length.  A constant, so the compiled layer is not specialised per batch."""
     compile: bool = False
     """torch.compile the decoder-layer function and the CE chunk (CUDA; one graph per token budget)."""
     checkpoint_layers: int = 0
@@ -85,12 +91,65 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def _make_layer_fn(n_heads: int, n_kv: int, head_dim: int, eps: float, attention: str, fuse: bool = False):
-    """One decoder layer as a pure function of (x, cos, sin, mask, 9 weights); shapes [B, T, H]."""
+def varlen_supported(device) -> str | None:
+    """None when varlen flash attention can run on `device`, else why not (for the log)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return "not a CUDA device"
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (torch >= 2.10)
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.nn.attention.varlen"
+    major, minor = torch.cuda.get_device_capability(dev)
+    if major < 8:
+        return f"flash attention needs compute capability 8.0+, this GPU has {major}.{minor}"
+    return None
+
+
+def pick_attention(device, half_precision: bool) -> tuple[str, str]:
+    """(attention, reason): varlen on sm80+ GPUs training in bf16/fp16, flex on other GPUs, sdpa on CPU."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return "sdpa", "CPU: dense SDPA with a block-diagonal mask"
+    why = "fp32 autocast-free training (flash attention needs bf16/fp16)" if not half_precision else varlen_supported(dev)
+    if why is None:
+        return "varlen", "varlen flash attention over the conversations' boundaries (no attention compile)"
+    return "flex", f"FlexAttention ({why}); its first step compiles for minutes on a cold machine"
+
+
+def _varlen_call():
+    """varlen_attn with a causal mask and GQA, across the torch versions that have it."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    native_gqa = "enable_gqa" in params
+
+    def attend(q, k, v, cu, max_seqlen, scale):
+        # q [T, Hq, D], k/v [T, Hkv, D]
+        if k.shape[1] != q.shape[1]:
+            if native_gqa:
+                return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, scale=scale, enable_gqa=True, **causal)
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, scale=scale, **causal)
+
+    return attend
+
+
+def _make_layer_fn(n_heads: int, n_kv: int, head_dim: int, eps: float, attention: str, fuse: bool = False,
+                   max_seqlen: int | None = None):
+    """One decoder layer as a pure function of (x, cos, sin, mask, 9 weights); shapes [B, T, H].
+
+    `mask` is a BlockMask (flex), a boolean [1, 1, T, T] tensor (sdpa) or cu_seqlens [k+1] int32 (varlen,
+    B == 1)."""
     scale = head_dim**-0.5
     gqa = n_kv != n_heads
     if attention == "flex":
         from torch.nn.attention.flex_attention import flex_attention
+    attend = _varlen_call() if attention == "varlen" else None
 
     def layer(x, cos, sin, mask, ln1, wq, wk, wv, wo, ln2, wg, wu, wd):
         b, t, _ = x.shape
@@ -100,17 +159,24 @@ def _make_layer_fn(n_heads: int, n_kv: int, head_dim: int, eps: float, attention
                 [n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
         else:
             q, k, v = F.linear(h, wq), F.linear(h, wk), F.linear(h, wv)
-        q = q.reshape(b, t, n_heads, head_dim).transpose(1, 2)
-        k = k.reshape(b, t, n_kv, head_dim).transpose(1, 2)
-        v = v.reshape(b, t, n_kv, head_dim).transpose(1, 2)
-        c, s = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = ((q * c) + (_rotate_half(q) * s)).to(v.dtype)
-        k = ((k * c) + (_rotate_half(k) * s)).to(v.dtype)
-        if attention == "flex":
-            a = flex_attention(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)
+        if attention == "varlen":  # token-major [T, heads, D]: the layout flash varlen takes, no transposes
+            q, k, v = (z.reshape(t, -1, head_dim) for z in (q, k, v))
+            c, s = cos[0].unsqueeze(1), sin[0].unsqueeze(1)
+            q = ((q * c) + (_rotate_half(q) * s)).to(v.dtype)
+            k = ((k * c) + (_rotate_half(k) * s)).to(v.dtype)
+            a = attend(q, k, v, mask, max_seqlen or t, scale).reshape(b, t, n_heads * head_dim)
         else:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
-        a = a.transpose(1, 2).reshape(b, t, n_heads * head_dim)
+            q = q.reshape(b, t, n_heads, head_dim).transpose(1, 2)
+            k = k.reshape(b, t, n_kv, head_dim).transpose(1, 2)
+            v = v.reshape(b, t, n_kv, head_dim).transpose(1, 2)
+            c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+            q = ((q * c) + (_rotate_half(q) * s)).to(v.dtype)
+            k = ((k * c) + (_rotate_half(k) * s)).to(v.dtype)
+            if attention == "flex":
+                a = flex_attention(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)
+            else:
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+            a = a.transpose(1, 2).reshape(b, t, n_heads * head_dim)
         x = x + F.linear(a, wo)
         h = _rms(x, ln2, eps)
         if fuse:
@@ -132,22 +198,26 @@ def _checkpointed(fn):
 
 
 def prepare_fast_model(model, *, attention: str = "auto", compile: bool | None = None,
-                       checkpoint_layers: int = 0, ce_chunk_size: int = 1024, fuse_projections: bool = False):
+                       checkpoint_layers: int = 0, ce_chunk_size: int = 1024, fuse_projections: bool = False,
+                       max_seqlen: int | None = None, half_precision: bool = True):
     """Attach fast-forward settings to an HF LlamaForCausalLM (in place; returns the model).
 
     Call after moving the model to its device.  `compile=None` means: compile on CUDA only.
+    `attention="auto"`: pick_attention(device, half_precision).  `max_seqlen`: see FastSettings.
     Raises NotImplementedError for unsupported architectures (the trainer should fall back).
     """
     check_supported(model)
     dev = next(model.parameters()).device
     if attention == "auto":
-        attention = "flex" if dev.type == "cuda" else "sdpa"
-    if attention not in ("flex", "sdpa"):
-        raise ValueError(f"attention must be flex, sdpa or auto, got {attention!r}")
+        attention, _ = pick_attention(dev, half_precision)
+    if attention not in ("varlen", "flex", "sdpa"):
+        raise ValueError(f"attention must be varlen, flex, sdpa or auto, got {attention!r}")
+    if attention == "varlen" and (why := varlen_supported(dev)):
+        raise ValueError(f"attention varlen cannot run here: {why}")
     if compile is None:
         compile = dev.type == "cuda"
     n_layers = model.config.num_hidden_layers
-    model._sftbench_fast = FastSettings(attention=attention, compile=bool(compile),
+    model._sftbench_fast = FastSettings(attention=attention, compile=bool(compile), max_seqlen=max_seqlen,
                                         checkpoint_layers=max(0, min(int(checkpoint_layers), n_layers)),
                                         ce_chunk_size=int(ce_chunk_size), fuse_projections=bool(fuse_projections))
     return model
@@ -170,14 +240,16 @@ def _layer_fn(model, st: FastSettings, checkpointed: bool):
         cfg = model.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         fn = _make_layer_fn(cfg.num_attention_heads, cfg.num_key_value_heads, head_dim, cfg.rms_norm_eps, st.attention,
-                            fuse=st.fuse_projections)
+                            fuse=st.fuse_projections, max_seqlen=st.max_seqlen)
         if checkpointed:
             fn = _checkpointed(fn)
         if st.compile:
             # One graph for all layers (weights are arguments).  Checkpointing goes INSIDE the compiled
             # region: the compiler plans the recompute.  (Checkpoint wrapped around a compiled layer ran for
             # minutes on torch 2.11 + H100 without finishing 8 steps.)
-            fn = torch.compile(fn, dynamic=False)
+            # varlen: the number of segments (cu_seqlens' length) changes per row and is marked dynamic per
+            # call; everything else keeps one static shape per token budget.
+            fn = torch.compile(fn, dynamic=None if st.attention == "varlen" else False)
         st.layer_fns[key] = fn
     return fn
 
@@ -214,7 +286,16 @@ def packed_forward_hidden(model, batch: dict) -> torch.Tensor:
     core = model.model
     input_ids, position_ids = batch["input_ids"], batch["position_ids"]
     mask = batch.get("_attn_mask")
-    if mask is None:
+    if st.attention == "varlen":
+        if input_ids.shape[0] != 1:
+            raise ValueError("varlen attention takes one packed row (batch size 1)")
+        if st.max_seqlen is not None and batch.get("max_seqlen", input_ids.shape[1]) > st.max_seqlen:
+            raise ValueError(f"a segment of {batch.get('max_seqlen')} tokens exceeds the model's max_seqlen "
+                             f"{st.max_seqlen}: pack with make_packed_batch(..., max_seqlen={st.max_seqlen})")
+        mask = batch["cu_seqlens"]
+        if st.compile:
+            torch._dynamo.mark_dynamic(mask, 0)
+    elif mask is None:
         mask = build_attention_mask(batch["doc_ids"], st.attention, compile=st.compile and input_ids.is_cuda)
     x = core.embed_tokens(input_ids)
     cos, sin = core.rotary_emb(x, position_ids)

@@ -77,8 +77,12 @@ def pack_examples(examples: list[dict], token_budget: int, *, seed: int | None =
     return bins
 
 
-def make_packed_batch(examples: list[dict], token_budget: int, pad_id: int) -> dict:
+def make_packed_batch(examples: list[dict], token_budget: int, pad_id: int, max_seqlen: int | None = None) -> dict:
     """Concatenate `examples` into one row of exactly `token_budget` tokens (CPU tensors).
+
+    `max_seqlen`: the longest segment the varlen (flash) attention kernel is launched for.  The padding is
+    then cut into segments of at most that many tokens in `cu_seqlens` (it attends only within itself and
+    carries no loss either way), and a longer conversation is an error.
 
     Returns a dict with
       input_ids     LongTensor [1, T]   tokens, then `pad_id` up to T
@@ -88,13 +92,17 @@ def make_packed_batch(examples: list[dict], token_budget: int, pad_id: int) -> d
       position_ids  LongTensor [1, T]   0, 1, ... restarting at 0 for every conversation (and for the padding)
       doc_ids       IntTensor  [1, T]   conversation index 0..k-1; padding is conversation k (it attends only
                                         to itself and carries no loss)
-      cu_seqlens    IntTensor  [k+2]    cumulative boundaries (flash-attention varlen style), padding included
+      cu_seqlens    IntTensor  [k+1+p]  cumulative boundaries (flash-attention varlen style); the padding is
+                                        p >= 0 segments (one, or pieces of at most max_seqlen)
+      max_seqlen    int                 the longest segment in cu_seqlens
       num_targets   int                 tokens that carry a loss (labels != -100 after the shift)
       num_real_tokens int               non-padding tokens (what throughput counts)
       num_examples  int
     """
     lengths = _lengths(examples)
     total = sum(lengths)
+    if max_seqlen is not None and lengths and max(lengths) > max_seqlen:
+        raise UserError(f"packing: a conversation of {max(lengths)} tokens is longer than max_seqlen {max_seqlen}.")
     if total > token_budget:
         raise UserError(
             f"packing: {len(examples)} examples hold {total} tokens, more than the token budget {token_budget}; "
@@ -120,8 +128,9 @@ def make_packed_batch(examples: list[dict], token_budget: int, pad_id: int) -> d
     bounds = [0]
     for n in lengths:
         bounds.append(bounds[-1] + n)
-    if n_pad:
-        bounds.append(token_budget)
+    piece = n_pad if max_seqlen is None else max(1, int(max_seqlen))
+    while bounds[-1] < token_budget:
+        bounds.append(min(token_budget, bounds[-1] + piece))
     labels_t = torch.tensor(labels, dtype=torch.long).unsqueeze(0)
     shift = torch.full_like(labels_t, IGNORE_INDEX)
     shift[:, :-1] = labels_t[:, 1:]
@@ -132,6 +141,7 @@ def make_packed_batch(examples: list[dict], token_budget: int, pad_id: int) -> d
         "position_ids": torch.tensor(pos, dtype=torch.long).unsqueeze(0),
         "doc_ids": torch.tensor(docs, dtype=torch.int32).unsqueeze(0),
         "cu_seqlens": torch.tensor(bounds, dtype=torch.int32),
+        "max_seqlen": max(b - a for a, b in zip(bounds, bounds[1:])),
         "num_targets": int((shift != IGNORE_INDEX).sum()),
         "num_real_tokens": total,
         "num_examples": len(examples),

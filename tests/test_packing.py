@@ -100,8 +100,15 @@ def test_make_packed_batch_exact_tensors():
     assert b["doc_ids"].tolist() == [[0, 0, 0, 1, 1, 2, 2, 2]]
     assert b["cu_seqlens"].tolist() == [0, 3, 5, 8]
     assert (b["num_targets"], b["num_real_tokens"], b["num_examples"]) == (3, 5, 2)
+    assert b["max_seqlen"] == 3
     full = make_packed_batch(exs, 5, pad_id=2)
     assert full["cu_seqlens"].tolist() == [0, 3, 5] and full["input_ids"].shape == (1, 5)
+    # varlen attention: padding cut into segments no longer than max_seqlen; the rest is unchanged
+    cut = make_packed_batch(exs, 12, pad_id=2, max_seqlen=3)
+    assert cut["cu_seqlens"].tolist() == [0, 3, 5, 8, 11, 12] and cut["max_seqlen"] == 3
+    assert cut["doc_ids"].tolist() == [[0, 0, 0, 1, 1] + [2] * 7]
+    with pytest.raises(UserError, match="longer than max_seqlen 2"):
+        make_packed_batch(exs, 8, pad_id=2, max_seqlen=2)
     with pytest.raises(UserError, match="more than the token budget 4"):
         make_packed_batch(exs, 4, pad_id=2)
 
@@ -267,3 +274,43 @@ def test_agrees_with_loss_functions_chunked_ce(model, convs):
     assert n == n2 == n3
     torch.testing.assert_close(s, s2.float(), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(s, s3.float(), atol=1e-4, rtol=1e-5)
+
+
+# ---- attention choice; varlen flash attention (GPU only) ----------------------------------------------
+
+def test_pick_attention_on_cpu_and_varlen_refused_there(model):
+    from sftbench.fast_model import pick_attention, varlen_supported
+
+    assert pick_attention("cpu", half_precision=True)[0] == "sdpa"
+    assert varlen_supported("cpu") == "not a CUDA device"
+    with pytest.raises(ValueError, match="varlen cannot run here"):
+        prepare_fast_model(model, attention="varlen")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (varlen flash attention)")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_varlen_matches_sdpa_on_gpu(tiny_model_dir, convs, compiled):
+    """bf16 on the GPU: varlen (padding cut into max_seqlen pieces) gives dense SDPA's losses and gradients."""
+    from transformers import LlamaForCausalLM
+
+    from sftbench.fast_model import varlen_supported
+    from sftbench.packing import batch_to_device
+
+    if varlen_supported("cuda"):
+        pytest.skip(varlen_supported("cuda"))
+    out = {}
+    for attention in ("sdpa", "varlen"):
+        m = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).cuda()
+        prepare_fast_model(m, attention=attention, compile=compiled and attention == "varlen", max_seqlen=64)
+        losses = []
+        for budget in (160, 192):  # two rows with different numbers of padding pieces: no recompile needed
+            batch = batch_to_device(make_packed_batch(convs, budget, pad_id=2, max_seqlen=64), "cuda")
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                s, _ = packed_loss_sum(m, batch)
+            s.float().backward()
+            losses.append(float(s))
+        out[attention] = (losses, torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert out["varlen"][0] == pytest.approx(out["sdpa"][0], rel=2e-2)
+    g_ref, g = out["sdpa"][1], out["varlen"][1]
+    assert torch.isfinite(g).all()
+    assert float((g - g_ref).norm() / g_ref.norm()) < 3e-2
