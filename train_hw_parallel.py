@@ -411,7 +411,7 @@ def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, e
     Returns the token budget of one packed micro-batch.  The number of checkpointed layers is chosen from the
     memory budget (the --memory_cap_gib, else the GPU's memory).
     """
-    from sftbench.fast_model import choose_checkpoint_layers, pick_attention, prepare_fast_model
+    from sftbench.fast_model import choose_checkpoint_layers, pick_attention, prepare_fast_model, varlen_supported
 
     budget = cfg.token_budget or (16384 if device.type == "cuda" else cfg.per_device_train_batch_size * cfg.model_max_length)
     if budget < cfg.model_max_length:
@@ -426,8 +426,12 @@ def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, e
         k = model.config.num_hidden_layers
     try:
         attention, why = pick_attention(device, half_precision)
+        if cfg.attention != "auto":
+            if cfg.attention == "varlen" and (no := varlen_supported(device) or (None if half_precision else "fp32 training")):
+                raise UserError(f"--attention varlen cannot run here ({no}); use --attention auto.")
+            attention, why = cfg.attention, f"{cfg.attention} (--attention)"
         prepare_fast_model(model, attention=attention, checkpoint_layers=k, ce_chunk_size=cfg.loss_chunk_size or 1024,
-                           max_seqlen=cfg.model_max_length)
+                           max_seqlen=cfg.model_max_length, fuse_projections=cfg.fuse_projections)
     except NotImplementedError as e:
         if not explicit:
             log(d, f"engine: reference (the fast engine does not support this model: {e})")
