@@ -10,8 +10,10 @@
 #   --engine reference: 1.2k-2.0k real tokens/s, peak torch 2.90 GiB allocated, NVML 5.20 GiB.
 #   --engine fast, 25 of 30 layers checkpointed (8 GiB plan): ~124k real tokens/s (97k-170k over steps 2-6),
 #     peak torch 5.20 GiB, NVML 6.61 GiB; first-step losses equal the reference's to 1e-3.
-#   default (6 GiB plan = all 30 layers checkpointed): same code measured by scripts/bench_train.py at
-#     131.7k real tokens/s, NVML peak 5.56 GiB (torch 3.95 GiB). A cold first step compiles for minutes.
+#   default (6 GiB plan = all 30 layers checkpointed, varlen attention, fused projections), freshly started
+#     machine (cold compile cache), random-init SmolLM2-135M shape, same data: first step 20.4 s (compiling),
+#     then 130k real tokens/s over steps 3-8, peak torch 3.95 GiB, NVML 5.57 GiB (session 2, .gpu-min runs).
+#     With FlexAttention (--attention flex) the cold first step took 247 s; see docs/gpu_results.md.
 ACCUM=64
 PRESET=(--num_train_epochs 5 --learning_rate 4e-5 --warmup_ratio 0.2 --model_max_length 1024
         --gradient_checkpointing True --max_rounds 6 --save_steps 20 --logging_steps 1 --save_total_limit 2)

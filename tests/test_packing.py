@@ -287,6 +287,7 @@ def test_pick_attention_on_cpu_and_varlen_refused_there(model):
         prepare_fast_model(model, attention="varlen")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (varlen flash attention)")
 @pytest.mark.parametrize("compiled", [False, True])
 def test_varlen_matches_sdpa_on_gpu(tiny_model_dir, convs, compiled):
@@ -303,7 +304,7 @@ def test_varlen_matches_sdpa_on_gpu(tiny_model_dir, convs, compiled):
         m = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).cuda()
         prepare_fast_model(m, attention=attention, compile=compiled and attention == "varlen", max_seqlen=64)
         losses = []
-        for budget in (160, 192):  # two rows with different numbers of padding pieces: no recompile needed
+        for budget in (160, 192):  # two rows with different numbers of padding pieces (cu_seqlens lengths)
             batch = batch_to_device(make_packed_batch(convs, budget, pad_id=2, max_seqlen=64), "cuda")
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 s, _ = packed_loss_sum(m, batch)
