@@ -112,6 +112,19 @@ def resolve_out_dir(p: str) -> Path:
     return path
 
 
+def model_identity(model_path: str | None) -> str | None:
+    """How results name a model: a local directory by its absolute, symlink-free path (so `runs/a/checkpoint-8`
+    and `/home/me/runs/a/checkpoint-8` are one model); a hub id or a missing path as given."""
+    if not model_path:
+        return model_path
+    p = Path(model_path).expanduser()
+    return str(p.resolve()) if p.exists() else model_path
+
+
+def same_model(a: str | None, b: str | None) -> bool:
+    return a == b or (a is not None and b is not None and model_identity(a) == model_identity(b))
+
+
 def resolve_model(name_or_path: str) -> str:
     try:
         from sftbench.models import resolve_model_path
@@ -119,8 +132,8 @@ def resolve_model(name_or_path: str) -> str:
         resolve_model_path = None
     p = resolve_user_path(name_or_path)
     if resolve_model_path is not None:
-        return resolve_model_path(p)
-    return p
+        p = resolve_model_path(p)
+    return model_identity(p)
 
 
 def _check_loadable(model_path: str) -> None:
@@ -251,6 +264,7 @@ def build_settings(cfg: EvalConfig, ps: ifdata.PromptSet, device, dtype: str, ba
 
 def expected_settings_hash(model_path: str, cfg: EvalConfig, session: EvalSession | None = None) -> str:
     """The settings_hash evaluate_checkpoint would record (no model is loaded)."""
+    model_path = model_identity(model_path)
     session = session or EvalSession(cfg)
     ps = session.prompts(cfg)
     device = resolve_device(cfg)
@@ -271,10 +285,11 @@ def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict)
         except UserError:
             s = None
         if isinstance(s, dict) and s.get("complete") is True:
-            if s.get("model_path") != model_path:
+            if not same_model(s.get("model_path"), model_path):
                 raise UserError(f"{out}: holds the IFEval results of another model ({s.get('model_path')}), not "
                                 f"{model_path}. Use a separate OUT directory per checkpoint.")
-            if s.get("settings_hash") == shash:
+            # results written before paths were made absolute hashed the path as typed
+            if s.get("settings_hash") in (shash, settings_hash(settings, s.get("model_path"))):
                 return s
             raise UserError(f"{out}: holds complete results for this model with other settings "
                             f"({_settings_diff(s.get('settings') or {}, settings)}). Use a new OUT directory, or "
@@ -285,10 +300,10 @@ def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict)
             old = read_json(ps_file)
         except UserError:
             old = {}
-        if old.get("model_path") != model_path:
+        if not same_model(old.get("model_path"), model_path):
             raise UserError(f"{out}: holds an unfinished IFEval run of another model ({old.get('model_path')}). "
                             f"Use another OUT directory, or delete {ps_file} and {out / PARTIAL}.")
-        if old.get("settings_hash") != shash:
+        if old.get("settings_hash") not in (shash, settings_hash(settings, old.get("model_path"))):
             raise UserError(f"{out}: holds an unfinished run of this model with other settings "
                             f"({_settings_diff(old.get('settings') or {}, settings)}). Rerun with the same options "
                             f"to finish it, or delete {ps_file} and {out / PARTIAL} to start over.")

@@ -179,6 +179,15 @@ def read_summary(result_dir: Path) -> dict | None:
     return s if isinstance(s, dict) and s.get("complete") is True else None
 
 
+def _same_model(a: str | None, b: str | None) -> bool:
+    """One model under two spellings (relative vs absolute path, a symlink) counts as the same."""
+    try:
+        from ifeval.run import same_model
+    except ImportError:  # pragma: no cover - a runner without it: plain comparison
+        return a == b
+    return same_model(a, b)
+
+
 def _settings_conflicts(summary: dict, cfg: Any) -> list[str]:
     """Settings recorded in a summary that contradict an explicit value in cfg (for adopting old results)."""
     rec = summary.get("settings") or {}
@@ -284,12 +293,12 @@ class Sweep:
             problem = f"its settings_hash {str(have)[:12]} differs from this sweep's {want[:12]}"
         elif entry is not None:
             if entry.get("settings_hash") == have and entry.get("eval_config_hash") == self.cfg_hash \
-                    and entry.get("model_path") == model_path:
+                    and _same_model(entry.get("model_path"), model_path):
                 return "done"
             problem = "it was written with other settings or for another model than this sweep's"
         else:
             conflicts = _settings_conflicts(summary, self.cfg)
-            if summary.get("model_path") not in (None, model_path):
+            if summary.get("model_path") is not None and not _same_model(summary.get("model_path"), model_path):
                 conflicts.append(f"model_path: {summary.get('model_path')!r} there, {model_path!r} now")
             if not conflicts:
                 return "done"

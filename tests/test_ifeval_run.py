@@ -192,6 +192,23 @@ def test_out_of_another_model(tmp_path, tiny_model_dir, session):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_same_checkpoint_relative_absolute_or_symlinked_is_one_model(tmp_path, tiny_model_dir, session, monkeypatch):
+    """Results name a local model by its resolved path: a rerun spelled differently returns them as they are."""
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, run / "checkpoint-2")
+    (tmp_path / "link").symlink_to(run / "checkpoint-2")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "res"
+    s = runner.evaluate_checkpoint("runs/a/checkpoint-2", out, cfg(limit=1), loaded=session)
+    assert s["model_path"] == str((run / "checkpoint-2").resolve())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for spelled in (str(run / "checkpoint-2"), "./runs/a/../a/checkpoint-2", "link"):
+        assert runner.evaluate_checkpoint(spelled, out, cfg(limit=1), loaded=session) == s
+        assert runner.expected_settings_hash(spelled, cfg(limit=1), session) == s["settings_hash"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_score_only(tmp_path, tiny_model_dir, session):
     out = tmp_path / "gen"
     s = runner.evaluate_checkpoint(str(tiny_model_dir), out, cfg(), loaded=session)
