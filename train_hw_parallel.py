@@ -427,8 +427,13 @@ def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, e
     try:
         attention, why = pick_attention(device, half_precision)
         if cfg.attention != "auto":
-            if cfg.attention == "varlen" and (no := varlen_supported(device) or (None if half_precision else "fp32 training")):
-                raise UserError(f"--attention varlen cannot run here ({no}); use --attention auto.")
+            why_not = None
+            if cfg.attention == "varlen":
+                why_not = varlen_supported(device) or (None if half_precision else "flash attention needs --bf16 or --fp16")
+            elif cfg.attention == "flex" and device.type != "cuda":
+                why_not = "FlexAttention has no backward pass on the CPU"
+            if why_not:
+                raise UserError(f"--attention {cfg.attention} cannot run here ({why_not}); use --attention auto.")
             attention, why = cfg.attention, f"{cfg.attention} (--attention)"
         prepare_fast_model(model, attention=attention, checkpoint_layers=k, ce_chunk_size=cfg.loss_chunk_size or 1024,
                            max_seqlen=cfg.model_max_length, fuse_projections=cfg.fuse_projections)

@@ -336,6 +336,10 @@ def test_unknown_flag_and_bad_device_are_clean_errors(tiny_model_dir, data, tmp_
     assert p.returncode == 2 and "unrecognized arguments" in p.stderr and "Traceback" not in p.stderr
     p = _cli(args(tiny_model_dir, data, tmp_path / "o", device="bogus"))
     assert p.returncode == 2 and "Traceback" not in p.stderr and "bogus" in p.stderr
+    for att, why in (("varlen", "not a CUDA device"), ("flex", "no backward pass on the CPU")):
+        p = _cli(args(tiny_model_dir, data, tmp_path / att, engine="fast", attention=att, max_steps=1))
+        assert p.returncode == 2 and why in p.stderr and "Traceback" not in p.stderr
+        assert not (tmp_path / att / "metrics.jsonl").exists()
 
 
 def test_resume_from_an_older_checkpoint_is_refused(straight_run, tiny_model_dir, data):
