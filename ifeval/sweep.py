@@ -181,10 +181,8 @@ def read_summary(result_dir: Path) -> dict | None:
 
 def _same_model(a: str | None, b: str | None) -> bool:
     """One model under two spellings (relative vs absolute path, a symlink) counts as the same."""
-    try:
-        from ifeval.run import same_model
-    except ImportError:  # pragma: no cover - a runner without it: plain comparison
-        return a == b
+    from ifeval.run import same_model  # lazy: the sweep's CLI imports the runner only when it runs
+
     return same_model(a, b)
 
 
