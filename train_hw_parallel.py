@@ -7,8 +7,8 @@ atomic checkpoints, exact resume, one process per GPU (DDP) when launched with a
     accelerate launch --num_processes 2 train_hw_parallel.py ...
 
 The training loop is `train()` below, one visible function.  Pieces it uses:
-data -> conversation_func.py, loss -> loss_functions.py, config -> sftbench/train_config.py,
-device/precision -> sftbench/device.py, checkpoints -> sftbench/checkpoint.py.
+data -> conversation_func.py, loss -> loss_functions.py, config -> sftbench/train/config.py,
+device/precision -> sftbench/device.py, checkpoints -> sftbench/train/checkpoint.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from sftbench.errors import UserError, exit_with_user_error
-from sftbench.train_config import TrainConfig, parse_train_config
+from sftbench.train.config import TrainConfig, parse_train_config
 
 PROG = "train_hw_parallel.py"
 
@@ -163,7 +163,7 @@ def train(cfg: TrainConfig) -> dict:
     from transformers import AutoModelForCausalLM, get_scheduler
 
     import conversation_func as cf
-    from sftbench import checkpoint as ck
+    from sftbench.train import checkpoint as ck
     from sftbench.device import pick_device, pick_precision
     from sftbench.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl
     from sftbench.memory import GIB, MemoryMonitor, apply_memory_cap
@@ -406,12 +406,12 @@ def train(cfg: TrainConfig) -> dict:
 
 def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, explicit: bool = True,
                        half_precision: bool = True) -> int:
-    """Padding-free packing + per-conversation attention + compiled layers (sftbench.fast_model).
+    """Padding-free packing + per-conversation attention + compiled layers (sftbench.train.fast_model).
 
     Returns the token budget of one packed micro-batch.  The number of checkpointed layers is chosen from the
     memory budget (the --memory_cap_gib, else the GPU's memory).
     """
-    from sftbench.fast_model import choose_checkpoint_layers, pick_attention, prepare_fast_model, varlen_supported
+    from sftbench.train.fast_model import choose_checkpoint_layers, pick_attention, prepare_fast_model, varlen_supported
 
     budget = cfg.token_budget or (16384 if device.type == "cuda" else cfg.per_device_train_batch_size * cfg.model_max_length)
     if budget < cfg.model_max_length:
@@ -455,8 +455,8 @@ def _setup_fast_engine(model, cfg: TrainConfig, device: torch.device, d: Dist, e
 def _fast_window(model, examples: list[dict], budget: int, pad_id: int, n_window: int, prec, scaler, d: Dist,
                  device, seed: int) -> tuple[float, int]:
     """One rank's share of an accumulation window, packed; gradients summed over ranks by one all-reduce."""
-    from sftbench.fast_model import packed_loss_sum
-    from sftbench.packing import batch_to_device, make_packed_batch, pack_examples
+    from sftbench.train.fast_model import packed_loss_sum
+    from sftbench.data.packing import batch_to_device, make_packed_batch, pack_examples
 
     ce_total, real = 0.0, 0
     if examples:
@@ -543,7 +543,7 @@ def _save_final(out: Path, model, tok, cfg_dict: dict, trainer_state: dict) -> N
     """The final model in OUT itself (from_pretrained(OUT) works); trainer_state.json is moved in last."""
     import shutil
 
-    from sftbench.checkpoint import save_model_dir
+    from sftbench.train.checkpoint import save_model_dir
 
     tmp = out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -608,7 +608,7 @@ def _shrink_for_retry(cfg: TrainConfig) -> bool:
 
 def _prepare_oom_retry(cfg: TrainConfig, oom: str) -> None:
     """Resume from the last checkpoint that has optimizer state, or start over with the partial log moved aside."""
-    from sftbench.checkpoint import list_checkpoints
+    from sftbench.train.checkpoint import list_checkpoints
 
     out = Path(cfg.output_dir)
     have = [p for _, p in list_checkpoints(out) if (p / "training_state").is_dir()]

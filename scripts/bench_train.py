@@ -217,8 +217,8 @@ def row_reference(a, examples, windows, model, device) -> dict:
 def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: bool = False) -> dict:
     import torch
 
-    from sftbench.fast_model import choose_checkpoint_layers, make_fused_adamw, packed_loss_sum, prepare_fast_model
-    from sftbench.packing import batch_to_device, make_packed_batch, pack_examples
+    from sftbench.train.fast_model import choose_checkpoint_layers, make_fused_adamw, packed_loss_sum, prepare_fast_model
+    from sftbench.data.packing import batch_to_device, make_packed_batch, pack_examples
 
     if ckpt == "auto":
         # plan for --target-gib of device memory: minus ~1.3 GiB of CUDA context, minus 10% allocator slack
@@ -277,8 +277,8 @@ def _profile_one_step(a, model, opt, exs, budget, device) -> str:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from sftbench.fast_model import packed_loss_sum
-    from sftbench.packing import batch_to_device, make_packed_batch, pack_examples
+    from sftbench.train.fast_model import packed_loss_sum
+    from sftbench.data.packing import batch_to_device, make_packed_batch, pack_examples
 
     _sync()
     t0 = time.perf_counter()

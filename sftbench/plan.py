@@ -454,7 +454,7 @@ def oom_advice(spec: PlanSpec, gpu_mem_gib: float) -> str:
 
 
 def spec_from_train_config(cfg, dims: ModelDims | None = None) -> PlanSpec:
-    """PlanSpec of a sftbench.train_config.TrainConfig (fields read with getattr, so older configs work)."""
+    """PlanSpec of a sftbench.train.config.TrainConfig (fields read with getattr, so older configs work)."""
     if dims is None:
         name = getattr(cfg, "model_name_or_path", "smollm2-135m-instruct-offline")
         try:

@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from sftbench.errors import UserError
-from sftbench.fast_model import (
+from sftbench.train.fast_model import (
     choose_checkpoint_layers,
     packed_forward_hidden,
     packed_loss_sum,
     packed_token_losses,
     prepare_fast_model,
 )
-from sftbench.fused_ce import fused_linear_ce_sum
-from sftbench.packing import make_packed_batch, pack_examples, packing_efficiency
+from sftbench.loss import fused_linear_ce_sum
+from sftbench.data.packing import make_packed_batch, pack_examples, packing_efficiency
 
 IGN = -100
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -279,7 +279,7 @@ def test_agrees_with_loss_functions_chunked_ce(model, convs):
 # ---- attention choice; varlen flash attention (GPU only) ----------------------------------------------
 
 def test_pick_attention_on_cpu_and_varlen_refused_there(model):
-    from sftbench.fast_model import pick_attention, varlen_supported
+    from sftbench.train.fast_model import pick_attention, varlen_supported
 
     assert pick_attention("cpu", half_precision=True)[0] == "sdpa"
     assert varlen_supported("cpu") == "not a CUDA device"
@@ -294,8 +294,8 @@ def test_varlen_matches_sdpa_on_gpu(tiny_model_dir, convs, compiled):
     """bf16 on the GPU: varlen (padding cut into max_seqlen pieces) gives dense SDPA's losses and gradients."""
     from transformers import LlamaForCausalLM
 
-    from sftbench.fast_model import varlen_supported
-    from sftbench.packing import batch_to_device
+    from sftbench.train.fast_model import varlen_supported
+    from sftbench.data.packing import batch_to_device
 
     if varlen_supported("cuda"):
         pytest.skip(varlen_supported("cuda"))

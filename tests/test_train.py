@@ -34,7 +34,7 @@ def args(model_dir, data, out, **over) -> list[str]:
 
 
 def run_train(argv):
-    from sftbench.train_config import parse_train_config
+    from sftbench.train.config import parse_train_config
     from train_hw_parallel import train
 
     return train(parse_train_config(argv))
@@ -225,7 +225,7 @@ def test_help_explains_every_flag():
 
 
 def test_homework_command_line_is_accepted():
-    from sftbench.train_config import parse_train_config
+    from sftbench.train.config import parse_train_config
 
     cfg = parse_train_config(
         "--model_name_or_path M --data_path D --output_dir O --num_train_epochs 5 --per_device_train_batch_size 1 "
@@ -292,7 +292,7 @@ def test_oom_is_answered_with_advice_and_fallback(tiny_model_dir, data, tmp_path
 def test_fast_engine_oom_fallback_halves_the_token_budget(tiny_model_dir, data, tmp_path, monkeypatch, capsys):
     """Fast engine: a simulated OOM on packed micro-batches over 256 tokens; the plain run exits 3 naming
     --token_budget, --oom_fallback retries at 256 tokens and gives the losses of a run started at 256."""
-    import sftbench.fast_model as fm
+    import sftbench.train.fast_model as fm
     import train_hw_parallel as thp
 
     real = fm.packed_loss_sum

@@ -10,7 +10,7 @@ ours, so that it can
 - compile ONE decoder-layer function whose weights are arguments, so the 30 layers share one graph and a
   new shape costs seconds, not minutes;
 - recompute (activation-checkpoint) the first `checkpoint_layers` layers, chosen to fit a memory budget;
-- end at the final norm, leaving the LM head to the fused chunked cross-entropy (sftbench.fused_ce).
+- end at the final norm, leaving the LM head to the fused chunked cross-entropy (sftbench.loss).
 
 Everything else is HF's own code (embedding, rotary embedding incl. rope scaling, final norm), and the
 per-layer maths mirrors `LlamaDecoderLayer` (RMSNorm in fp32, SwiGLU, GQA); tests check it against the
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from sftbench.fused_ce import fused_linear_ce_sum
+from sftbench.loss import fused_linear_ce_sum
 
 IGNORE_INDEX = -100
 GIB = 1024**3
