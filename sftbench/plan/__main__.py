@@ -1,0 +1,5 @@
+import sys
+
+from sftbench.plan.cli import main
+
+sys.exit(main())
