@@ -211,3 +211,75 @@ def test_plan_sh_runs():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "Tesla T4" in p.stdout and "RTX 4060" not in p.stdout
+
+
+# ----------------------------------------------------------------------------- the fast engine
+
+def test_fast_engine_memory_exact_and_trainer_choice():
+    from sftbench.plan.fast import FastSpec, estimate_fast_peak_gib, trainer_checkpoint_layers
+
+    # by hand, SmolLM2-135M, 16384 tokens, all 30 layers checkpointed: per token 30 x 4 x 576 (layer inputs)
+    # + 18688 (the layer being recomputed) + 8 x 576 (final norm)
+    b = estimate_fast_peak_gib(FastSpec(token_budget=16384), 30)
+    assert b.activations * GIB == 16384 * (30 * 2304 + 18688 + 4608) == 1_514_143_744
+    assert b.logits_loss * GIB == 8 * 1024 * 49152 + 12 * 49152 * 576
+    assert b.weights + b.gradients + b.optimizer_state == pytest.approx(16 * 134_515_008 / GIB)
+    assert round(b.torch_allocated, 4) == 4.106 and round(b.total, 4) == 5.5792  # measured 3.95 / 5.57 (H100)
+    assert round(estimate_fast_peak_gib(FastSpec(token_budget=16384), 25).total, 4) == 6.8667  # measured 6.61
+    assert round(estimate_fast_peak_gib(FastSpec(token_budget=32768), 30).total, 4) == 7.0316  # measured 7.2 (H200)
+    # the trainer's own choice: --vram_target_gib 6 -> all 30 layers; the whole 8 GiB card -> 25 (measured run)
+    assert trainer_checkpoint_layers(FastSpec(), 8.0) == 30
+    assert trainer_checkpoint_layers(FastSpec(vram_target_gib=None), 8.0) == 25
+    assert trainer_checkpoint_layers(FastSpec(vram_target_gib=None, token_budget=8192), 80.0) == 0
+
+
+def test_fast_checkpoint_choice_without_torch_equals_the_trainers():
+    pytest.importorskip("torch")
+    from sftbench.plan.fast import _ModelShape, _choose_checkpoint_layers_without_torch
+    from sftbench.train.fast_model import choose_checkpoint_layers
+
+    m = _ModelShape(SMOLLM2_135M)
+    for budget in (4096, 16384, 32768, 65536):
+        for gib in (3.0, 4.2, 5.0, 7.0, 20.0):
+            for chunk in (512, 1024):
+                n = int(gib * GIB)
+                assert _choose_checkpoint_layers_without_torch(m, budget, n, ce_chunk_size=chunk) == \
+                    choose_checkpoint_layers(m, budget, n, ce_chunk_size=chunk)
+
+
+def test_fast_engine_tokens_per_second_scaled_by_matrix_rate_and_bandwidth():
+    from sftbench.plan.throughput import fast_tokens_per_second
+
+    # reproduces the three measurements it is solved from, and predicts the H100 at 32768 (measured 148,615)
+    assert round(fast_tokens_per_second(get_gpu("h200"), 16384, 30, 30)) == 147_000
+    assert round(fast_tokens_per_second(get_gpu("h200"), 32768, 30, 30)) == 182_000
+    assert round(fast_tokens_per_second(get_gpu("h100"), 16384, 30, 30)) == 124_000
+    assert round(fast_tokens_per_second(get_gpu("h100"), 32768, 30, 30)) == 148_010
+    assert round(fast_tokens_per_second(get_gpu("4060-8gb"), 16384, 30, 30)) == 11_735
+    assert round(fast_tokens_per_second(get_gpu("t4"), 16384, 30, 30)) == 15_224
+    # fewer checkpointed layers: less recompute, faster
+    assert fast_tokens_per_second(get_gpu("h100"), 16384, 0, 30) > 124_000
+
+
+def test_cli_engines_and_trainer_flags(capsys):
+    argv = ["--model_name_or_path", "smollm2-135m-instruct-offline", "--model_max_length", "1024",
+            "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "64", "--data_path", "1000",
+            "--num_train_epochs", "5", "--gpu", "4060-8gb,h100", "--json"]
+    assert main(argv) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["engines"] == ["fast"] and [g["engine"] for g in j["gpus"]] == ["fast", "fast"]
+    assert [g["checkpoint_layers"] for g in j["gpus"]] == [30, 30]
+    assert j["gpus"][1]["tokens_per_s"] == 124000.0 and j["optimizer_steps"] == 75
+    assert main(argv + ["--both_engines"]) == 0
+    assert [g["engine"] for g in json.loads(capsys.readouterr().out)["gpus"]] == ["reference"] * 2 + ["fast"] * 2
+    # the old names are aliases of the trainer's fields
+    assert main(["--max_length", "512", "--micro_batch", "2", "--grad_accum", "8", "--data", "100", "--epochs", "2",
+                 "--engine", "reference", "--gpu", "t4", "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert (j["spec"]["max_length"], j["spec"]["micro_batch"], j["spec"]["grad_accum"], j["optimizer_steps"]) == (512, 2, 8, 12)
+    assert main(["--gpu", "4060-8gb", "--data", "500", "--both_engines"]) == 0
+    out = capsys.readouterr().out
+    assert "Reference engine (padded" in out and "Fast engine (packed rows of 16384 tokens" in out and "30 of 30" in out
+    with pytest.raises(SystemExit) as e:
+        main(["--token_budget", "512", "--model_max_length", "1024"])
+    assert e.value.code == 2 and "--token_budget 512 is smaller" in capsys.readouterr().err
