@@ -13,6 +13,13 @@ Measured: torch.cuda.max_memory_allocated (compared with the planner's `torch_al
 total as NVML sees it (sampled every 5 ms, and reconstructed as peak reserved + the context measured before
 the run), compared with the planner's `total`.  Prints one row per config and the error %; exits 1 when
 fewer than `--min_within` configs are within 10% on torch allocated.
+
+Fast engine rows (`--token_budgets`, `--checkpoint_plans`): the trainer's own code path (sftbench.train.
+fast_model.prepare_fast_model + packed_loss_sum on rows packed by sftbench.data.packing, fused AdamW,
+compiled, bf16), random conversations of up to `--fast_max_length` tokens; peak of the last of `--fast_steps`
+steps, and real tokens/s over the steps after the first (compilation).  Printed next to the planner's
+estimate_fast_peak_gib (NVML) and fast_tokens_per_second, with error %.  `--checkpoint_plans` entries are a
+number of checkpointed layers or `auto` (the trainer's choice for --vram_target_gib on this card).
 """
 
 from __future__ import annotations
@@ -127,6 +134,104 @@ def measure(spec, device, steps: int = 2) -> dict:
     return out
 
 
+def measure_fast(dims, token_budget: int, ckpt_layers: int, device, steps: int, max_len: int) -> dict:
+    """Run the trainer's fast-engine step `steps` times on random packed rows; peak of the last, tokens/s after the first."""
+    import torch
+
+    from sftbench.data.packing import batch_to_device, make_packed_batch
+    from sftbench.memory import MemoryMonitor
+    from sftbench.train.fast_model import make_fused_adamw, packed_loss_sum, prepare_fast_model
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    mon = MemoryMonitor(device_index=device.index or 0, interval_s=0.005)
+    model = build_model(dims, "full", 0, "fp32", False, device)
+    bf16 = torch.cuda.is_bf16_supported()
+    prepare_fast_model(model, checkpoint_layers=ckpt_layers, ce_chunk_size=1024, fuse_projections=True,
+                       max_seqlen=max_len, half_precision=True)
+    opt = make_fused_adamw(model.parameters(), lr=1e-5)
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    g = torch.Generator().manual_seed(0)
+    real, t_start = 0, None
+    for step in range(steps):
+        if step == steps - 1:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            mon.samples.clear()
+            mon.start()
+        if step == 1:
+            torch.cuda.synchronize()
+            t_start, real = time.time(), 0
+        exs, used = [], 0
+        while True:  # fill the row with conversations of random length, as packing does
+            n = int(torch.randint(max_len // 4, max_len + 1, (1,), generator=g))
+            if used + n > token_budget:
+                break
+            ids = torch.randint(3, dims.vocab, (n,), generator=g).tolist()
+            exs.append({"input_ids": ids, "labels": ids})
+            used += n
+        batch = batch_to_device(make_packed_batch(exs, token_budget, 0, max_seqlen=max_len), device)
+        with torch.autocast("cuda", dtype=dtype):
+            s, n_t = packed_loss_sum(model, batch)
+        (s.float() / max(n_t, 1)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        real += int(batch["num_real_tokens"])
+    torch.cuda.synchronize()
+    mon.stop()
+    out = {"torch_peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
+           "nvml_sampled_peak_gib": None if mon.peak_bytes() is None else mon.peak_bytes() / GIB,
+           "tokens_per_s": real / max(time.time() - t_start, 1e-9)}
+    del model, opt
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def fast_rows(a, dims, device) -> list[dict]:
+    """Predicted vs measured for each token budget x checkpoint plan."""
+    import torch
+
+    from sftbench.plan.fast import FastSpec, estimate_fast_peak_gib, trainer_checkpoint_layers
+    from sftbench.plan.throughput import fast_tokens_per_second, get_gpu
+
+    props = torch.cuda.get_device_properties(device)
+    total = props.total_memory / GIB
+    try:
+        gpu = get_gpu(a.gpu_key) if a.gpu_key else None
+    except Exception:
+        gpu = None
+    print(f"\nfast engine (planner's GPU entry: {gpu.key if gpu else 'none: give --gpu_key for tokens/s'})")
+    print(f"{'budget':>7s} {'ckpt':>5s} | {'pred torch':>10s} {'meas torch':>10s} {'err%':>6s} | {'pred NVML':>9s} "
+          f"{'meas NVML':>9s} {'err%':>6s} | {'pred tok/s':>10s} {'meas tok/s':>10s} {'err%':>6s}")
+    rows = []
+    for budget in a.token_budgets:
+        for plan in a.checkpoint_plans:
+            spec = FastSpec(dims=dims, token_budget=budget, vram_target_gib=a.vram_target_gib)
+            k = trainer_checkpoint_layers(spec, total) if plan == "auto" else int(plan)
+            b = estimate_fast_peak_gib(spec, k)
+            try:
+                m = measure_fast(dims, budget, k, device, a.fast_steps, a.fast_max_length)
+            except torch.cuda.OutOfMemoryError:
+                print(f"{budget:7d} {k:5d}  OOM (predicted {b.total:.2f} GiB)")
+                gc.collect()
+                torch.cuda.empty_cache()
+                continue
+            pt = fast_tokens_per_second(gpu, budget, k, dims.layers) if gpu else float("nan")
+            nv = m["nvml_sampled_peak_gib"] or float("nan")
+            e_a = 100 * (b.torch_allocated - m["torch_peak_allocated_gib"]) / m["torch_peak_allocated_gib"]
+            e_n = 100 * (b.total - nv) / nv
+            e_t = 100 * (pt - m["tokens_per_s"]) / m["tokens_per_s"]
+            print(f"{budget:7d} {k:5d} | {b.torch_allocated:10.3f} {m['torch_peak_allocated_gib']:10.3f} {e_a:+6.1f} | "
+                  f"{b.total:9.3f} {nv:9.3f} {e_n:+6.1f} | {pt:10,.0f} {m['tokens_per_s']:10,.0f} {e_t:+6.1f}", flush=True)
+            rows.append({"engine": "fast", "token_budget": budget, "checkpoint_layers": k, "predicted": b.as_dict(),
+                         "predicted_tokens_per_s": pt, "measured": m, "err_alloc_pct": e_a, "err_nvml_pct": e_n,
+                         "err_tokens_per_s_pct": e_t})
+    ok = [r for r in rows if abs(r["err_nvml_pct"]) <= 10 and abs(r["err_tokens_per_s_pct"]) <= 25]
+    print(f"fast engine: {len(ok)}/{len(rows)} rows within 10% (NVML) and 25% (tokens/s)")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct-offline", help="Config to instantiate (local dir, hub id, built-in name).")
@@ -139,6 +244,16 @@ def main(argv=None) -> int:
     ap.add_argument("--extra_full_ce", action="store_true", help="Also run full-logits CE variants.")
     ap.add_argument("--min_within", type=int, default=6, help="Exit 1 unless at least this many configs are within 10%%.")
     ap.add_argument("--out", default=None, help="Also write the rows as JSON here.")
+    ap.add_argument("--token_budgets", type=int, nargs="*", default=[8192, 16384, 32768],
+                    help="Fast engine rows: packed tokens per micro-batch (none: skip the fast engine).")
+    ap.add_argument("--checkpoint_plans", nargs="+", default=["auto", "30", "20"],
+                    help="Fast engine rows: checkpointed layers, or `auto` (the trainer's choice).")
+    ap.add_argument("--vram_target_gib", type=float, default=6.0, help="The trainer's --vram_target_gib for `auto`.")
+    ap.add_argument("--fast_steps", type=int, default=6, help="Fast engine steps per row (the first compiles).")
+    ap.add_argument("--fast_max_length", type=int, default=1024, help="Longest random conversation in a packed row.")
+    ap.add_argument("--gpu_key", default=None, help="The planner's key for this GPU (h100, h200, ...) for predicted tokens/s; "
+                                                    "default: guessed from the device name.")
+    ap.add_argument("--skip_reference", action="store_true", help="Only the fast engine rows.")
     a = ap.parse_args(argv)
 
     import torch
@@ -150,6 +265,16 @@ def main(argv=None) -> int:
         return 2
     device = torch.device("cuda", torch.cuda.current_device())
     dims = load_model_dims(a.model)
+    if a.gpu_key is None:
+        name = torch.cuda.get_device_name(device).lower()
+        a.gpu_key = next((k for k in ("h200", "h100", "a100", "l4", "t4", "4090", "3090", "a10g") if k in name), None)
+    fast = fast_rows(a, dims, device) if a.token_budgets else []
+    if a.skip_reference:
+        if a.out:
+            from sftbench.io import atomic_write_json
+
+            atomic_write_json(a.out, {"gpu": torch.cuda.get_device_name(device), "rows": fast})
+        return 0
     base = PlanSpec(dims=dims, grad_accum=a.grad_accum, chunked_ce=a.loss_chunk_size > 0,
                     ce_chunk_size=a.loss_chunk_size or 1024,
                     precision="bf16" if torch.cuda.is_bf16_supported() else "fp16")
@@ -198,7 +323,7 @@ def main(argv=None) -> int:
     if a.out:
         from sftbench.io import atomic_write_json
 
-        atomic_write_json(a.out, {"gpu": torch.cuda.get_device_name(device), "rows": rows})
+        atomic_write_json(a.out, {"gpu": torch.cuda.get_device_name(device), "rows": rows + fast})
     return 0 if within >= a.min_within else 1
 
 
