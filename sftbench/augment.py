@@ -191,14 +191,15 @@ def rewrite(answer: str, planned: dict[str, dict], keep: int | None = None) -> s
     return text
 
 
-def finalize(text: str, planned: dict[str, dict], rng: Random, util) -> dict[str, dict] | None:
+def finalize(text: str, planned: dict[str, dict], rng: Random, util) -> dict[str, dict] | str:
+    """Final kwargs of every planned type, or the id of the first that has no honest value for this text."""
     out = {}
     for iid in T.ORDER:
         if iid in planned:
             fin = T.TYPES[iid].finalize
             kw = planned[iid] if fin is None else fin(text, planned[iid], rng, util)
             if kw is None:
-                return None
+                return iid
             out[iid] = kw
     return out
 
@@ -216,8 +217,8 @@ def draft(answer: str, request: str, allowed: list[str], rng: Random, max_k: int
         return "no_suitable_type"
     text = rewrite(answer, planned)
     final = finalize(text, planned, rng, util)
-    if final is None:
-        return "no_valid_kwargs"
+    if isinstance(final, str):
+        return f"no_valid_kwargs:{final}"
     ids = list(planned)
     return Draft(ids=ids, kwargs=final, prompt=phrase(request, ids, final, rng), answer=text)
 
@@ -403,6 +404,22 @@ def cache_key(data_fingerprint: str, cfg: AugmentConfig) -> str:
         lm = "?"
     blob = json.dumps({"v": AUGMENT_VERSION, "lm_eval": lm, "data": data_fingerprint, "cfg": asdict(cfg)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def augment_cached(records: list[dict], cfg: AugmentConfig, data_fingerprint: str, cache_dir: str | Path,
+                   **kw) -> tuple[list[dict], AugmentStats, bool]:
+    """`augment_records` through a cache (cache_dir/augment-<key>.jsonl + .stats.json): (records, stats, hit).
+    The trainer's on-the-fly path; `data_fingerprint` is the one its tokenised-data cache already uses."""
+    from sftbench.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
+
+    key = cache_key(data_fingerprint, cfg)[:16]
+    data, meta = Path(cache_dir) / f"augment-{key}.jsonl", Path(cache_dir) / f"augment-{key}.stats.json"
+    if data.is_file() and meta.is_file():
+        return read_jsonl(data), AugmentStats(**read_json(meta)), True
+    out, stats = augment_records(records, cfg, **kw)
+    atomic_write_jsonl(data, out)
+    atomic_write_json(meta, stats.as_dict())  # written last: its presence marks a complete entry
+    return out, stats, False
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -299,3 +299,20 @@ def test_cli_on_demo_data(tmp_path, capsys, checker):
         if r["constraints"]:
             assert A.verify_record(r, checker) == []
     assert f"kept {stats['kept']}" in capsys.readouterr().out
+
+
+def test_project_generator_adapter_on_the_tiny_model(tiny_model_dir):
+    gen = A.project_generator(str(tiny_model_dir), max_new_tokens=5)
+    out = gen(["Tell me a story.", "Hi"], 3, 0.8)
+    assert len(out) == 2 and [len(s) for s in out] == [3, 3]
+    assert all(isinstance(t, str) for s in out for t in s)
+
+
+def test_augment_cached(tmp_path, checker):
+    records = [_conv(REQUEST, ANSWER)]
+    cfg = A.AugmentConfig(fraction=1.0, types="punctuation:no_comma")
+    out1, s1, hit1 = A.augment_cached(records, cfg, "fp1", tmp_path, checker=checker)
+    out2, s2, hit2 = A.augment_cached(records, cfg, "fp1", tmp_path, checker=checker)
+    assert (hit1, hit2) == (False, True) and out1 == out2 and s1.as_dict() == s2.as_dict()
+    assert A.augment_cached(records, cfg, "fp2", tmp_path, checker=checker)[2] is False
+    assert len(list(tmp_path.glob("augment-*.jsonl"))) == 2
