@@ -62,7 +62,9 @@ class AugmentConfig:
             raise UserError(f"--max_constraints {self.max_constraints}: give at least 1.")
         if self.targets == "self" and self.samples < 1:
             raise UserError(f"--samples {self.samples}: give at least 1.")
-        self.allowed()
+        if not self.allowed():
+            raise UserError(f"--types {self.types} --hold_out_types {self.hold_out_types}: no type is left to add "
+                            f"(held out: {', '.join(self.held_out())}). Name other types, or pass --hold_out_types none.")
 
     def allowed(self) -> list[str]:
         """The types this run may add, in pipeline order; UserError for unknown ids."""

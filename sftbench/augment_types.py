@@ -91,7 +91,9 @@ def cut_sentences(text: str, keep: int) -> str:
     spans = sentence_spans(text)
     if keep >= len(spans):
         return text
-    return text[: spans[keep - 1][1]].rstrip()
+    # punkt takes a list number ("3.") for a sentence: never end on a dangling marker or heading.
+    cut = text[: spans[keep - 1][1]].rstrip()
+    return re.sub(r"(\n\s*(\d+[.)]|[-*#]+))+\s*$", "", cut).rstrip() or cut
 
 
 def _has_code(text: str) -> bool:

@@ -121,6 +121,8 @@ def test_combined_rewrite_in_pipeline_order(checker):
 def test_cut_keeps_whole_sentences():
     assert T.cut_sentences("One two. Three four! Five six?", 2) == "One two. Three four!"
     assert T.cut_sentences("One two. Three four!", 5) == "One two. Three four!"
+    assert T.cut_sentences("Tips:\n1. Start early. Plan well.\n2. Rest.", 3) == "Tips:\n1. Start early. Plan well."
+    assert T.cut_sentences("Tips:\n1. Start early. Plan well.\n2. Rest.", 4) == "Tips:\n1. Start early. Plan well."
 
 
 def test_title_from_the_answers_own_heading(checker):
@@ -251,6 +253,9 @@ def test_config_errors():
         A.AugmentConfig(types="punctuation:no_comma,bogus:type").check()
     with pytest.raises(UserError, match="--fraction 1.5"):
         A.AugmentConfig(fraction=1.5).check()
+    with pytest.raises(UserError, match="no type is left to add"):
+        A.AugmentConfig(types="startend:quotation").check()
+    assert A.AugmentConfig(types="startend:quotation", hold_out_types="none").allowed() == ["startend:quotation"]
     assert A.AugmentConfig(hold_out_types="none").allowed() == list(T.ORDER)
     assert A.cache_key("d", A.AugmentConfig()) != A.cache_key("d", A.AugmentConfig(seed=1))
 
