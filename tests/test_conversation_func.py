@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import conversation_func as cf
+from sftbench.data import masking
 from conversation_func import (
     build_examples,
     collate,
@@ -315,7 +316,7 @@ def test_bad_records_name_file_and_line(tmp_path, tiny_tokenizer, monkeypatch, b
     def no_encode(*a, **k):
         raise AssertionError("tokenised before validating every record")
 
-    monkeypatch.setattr(cf, "_encode", no_encode)
+    monkeypatch.setattr(masking, "encode", no_encode)
     with pytest.raises(UserError) as ei:
         build_examples(str(data), tiny_tokenizer, max_length=64, max_rounds=None, progress=False)
     assert str(ei.value).startswith(f"{data}:3: ")
@@ -367,7 +368,7 @@ def test_cache_roundtrip_and_key(tmp_path, tiny_tokenizer, monkeypatch):
     def no_encode(*a, **k):
         raise AssertionError("cache miss")
 
-    monkeypatch.setattr(cf, "_encode", no_encode)
+    monkeypatch.setattr(masking, "encode", no_encode)
     ex2, st2 = build_examples(str(data), tiny_tokenizer, max_length=64, max_rounds=None, cache_dir=str(cache), progress=False)
     assert (ex2, st2) == (ex1, st1)
     # Any setting that changes the result misses the cache.
