@@ -2,7 +2,7 @@
 
 `python -m sftbench.demo_data [OUT.jsonl]` regenerates data/demo_chat.jsonl (committed).  300
 conversations in `{"messages": [...]}` form: about a third start with a system message, about a
-sixth have more rounds than the default `max_rounds` (6), and the answers obey simple verifiable
+sixth have more rounds than the trainer's default `max_rounds` (TrainConfig), and the answers obey simple verifiable
 instructions (upper case, word lists, JSON, "P.S." endings) of the kinds IFEval checks.
 """
 

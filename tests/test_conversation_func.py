@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import conversation_func as cf
+from sftbench.data import masking
 from conversation_func import (
     build_examples,
     collate,
@@ -315,7 +316,7 @@ def test_bad_records_name_file_and_line(tmp_path, tiny_tokenizer, monkeypatch, b
     def no_encode(*a, **k):
         raise AssertionError("tokenised before validating every record")
 
-    monkeypatch.setattr(cf, "_encode", no_encode)
+    monkeypatch.setattr(masking, "encode", no_encode)
     with pytest.raises(UserError) as ei:
         build_examples(str(data), tiny_tokenizer, max_length=64, max_rounds=None, progress=False)
     assert str(ei.value).startswith(f"{data}:3: ")
@@ -367,7 +368,7 @@ def test_cache_roundtrip_and_key(tmp_path, tiny_tokenizer, monkeypatch):
     def no_encode(*a, **k):
         raise AssertionError("cache miss")
 
-    monkeypatch.setattr(cf, "_encode", no_encode)
+    monkeypatch.setattr(masking, "encode", no_encode)
     ex2, st2 = build_examples(str(data), tiny_tokenizer, max_length=64, max_rounds=None, cache_dir=str(cache), progress=False)
     assert (ex2, st2) == (ex1, st1)
     # Any setting that changes the result misses the cache.
@@ -409,3 +410,59 @@ def test_cli_missing_file_exits_2(tmp_path, capsys):
         cf.main([str(tmp_path / "missing.jsonl"), "--tokenizer", "tiny"])
     assert ei.value.code == 2
     assert "missing.jsonl: data path not found" in capsys.readouterr().err
+
+
+# --- one vocabulary with the trainer -----------------------------------------------------------------------
+
+
+def test_all_rounds_has_one_spelling_and_accepts_legacy_ones():
+    from sftbench.data.normalise import ALL_ROUNDS, rounds_limit
+
+    assert ALL_ROUNDS == -1
+    assert [rounds_limit(v) for v in (ALL_ROUNDS, None, 0, -5, 3)] == [None, None, None, None, 3]
+    assert truncate_rounds(CONV, ALL_ROUNDS) == CONV
+
+
+def test_bad_records_hint_names_the_trainers_flag(tmp_path, tiny_tokenizer):
+    bad = {"messages": [{"role": "user", "content": "x"}]}
+    data = _write_jsonl(tmp_path / "d.jsonl", [bad, GOOD, bad])
+    with pytest.raises(UserError) as ei:
+        build_examples(str(data), tiny_tokenizer, max_length=64, max_rounds=None, progress=False)
+    assert str(ei.value).endswith("(1 more bad record(s) in this data; pass --skip_bad_records to skip and count them)")
+
+
+def test_cli_defaults_are_the_trainers_and_old_flags_still_work():
+    from sftbench.cli import config_defaults, config_from_namespace
+    from sftbench.data.cli import InspectConfig, build_parser
+    from sftbench.train.config import TrainConfig
+
+    ap, names = build_parser()
+    ns = ap.parse_args(["d.jsonl"])
+    cfg = config_from_namespace(InspectConfig, ns, names, data_path=ns.data_path)
+    train = config_defaults(TrainConfig)
+    assert (cfg.tokenizer, cfg.model_max_length, cfg.max_rounds, cfg.masking, cfg.truncation_side, cfg.skip_bad_records) == (
+        train["model_name_or_path"], train["model_max_length"], train["max_rounds"], train["masking"],
+        train["truncation_side"], train["skip_bad_records"])
+    ns = ap.parse_args(["d.jsonl", "--max_length", "77", "--max-rounds", "2", "--mode", "homework",
+                        "--truncation-side", "left", "--on_bad_record", "skip", "--chat-template", "plain"])
+    cfg = config_from_namespace(InspectConfig, ns, names, data_path=ns.data_path)
+    assert (cfg.model_max_length, cfg.max_rounds, cfg.masking, cfg.truncation_side, cfg.skip_bad_records,
+            cfg.chat_template) == (77, 2, "homework", "left", True, "plain")
+    assert "--max_length" not in ap.format_help() and "--model_max_length" in ap.format_help()
+
+
+def test_load_tokenizer_template_and_pad(tmp_path):
+    from sftbench.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("tiny")
+    assert tok.chat_template == PLAIN_CHATML and tok.pad_token == "<|im_end|>"
+    tmpl = tmp_path / "t.jinja"
+    tmpl.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert load_tokenizer("tiny", str(tmpl)).chat_template == tmpl.read_text()
+    with pytest.raises(UserError, match=r"--chat_template .*nope.jinja: file not found"):
+        load_tokenizer("tiny", str(tmp_path / "nope.jinja"))
+    tmpl.write_text("{% for m in messages %}")
+    with pytest.raises(UserError, match=r"t.jinja:1: Jinja syntax error"):
+        load_tokenizer("tiny", str(tmpl))
+    with pytest.raises(UserError, match="no/such/dir: tokenizer/model path not found"):
+        load_tokenizer("no/such/dir")

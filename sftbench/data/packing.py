@@ -20,9 +20,8 @@ from typing import Sequence
 
 import torch
 
+from sftbench.data.masking import IGNORE_INDEX
 from sftbench.errors import UserError
-
-IGNORE_INDEX = -100
 
 
 def _lengths(examples: Sequence[dict]) -> list[int]:
