@@ -42,3 +42,13 @@ def test_packaged_ifeval_is_googles_file(shared_dir):
     rows = [json.loads(line) for line in path.open(encoding="utf-8")]
     assert len(rows) == prompts.IFEVAL_N_PROMPTS == 541
     assert prompts.sha256(path) == prompts.sha256(shared_dir / "data" / "ifeval" / "input_data.jsonl")
+
+
+@pytest.mark.skipif(prompts.packaged_ifeval_path() is None, reason="this checkout does not ship the IFEval prompts")
+def test_packaged_ifeval_loads_with_our_validation():
+    from ifeval.data import HW100_KEYS, load_jsonl
+
+    exs = load_jsonl(prompts.packaged_ifeval_path())
+    assert len(exs) == 541 and len({e.key for e in exs}) == 541
+    assert HW100_KEYS <= {e.key for e in exs}  # the homework's 100 prompts are a subset
+    assert sum(len(e.instruction_id_list) for e in exs) == 834

@@ -1,8 +1,8 @@
 """Prompt sets shipped with sftbench (see NOTICE in this directory for sources and licences).
 
 - `packaged_ifeval_path()`: Google's 541 IFEval prompts (`ifeval_input_data.jsonl`, byte-identical to
-  google-research's instruction_following_eval/data/input_data.jsonl), or None when this copy of sftbench
-  does not ship them.  `ifeval.data` uses it after `--data`, SFTBENCH_IFEVAL_DATA and the hub.
+  google-research's instruction_following_eval/data/input_data.jsonl at commit 19638399), or None when
+  the file is absent (a trimmed install).  `ifeval.data` uses it after `--data`, SFTBENCH_IFEVAL_DATA and the hub.
 - `ifbench_path()`: IFBench's 294 test prompts (`ifbench_test.jsonl`); read by `ifeval.ifbench`.
 """
 
