@@ -128,3 +128,23 @@ def test_bad_input():
         V.decide({0: [True], 5: [True, False]})
     with pytest.raises(ValueError, match="trained checkpoint"):
         V.decide({0: [True]})
+
+
+def test_the_issue_case_start_best_final_six_points_below_is_hurt():
+    """Issue 12: the start was best and the final 6.1 points below it (20.3 -> 14.2 over 541 prompts); the
+    old report said 'no measurable change'.  Here: checkpoint-5 loses 5 of the start's prompts; the final
+    keeps 60 of the start's 110 and gains 17 others (77 = 14.2%)."""
+    n = 541
+    start = bools(110, n)
+    ck5 = bools(105, n)
+    final = [i < 60 or 200 <= i < 217 for i in range(n)]
+    v = V.verdict(metrics({0: start, 5: ck5, 10: bools(95, n), 20: final}))
+    mv = v.metrics["prompt_strict"]
+    assert (v.outcome, v.pick, mv.best, mv.first_below) == ("hurt", 0, 5, 10)
+    assert v.sentences[0].startswith(
+        "Training hurt: keep the starting model. The start follows 20.3% (prompt-level strict) against 14.2% for "
+        "the final checkpoint, checkpoint-20 (-6.1 points, p = ")
+    assert "The first checkpoint significantly below the start is checkpoint-10 (17.6%, -2.8 points, p = " \
+        in v.sentences[0]
+    assert v.sentences[1].startswith("Best vs start: checkpoint-5 19.4% vs 20.3%, -0.9 points (checkpoint-5 follows "
+                                     "more instructions on 0 prompts, the start on 5), p = ")
