@@ -44,6 +44,14 @@ def pick_device(requested: str = "auto") -> torch.device:
     return dev
 
 
+def auto_precision(device: torch.device) -> str:
+    """What `auto` means on `device` (training autocast and generation dtype alike): bf16 on a GPU that has it,
+    fp16 on older GPUs (T4, P100), fp32 on the CPU."""
+    if torch.device(device).type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def requested_precision(precision: str = "fp32", bf16: bool = False, fp16: bool = False) -> str:
     """The one rule for what was asked: --bf16 / --fp16 (the HF booleans) win over --precision; both is an error."""
     if bf16 and fp16:
@@ -68,7 +76,7 @@ def pick_precision(device: torch.device, bf16: bool = False, fp16: bool = False,
     has_bf16 = torch.cuda.is_bf16_supported()
     name = torch.cuda.get_device_name(device)
     if asked == "auto":
-        if has_bf16:
+        if auto_precision(device) == "bf16":
             return Precision(device, torch.bfloat16, False, f"{name}: bf16 autocast over fp32 master weights (--precision auto)")
         return Precision(device, torch.float16, True, f"{name}: fp16 autocast over fp32 master weights with a gradient "
                                                       f"scaler (--precision auto: this GPU has no bf16)")
