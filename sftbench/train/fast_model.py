@@ -13,12 +13,13 @@ ours, so that it can
 - end at the final norm, leaving the LM head to the fused chunked cross-entropy (sftbench.loss).
 
 Everything else is HF's own code (embedding, rotary embedding incl. rope scaling, final norm), and the
-per-layer maths mirrors `LlamaDecoderLayer` (RMSNorm in fp32, SwiGLU, GQA); tests check it against the
+per-layer maths mirrors `LlamaDecoderLayer` (RMSNorm in fp32 and RoPE from sftbench/llama.py, shared with
+the decoding engine ifeval/fast_llama.py; SwiGLU, GQA); tests check it against the
 unpacked HF forward to 1e-5 in fp32 on CPU.
 
 Entry points for the trainer:
     prepare_fast_model(model, compile=..., checkpoint_layers=..., attention=...)   once, after .to(device)
-    packed_loss_sum(model, batch)  -> (loss_sum, num_targets)   per packed micro-batch
+    packed_loss_sum(model, batch)  -> (loss_sum, num_targets)   per packed micro-batch (sftbench.loss.packed_ce_sum)
     packed_forward_hidden(model, batch) -> [1, T, H]
 """
 
