@@ -87,6 +87,8 @@ def start(cfg: TrainConfig) -> Run:
         torch.cuda.set_device(device)
     d.init(device.type)
     prec = pick_precision(device, cfg.bf16, cfg.fp16, cfg.precision)
+    if prec.name != "fp32":  # the resolved choice, in the HF booleans too (sft_config.json, the planner's OOM advice)
+        cfg.precision, cfg.bf16, cfg.fp16 = prec.name, prec.name == "bf16", prec.name == "fp16"
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     check_output_dir(out, resuming=bool(cfg.resume_from_checkpoint))
