@@ -37,6 +37,7 @@ IGNORE_INDEX = -100
 
 
 # ----------------------------------------------------------------------------- unshifted labels (reference)
+
 def _shifted_targets(labels: Tensor) -> tuple[Tensor, Tensor]:
     """(mask [B,T-1] bool of positions with a target, targets [N] long)."""
     shifted = labels[:, 1:]
@@ -112,7 +113,6 @@ def normalized_loss(ce_sum: Tensor, n_target_window: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- fused linear CE (shifted targets)
-
 
 def _chunk_loss_and_dlogits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [C, V], targets [C] -> (fp32 sum of CE over valid rows, dlogits [C, V] in logits' dtype)."""
