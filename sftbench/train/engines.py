@@ -76,6 +76,7 @@ class FastEngine(Engine):
     def __init__(self, model, device, d, prec, scaler, *, token_budget: int, pad_id: int):
         super().__init__(model, device, d, prec, scaler)
         self.token_budget, self.pad_id = token_budget, pad_id
+        self.rows_packed = 0  # packed micro-batches run so far (the bench reports rows per step)
 
     def window(self, micro_batches, n_window, seed):
         from sftbench.data.packing import batch_to_device, make_packed_batch, pack_examples
@@ -88,6 +89,7 @@ class FastEngine(Engine):
             batch = batch_to_device(make_packed_batch([examples[i] for i in b], self.token_budget, self.pad_id,
                                                       max_seqlen=max_seqlen), self.device)
             real += int(batch["num_real_tokens"])
+            self.rows_packed += 1
             with self.prec.autocast():
                 s, _ = fm.packed_loss_sum(self.model, batch)  # looked up per call: tests patch it
             self.scaler.scale(s.float() / max(n_window, 1)).backward()
