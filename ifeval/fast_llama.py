@@ -6,7 +6,7 @@ fixed buffers (so a captured CUDA graph can be replayed for a new checkpoint aft
 gate/up are fused into one matmul each, and attention reads only the filled prefix (fast_attention.py).
 
 The maths mirrors transformers' LlamaDecoderLayer op for op (RMSNorm in fp32 then cast then scale, RoPE
-from the model's own rotary module so rope_theta / rope scaling match, SiLU-gated MLP, tied or untied
+(both from sftbench/llama.py, shared with the training engine) from the model's own rotary module so rope_theta / rope scaling match, SiLU-gated MLP, tied or untied
 head); tests check greedy tokens against `generate()` on CPU in fp32.
 
 Shapes: tokens are flattened to rows, x [N, hidden]; q [N, H, D], k/v [N, KVH, D].
@@ -14,11 +14,12 @@ Shapes: tokens are flattened to rows, x [N, hidden]; q [N, H, D], k/v [N, KVH, D
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from sftbench.llama import apply_rope, head_dim as _head_dim, rms_norm, rope_tables, unsupported_reasons  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,6 @@ class LlamaShape:
     def from_model(cls, model) -> "LlamaShape":
         cfg = model.config
         check_supported(model)
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         emb = model.get_input_embeddings().weight
         head = model.get_output_embeddings().weight
         return cls(
@@ -48,7 +48,7 @@ class LlamaShape:
             intermediate_size=cfg.intermediate_size,
             num_heads=cfg.num_attention_heads,
             num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
-            head_dim=head_dim,
+            head_dim=_head_dim(cfg),
             vocab_size=emb.shape[0],
             rms_norm_eps=float(cfg.rms_norm_eps),
             tie_word_embeddings=head is emb or head.data_ptr() == emb.data_ptr(),
@@ -67,20 +67,7 @@ class LlamaShape:
 
 def check_supported(model) -> None:
     """Raise NotImplementedError for models this forward would not reproduce exactly."""
-    cfg = model.config
-    why = []
-    if getattr(cfg, "model_type", None) != "llama":
-        why.append(f"model_type {getattr(cfg, 'model_type', None)!r} (only 'llama')")
-    for flag in ("attention_bias", "mlp_bias"):
-        if getattr(cfg, flag, False):
-            why.append(f"{flag}=True")
-    if getattr(cfg, "hidden_act", "silu") != "silu":
-        why.append(f"hidden_act {cfg.hidden_act!r}")
-    if getattr(cfg, "pretraining_tp", 1) not in (1, None):
-        why.append("pretraining_tp > 1")
-    rot = getattr(getattr(model, "model", None), "rotary_emb", None)
-    if rot is not None and getattr(rot, "rope_type", "default") in ("dynamic", "longrope"):
-        why.append(f"rope_type {rot.rope_type!r} (its frequencies change with the sequence length)")
+    why = unsupported_reasons(model, dynamic_rope=True)
     if why:
         raise NotImplementedError("the fast generation backend does not support this model: " + ", ".join(why)
                                   + ". Use --backend hf.")
@@ -132,30 +119,6 @@ class DecodeWeights:
         return self.shape.weight_numel() * self.embed.element_size()
 
 
-@torch.no_grad()
-def rope_tables(rotary, max_positions: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [max_positions, head_dim] from the model's own rotary module (model.model.rotary_emb),
-    computed on `device` (so the values are bit-identical to what HF computes there, rope scaling included)."""
-    rot = copy.deepcopy(rotary).to(device)
-    pos = torch.arange(max_positions, device=device)[None, :]
-    probe = torch.empty(0, device=device, dtype=dtype)
-    cos, sin = rot(probe, pos)
-    return cos[0].to(dtype).contiguous(), sin[0].to(dtype).contiguous()
-
-
-def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    # LlamaRMSNorm's order: fp32 normalise, cast back, then scale.
-    dt = x.dtype
-    xf = x.to(torch.float32)
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return w * xf.to(dt)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
 def make_layer_fns(shape: LlamaShape):
     """(pre_attn, post_attn, head) closures over the shape's constants; pure, so torch.compile-able.
 
@@ -172,8 +135,7 @@ def make_layer_fns(shape: LlamaShape):
         k = qkv[:, H * D: (H + KVH) * D].view(n, KVH, D)
         v = qkv[:, (H + KVH) * D:].reshape(n, KVH, D)
         c, s = cos[:, None, :], sin[:, None, :]
-        q = (q * c) + (_rotate_half(q) * s)
-        k = (k * c) + (_rotate_half(k) * s)
+        q, k = apply_rope(q, c, s), apply_rope(k, c, s)
         return q, k, v
 
     def post_attn(x, attn, wo, ln2_w, wgu, wd):

@@ -8,10 +8,10 @@ under `sftbench.memory.apply_memory_cap(--cap-gib)`.  Rows:
   hf_trainer  HF Trainer, micro-batch 1, fp16 AMP, gradient checkpointing (the homework's 8 GB recipe)
   trl_liger   TRL SFTTrainer + Liger kernels, bf16, micro-batch --trl-batch (optional deps: trl, liger-kernel;
               the row is skipped with a note when they are missing; retried at half the batch on OOM)
-  reference   padded micro-batches in data order, HF forward + masked CE, bf16 autocast, fp32 AdamW,
-              HF gradient checkpointing (what `--engine reference` does)
-  fast        packed rows of --token-budget tokens, attention per conversation (varlen flash; FlexAttention off sm80+), compiled layer,
-              fused chunked CE, fused AdamW, bf16 autocast over fp32 masters, checkpointing chosen to fit
+  reference   the trainer's own ReferenceEngine.window (sftbench.train.engines): padded micro-batches in data
+              order, HF forward + masked CE, bf16 autocast, the trainer's AdamW, HF gradient checkpointing
+  fast        the trainer's own FastEngine.window: packed rows of --token-budget tokens, attention per conversation (varlen flash; FlexAttention off sm80+), compiled layer,
+              fused chunked CE, the trainer's AdamW (fused on CUDA), bf16 autocast over fp32 masters, checkpointing chosen to fit
   fast@B:K    extra fast configurations (token budget B, K checkpointed layers or 'auto'), throughput only
 
 Correctness and speed are measured by different rows:
@@ -134,12 +134,6 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _autocast(device):
-    import torch
-
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 class Meter:
     """Real tokens and wall time of each optimizer step (device-synchronised at step ends)."""
 
@@ -177,48 +171,72 @@ def _lr_lambda(warmup: int):
     return lambda s: min(1.0, (s + 1) / max(1, warmup))
 
 
-def row_reference(a, examples, windows, model, device) -> dict:
+def _our_engine(kind: str, model, device, **kw):
+    """The product's engine (sftbench.train.engines, what train() runs) and its optimizer, bf16 autocast on a GPU."""
     import torch
 
-    from conversation_func import collate
-    from loss_functions import masked_ce_sum
+    from sftbench.device import Precision
+    from sftbench.train.dist import Dist
+    from sftbench.train.engines import FastEngine, ReferenceEngine
 
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
-    meter, losses = Meter(), []
-    meter.start()
-    for win in windows:
+    half = device.type == "cuda"
+    prec = Precision(device, torch.bfloat16 if half else None, False, "bench: bf16 autocast" if half else "bench: fp32")
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    cls = FastEngine if kind == "fast" else ReferenceEngine
+    return cls(model, device, Dist(), prec, scaler, pad_id=PAD_ID, **kw)
+
+
+def _our_optimizer(a, model, device):
+    from sftbench.train.config import TrainConfig
+    from sftbench.train.setup import build_optimizer
+
+    return build_optimizer(model, TrainConfig(learning_rate=a.lr, weight_decay=0.0), device)
+
+
+def _n_targets(exs) -> int:
+    return sum(sum(1 for l in e["labels"][1:] if l != IGN) for e in exs)
+
+
+def _train_steps(a, engine, model, opt, sched, examples, windows, micro: int | None, meter, losses) -> None:
+    """Optimizer steps as train() takes them: engine.window, then clip, step, schedule."""
+    import torch
+
+    for step, win in enumerate(windows):
         exs = [examples[i] for i in win]
-        n_window = sum(sum(1 for l in e["labels"][1:] if l != IGN) for e in exs)
-        total = torch.zeros((), device=device)
-        for s in range(0, len(exs), a.ref_batch):
-            b = {k: v.to(device, non_blocking=True) for k, v in collate(exs[s:s + a.ref_batch], PAD_ID).items()}
-            with _autocast(device):
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            ce, _ = masked_ce_sum(logits, b["labels"])
-            (ce / n_window).backward()
-            total += ce.detach()
-            del logits, ce
+        n_window = _n_targets(exs)
+        mbs = [exs] if micro is None else [exs[s:s + micro] for s in range(0, len(exs), micro)]
+        total, real = engine.window(mbs, n_window, seed=step)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(total / n_window)
-        meter.step(sum(len(e["input_ids"]) for e in exs))
+        losses.append(total / max(n_window, 1))
+        meter.step(real)
+
+
+def row_reference(a, examples, windows, model, device) -> dict:
+    import torch
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    engine = _our_engine("reference", model, device, loss_chunk_size=a.ref_ce_chunk)
+    opt = _our_optimizer(a, model, device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
+    meter, losses = Meter(), []
+    meter.start()
+    _train_steps(a, engine, model, opt, sched, examples, windows, a.ref_batch, meter, losses)
     out = meter.summary(a.warmup_steps)
     out["losses"] = [round(float(x), 5) for x in torch.stack(losses).tolist()]
-    out["config"] = {"micro_batch": a.ref_batch, "gradient_checkpointing": True, "precision": "bf16 autocast"}
+    out["config"] = {"micro_batch": a.ref_batch, "gradient_checkpointing": True, "precision": engine.prec.name,
+                     "loss_chunk_size": a.ref_ce_chunk}
     return out
 
 
 def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: bool = False) -> dict:
     import torch
 
-    from sftbench.train.fast_model import choose_checkpoint_layers, make_fused_adamw, packed_loss_sum, prepare_fast_model
-    from sftbench.data.packing import batch_to_device, make_packed_batch, pack_examples
+    from sftbench.train.fast_model import choose_checkpoint_layers, prepare_fast_model
 
     if ckpt == "auto":
         # plan for --target-gib of device memory: minus ~1.3 GiB of CUDA context, minus 10% allocator slack
@@ -229,70 +247,40 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: 
     prepare_fast_model(model, attention=a.attention, compile=not a.no_compile and device.type == "cuda",
                        checkpoint_layers=k, ce_chunk_size=a.ce_chunk, fuse_projections=fuse, max_seqlen=longest)
     model.train()
-    opt = make_fused_adamw(model.parameters(), lr=a.lr, weight_decay=0.0)
+    engine = _our_engine("fast", model, device, token_budget=budget)
+    opt = _our_optimizer(a, model, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
     meter, losses = Meter(), []
-    pin = device.type == "cuda"
-    n_bins = 0
-    packed_tokens = 0
-    profile_text = None
     if a.profile_row == a.row:
         windows, prof_window = windows[:-1], windows[-1]
     meter.start()
-    for step, win in enumerate(windows):
-        exs = [examples[i] for i in win]
-        bins = pack_examples(exs, budget, seed=step)
-        batches = [batch_to_device({k2: (v.pin_memory() if torch.is_tensor(v) and pin else v) for k2, v in
-                                    make_packed_batch([exs[i] for i in b], budget, PAD_ID, longest).items()}, device)
-                   for b in bins]
-        n_window = sum(b["num_targets"] for b in batches)
-        total = torch.zeros((), device=device)
-        for b in batches:
-            with _autocast(device):
-                s, _ = packed_loss_sum(model, b)
-            (s / n_window).backward()
-            total += s.detach()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(total / n_window)
-        n_bins += len(bins)
-        packed_tokens += sum(b["num_real_tokens"] for b in batches)
-        meter.step(sum(len(e["input_ids"]) for e in exs))
+    _train_steps(a, engine, model, opt, sched, examples, windows, None, meter, losses)
     out = meter.summary(a.warmup_steps if not a.row.startswith("fast@") else a.peer_warmup_steps)
     out["losses"] = [round(float(x), 5) for x in torch.stack(losses).tolist()]
+    n_bins = engine.rows_packed
     if a.profile_row == a.row:
-        out["profile"] = _profile_one_step(a, model, opt, [examples[i] for i in prof_window], budget, device)
+        out["profile"] = _profile_one_step(a, engine, opt, [examples[i] for i in prof_window], budget, device)
     out["config"] = {"token_budget": budget, "checkpoint_layers": k, "ce_chunk": a.ce_chunk,
                      "attention": model._sftbench_fast.attention, "compile": model._sftbench_fast.compile,
                      "fuse_projections": fuse, "conversations_per_step": len(windows[0]),
                      "micro_batches_per_step": round(n_bins / len(windows), 2),
-                     "packing_efficiency": round(packed_tokens / (n_bins * budget), 3)}
+                     "packing_efficiency": round(sum(meter.step_tokens) / (n_bins * budget), 3),
+                     "precision": engine.prec.name}
     return out
 
 
-def _profile_one_step(a, model, opt, exs, budget, device) -> str:
+def _profile_one_step(a, engine, opt, exs, budget, device) -> str:
     """Device-kernel breakdown of one optimizer step (for docs/bench_train.md: where the time goes)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from sftbench.train.fast_model import packed_loss_sum
-    from sftbench.data.packing import batch_to_device, make_packed_batch, pack_examples
-
     _sync()
+    rows_before = engine.rows_packed
     t0 = time.perf_counter()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        bins = pack_examples(exs, budget, seed=0)
-        batches = [batch_to_device(make_packed_batch([exs[i] for i in b], budget, PAD_ID,
-                                                     model._sftbench_fast.max_seqlen), device) for b in bins]
-        n_window = sum(b["num_targets"] for b in batches)
-        for b in batches:
-            with _autocast(device):
-                s, _ = packed_loss_sum(model, b)
-            (s / n_window).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        engine.window([exs], _n_targets(exs), seed=0)
+        torch.nn.utils.clip_grad_norm_(engine.model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         _sync()
@@ -305,8 +293,9 @@ def _profile_one_step(a, model, opt, exs, budget, device) -> str:
         table = ka.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
     except Exception:
         table = ka.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
-    return (f"one step, {len(batches)} packed micro-batches of {budget} tokens: wall {wall * 1e3:.1f} ms (profiled), "
-            f"sum of device kernel time {dev_us / 1e3:.1f} ms -> GPU busy {100 * dev_us / 1e6 / wall:.0f}%\n" + table)
+    return (f"one step, {engine.rows_packed - rows_before} packed micro-batches of {budget} tokens: wall "
+            f"{wall * 1e3:.1f} ms (profiled), sum of device kernel time {dev_us / 1e3:.1f} ms -> GPU busy "
+            f"{100 * dev_us / 1e6 / wall:.0f}%\n" + table)
 
 
 class _TokenCounter:
@@ -607,6 +596,8 @@ def parse(argv=None):
     p.add_argument("--ce-chunk", type=int, default=1024, help="fast: rows of logits per CE chunk")
     p.add_argument("--attention", default="auto", choices=["auto", "varlen", "flex", "sdpa"], help="fast: attention kernel")
     p.add_argument("--no-compile", action="store_true", help="fast: skip torch.compile")
+    p.add_argument("--ref-ce-chunk", type=int, default=0, help="reference: --loss_chunk_size of the engine (0 = full-logits "
+                   "CE, as this row measured before; the trainer's default is 1024)")
     p.add_argument("--ref-batch", type=int, default=8, help="reference: conversations per padded micro-batch (halved once on OOM)")
     p.add_argument("--trl-batch", type=int, default=8, help="trl_liger: micro-batch (halved once on OOM)")
     p.add_argument("--row-timeout", type=int, default=240, help="seconds before a row's subprocess is killed")

@@ -2,7 +2,8 @@
 # Strategy A for an 8 GB laptop GPU (RTX 4060): effective batch 64 (micro-batch 1 x accumulation 64),
 # lr 4e-5, 5 epochs, warmup 0.2, length 1024, gradient checkpointing, mixed precision, max_rounds 6,
 # a checkpoint every 20 optimizer steps, a log row every step.
-#   bash scripts/sft_4060_8gb.sh [MODEL [DATA [OUT]]] [--flag value ...]     (or MODEL=... DATA=... OUT=... env vars)
+#   bash scripts/sft_4060_8gb.sh [MODEL [DATA [OUT]]] [--flag value ...]     (or MODEL=... DATA=... OUT=... env vars;
+#   unset MODEL / DATA: TrainConfig's defaults; NPROC=N: N GPUs through accelerate, same effective batch)
 # Engine: auto = the fast engine on a CUDA GPU (packed 16384-token micro-batches, layers checkpointed to stay
 # under --vram_target_gib 6), the reference engine on CPU.
 # Measured on one H100 capped to 8 GiB (set_per_process_memory_fraction), real SmolLM2-135M-Instruct, 450
@@ -14,7 +15,6 @@
 #     machine (cold compile cache), random-init SmolLM2-135M shape, same data: first step 20.4 s (compiling),
 #     then 130k real tokens/s over steps 3-8, peak torch 3.95 GiB, NVML 5.57 GiB (session 2, .gpu-min runs).
 #     With FlexAttention (--attention flex) the cold first step took 247 s; see docs/gpu_results.md.
-ACCUM=64
-PRESET=(--num_train_epochs 5 --learning_rate 4e-5 --warmup_ratio 0.2 --model_max_length 1024
-        --gradient_checkpointing True --max_rounds 6 --save_steps 20 --logging_steps 1 --save_total_limit 2)
+PRESET=(--effective_batch 64 --warmup_ratio 0.2 --gradient_checkpointing True --save_total_limit 2)
+# Everything else is TrainConfig's default (python train_hw_parallel.py --help).
 . "$(dirname "$0")/_preset.sh"

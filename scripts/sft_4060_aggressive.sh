@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Strategy B: effective batch 48, lr 6e-5, 6 epochs, length 768, max_rounds 8, weight decay 0.02.
+# Strategy B: effective batch 48 (micro-batch 1 x accumulation 48), lr 6e-5, 6 epochs, length 768, max_rounds 8, weight decay 0.02.
 #   bash scripts/sft_4060_aggressive.sh [MODEL [DATA [OUT]]] [--flag value ...]
 # Measured as shipped on one H100 capped to 8 GiB (fresh machine, random-init SmolLM2-135M shape, 450 real chat
 # conversations, 8 steps): first step 14.9 s (compiling), 122k real tokens/s over steps 3-8, peak torch 3.95 GiB,
 # NVML 5.50 GiB (the token budget, not the length, sets the fast engine's memory).
 # Plan: python -m sftbench.plan --max_length 768 --grad_accum 48
-ACCUM=48
-PRESET=(--num_train_epochs 6 --learning_rate 6e-5 --warmup_ratio 0.2 --model_max_length 768 --weight_decay 0.02
-        --gradient_checkpointing True --max_rounds 8 --save_steps 20 --logging_steps 1 --save_total_limit 2)
+PRESET=(--effective_batch 48 --num_train_epochs 6 --learning_rate 6e-5 --warmup_ratio 0.2
+        --model_max_length 768 --weight_decay 0.02 --gradient_checkpointing True --max_rounds 8
+        --save_total_limit 2)
+# Everything else is TrainConfig's default (python train_hw_parallel.py --help).
 . "$(dirname "$0")/_preset.sh"

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Fallback when even strategy A runs out of memory: length 512, accumulation 32, max_rounds 4.
+# Fallback when even strategy A runs out of memory: length 512, effective batch 32 (micro-batch 1 x accumulation 32), max_rounds 4.
 #   bash scripts/sft_min_vram.sh [MODEL [DATA [OUT]]] [--flag value ...]
 # Measured as shipped (fast engine, same setting as sft_4060_aggressive.sh's figures): first step 14.9 s, 112k real
 # tokens/s, peak torch 3.16 GiB, NVML 5.14 GiB. With --engine reference the planner predicts ~2.6 GiB torch / ~3.9 GiB
 # NVML at length 512, micro-batch 1, checkpointing (measured by scripts/bench_plan.py: 2.64 / 4.12 GiB).
 # For the fast engine lower the packed micro-batch too, e.g. --token_budget 8192 --vram_target_gib 5.
-ACCUM=32
-PRESET=(--num_train_epochs 5 --learning_rate 4e-5 --warmup_ratio 0.2 --model_max_length 512
-        --gradient_checkpointing True --max_rounds 4 --save_steps 20 --logging_steps 1 --save_total_limit 2
-        --loss_chunk_size 256)
+PRESET=(--effective_batch 32 --warmup_ratio 0.2 --model_max_length 512 --gradient_checkpointing True
+        --max_rounds 4 --save_total_limit 2 --loss_chunk_size 256)
+# Everything else is TrainConfig's default (python train_hw_parallel.py --help).
 . "$(dirname "$0")/_preset.sh"

@@ -1,21 +1,118 @@
-"""Cross-entropy over the LM head in chunks, with the gradient computed in the same pass.
+"""Every cross-entropy of the project, and IGNORE_INDEX, in one place.
 
-Why: at vocab 49,152 the [tokens, vocab] fp32 logits dominate training memory (8k tokens -> 1.6 GB, plus
-their gradient).  Chunking the matmul alone does not help under autograd, which keeps every chunk's logits
-for the backward pass.  Here each chunk's softmax gradient is turned into d(hidden) and d(weight) right
-away (as Liger's fused linear cross-entropy does), so only one chunk of logits is alive at a time and
-nothing is recomputed.  Because the loss is a sum, the backward pass only scales the stored gradients.
+Token CE is summed, never averaged per micro-batch: averaging each micro-batch on its own and then over
+accumulation steps weights tokens unequally (transformers #34191 and follow-ups).  Each micro-batch returns
+the *sum* of its token losses; the trainer divides every micro-batch's sum by the number of target tokens in
+the whole window (all micro-batches, all ranks), so micro-batch k x accumulation 1 == micro-batch 1 x
+accumulation k.
 
-Numerics: under autocast the two matmuls per chunk run in the autocast dtype (like HF's lm_head under
+Shapes: B batch, T sequence, V vocabulary, H hidden, N target rows.  Labels use -100 (IGNORE_INDEX) for
+"not a target".
+
+- masked_ce_sum(logits, labels)           full [B,T,V] logits, labels unshifted (shifted here)   reference engine
+- chunked_ce_sum(hidden, weight, labels)  the LM head in checkpointed chunks, labels unshifted    reference engine
+- fused_linear_ce_sum(hidden, weight, t)  the LM head in chunks with the gradient computed in the same pass,
+                                          targets ALREADY shifted                                  fast engine
+- packed_ce_sum(hidden, weight, batch)    fused CE over one packed row (sftbench.data.packing)     fast engine
+- CausalLMLossSum(model, chunk)           an HF causal LM wrapped to return (CE sum, n targets)    reference engine / DDP
+- normalized_loss(sum, n_window)          the one division
+
+The fused linear CE (why): at vocab 49,152 the [tokens, vocab] fp32 logits dominate training memory (8k
+tokens -> 1.6 GB, plus their gradient).  Chunking the matmul alone does not help under autograd, which keeps
+every chunk's logits for the backward pass.  There each chunk's softmax gradient is turned into d(hidden) and
+d(weight) right away (as Liger's fused linear cross-entropy does), so only one chunk of logits is alive at a
+time and nothing is recomputed.  Because the loss is a sum, the backward pass only scales the stored
+gradients.  Under autocast its two matmuls per chunk run in the autocast dtype (like HF's lm_head under
 autocast); log-sum-exp and the softmax are fp32.  On CPU / fp32 it is exact to rounding.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 
+
+# ----------------------------------------------------------------------------- unshifted labels (reference)
+
+def _shifted_targets(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(mask [B,T-1] bool of positions with a target, targets [N] long)."""
+    shifted = labels[:, 1:]
+    mask = shifted != IGNORE_INDEX
+    return mask, shifted[mask]
+
+
+def count_targets(labels: Tensor) -> int:
+    """Number of shifted targets in a [B,T] label tensor (labels[:, 1:] != -100)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum().item())
+
+
+def masked_ce_sum(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
+    """Sum of token cross-entropies over target positions, in fp32, and the number of targets.
+
+    logits [B,T,V] (any float dtype), labels [B,T] with -100 = ignore.  Only the target rows are cast to fp32,
+    so a bf16 [B,T,V] tensor is never copied whole.  Returns (scalar fp32 tensor, n_target); with no target,
+    a zero that still backpropagates (zero gradients).
+    """
+    mask, targets = _shifted_targets(labels)
+    n = int(targets.numel())
+    rows = logits[:, :-1][mask]  # [N, V]
+    if n == 0:
+        return rows.float().sum(), 0  # 0.0, connected to the graph
+    return F.cross_entropy(rows.float(), targets, reduction="sum"), n
+
+
+def _chunk_ce_sum(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
+    logits = F.linear(h, weight, bias)  # [n, V], in the autocast dtype if autocast is on
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def chunked_ce_sum(
+    hidden: Tensor, weight: Tensor, labels: Tensor, chunk_size: int = 1024, bias: Tensor | None = None
+) -> tuple[Tensor, int]:
+    """masked_ce_sum(hidden @ weight.T + bias, labels) without materialising the [B*T, V] logits.
+
+    hidden [B,T,H] (the final hidden states, after the last norm), weight [V,H] (the lm_head / tied
+    embedding), labels [B,T].  Target positions are selected first (prompt and padding tokens never reach
+    the lm_head), then the targets are processed `chunk_size` rows at a time; each chunk runs under
+    activation checkpointing, so the backward also holds one chunk's [chunk, V] logits at a time (the
+    logits are recomputed: one extra [chunk, H] x [H, V] matmul per chunk).
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    mask, targets = _shifted_targets(labels)
+    n = int(targets.numel())
+    h = hidden[:, :-1][mask]  # [N, H]
+    if n == 0:
+        zero = h.float().sum() + weight.float().sum() * 0.0
+        if bias is not None:
+            zero = zero + bias.float().sum() * 0.0
+        return zero, 0
+    need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+    total = None
+    for s in range(0, n, chunk_size):
+        hc, tc = h[s : s + chunk_size], targets[s : s + chunk_size]
+        if need_grad:
+            part = checkpoint(_chunk_ce_sum, hc, weight, bias, tc, use_reentrant=False, preserve_rng_state=False)
+        else:
+            part = _chunk_ce_sum(hc, weight, bias, tc)
+        total = part if total is None else total + part
+    return total, n
+
+
+def normalized_loss(ce_sum: Tensor, n_target_window: int) -> Tensor:
+    """ce_sum / max(n_target_window, 1).
+
+    n_target_window: target tokens in the whole accumulation window (all micro-batches, all ranks; the
+    trainer all-reduces it).  An all-masked window gives 0, not NaN.
+    """
+    return ce_sum / max(int(n_target_window), 1)
+
+
+# ----------------------------------------------------------------------------- fused linear CE (shifted targets)
 
 def _chunk_loss_and_dlogits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [C, V], targets [C] -> (fp32 sum of CE over valid rows, dlogits [C, V] in logits' dtype)."""
@@ -101,3 +198,40 @@ def fused_linear_ce_sum(
         compute_dtype = torch.promote_types(hidden.dtype, weight.dtype)
     with torch.autocast(device_type=dev, enabled=False):
         return _FusedLinearCE.apply(hidden, weight, targets, int(chunk_size), compute_dtype, bool(compile))
+
+
+# ----------------------------------------------------------------------------- packed rows (fast engine)
+
+def packed_ce_sum(hidden: Tensor, weight: Tensor, batch: dict, chunk_size: int = 1024,
+                  compile: bool = False) -> tuple[Tensor, int]:
+    """(CE sum, n targets) of one packed row: hidden [1, T, H] (after the final norm), weight [V, H],
+    batch from sftbench.data.packing.make_packed_batch (`shift_labels` [1, T]; `num_targets` counted on the
+    CPU at packing time, so no device sync)."""
+    targets = batch["shift_labels"][0]
+    loss_sum = fused_linear_ce_sum(hidden[0], weight, targets, chunk_size=chunk_size, compile=compile)
+    n = batch.get("num_targets")
+    if n is None:
+        n = int((targets != IGNORE_INDEX).sum())
+    return loss_sum, int(n)
+
+
+# ----------------------------------------------------------------------------- an HF model as a loss module
+
+class CausalLMLossSum(torch.nn.Module):
+    """Wraps an HF causal LM so DDP sees one forward that returns (sum of token CE in fp32, n targets).
+
+    With `chunk_size > 0` the CE runs over the final hidden states in chunks (chunked_ce_sum), never
+    materialising the full [tokens, vocab] fp32 logits; 0 = masked_ce_sum over the full logits.
+    """
+
+    def __init__(self, model, chunk_size: int):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, input_ids, attention_mask, labels):
+        if self.chunk_size > 0:
+            hidden = self.model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            return chunked_ce_sum(hidden, self.model.lm_head.weight, labels, chunk_size=self.chunk_size)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return masked_ce_sum(logits, labels)

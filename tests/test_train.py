@@ -349,3 +349,45 @@ def test_resume_from_an_older_checkpoint_is_refused(straight_run, tiny_model_dir
     p = _cli(args(tiny_model_dir, data, out, resume_from_checkpoint=str(out / "checkpoint-3")))
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert {p.name: p.stat().st_mtime for p in out.iterdir()} == before
+
+
+def test_effective_batch_is_divided_by_micro_batch_and_world_size():
+    """--effective_batch (what the presets state) -> accumulation per process; a later explicit
+    --gradient_accumulation_steps (a user's override of a preset) wins; a non-divisor is a clean error."""
+    from sftbench.train.config import parse_train_config, resolve_accumulation
+
+    cfg = parse_train_config(["--effective_batch", "64", "--per_device_train_batch_size", "2"])
+    resolve_accumulation(cfg, world=2)
+    assert cfg.gradient_accumulation_steps == 16
+    cfg = parse_train_config(["--effective_batch", "64", "--gradient_accumulation_steps", "1"])
+    resolve_accumulation(cfg, world=2)
+    assert cfg.effective_batch is None and cfg.gradient_accumulation_steps == 1
+    cfg = parse_train_config(["--gradient_accumulation_steps", "1", "--effective_batch", "6"])
+    with pytest.raises(UserError, match="--effective_batch 6: not a positive multiple of micro-batch 1 x 4"):
+        resolve_accumulation(cfg, world=4)
+
+
+def test_precision_flag_and_hf_booleans():
+    from sftbench.device import pick_precision, requested_precision
+    from sftbench.train.config import parse_train_config
+
+    assert parse_train_config([]).precision == "fp32"
+    assert requested_precision("auto", bf16=False, fp16=True) == "fp16"  # the HF booleans win
+    assert requested_precision("auto") == "auto"
+    p = pick_precision(torch.device("cpu"), precision="auto")
+    assert p.name == "fp32" and p.reason == "CPU: training in fp32 (auto was asked for; it only applies on a GPU)"
+    assert _cli(["--precision", "fp8"]).returncode == 2
+
+
+def test_presets_are_flag_lists_that_launch(tiny_model_dir, tmp_path):
+    """A preset with positional MODEL DATA OUT runs 1 step on the CPU; its flags reach the trainer."""
+    out = tmp_path / "preset"
+    data = write_data(tmp_path / "d.jsonl", n=40)
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT))
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "sft_min_vram.sh"), str(tiny_model_dir), str(data), str(out),
+                        "--max_steps", "1", "--model_max_length", "128", "--progress", "False", "--data_cache_dir", "none"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    cfg = json.loads((out / "sft_config.json").read_text())
+    assert (cfg["effective_batch"], cfg["gradient_accumulation_steps"], cfg["max_rounds"]) == (32, 32, 4)
+    assert cfg["precision"] == "fp32" and cfg["model_max_length"] == 128

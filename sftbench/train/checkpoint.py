@@ -170,6 +170,18 @@ def save_model_dir(path, model, tokenizer, config_dict: dict, trainer_state: dic
     atomic_write_json(path / "trainer_state.json", trainer_state)
 
 
+def save_final(out: Path, model, tok, cfg_dict: dict, trainer_state: dict) -> None:
+    """The final model in OUT itself (from_pretrained(OUT) works); trainer_state.json is moved in last."""
+    out = Path(out)
+    tmp = out / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model_dir(tmp, model, tok, cfg_dict, trainer_state)
+    names = sorted(p.name for p in tmp.iterdir())
+    for name in [n for n in names if n != "trainer_state.json"] + ["trainer_state.json"]:
+        os.replace(tmp / name, out / name)
+    tmp.rmdir()
+
+
 def load_training_state(ckpt: Path, *, optimizer, scheduler, scaler, rank: int = 0) -> dict:
     ts = Path(ckpt) / "training_state"
     _optimizer_from_files(optimizer, load_file(str(ts / "optimizer.safetensors")), read_json(ts / "optimizer.json"))

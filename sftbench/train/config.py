@@ -7,13 +7,13 @@ scripts/ only override these defaults.  The resolved config is written into ever
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from typing import Optional
 
-
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+from sftbench.cli import HelpFormatter, add_config_arguments, config_from_namespace, setting as _f
 
 
 @dataclass
@@ -37,6 +37,11 @@ class TrainConfig:
     max_steps: int = _f(-1, "If > 0: stop after this many optimizer steps (overrides --num_train_epochs).")
     per_device_train_batch_size: int = _f(1, "Conversations per micro-batch on each GPU (reference engine).")
     gradient_accumulation_steps: int = _f(64, "Micro-batches per optimizer step. Effective batch = micro-batch x this x GPUs.")
+    effective_batch: Optional[int] = _f(
+        None, "Conversations per optimizer step over all micro-batches and GPUs. When set, the trainer derives "
+        "--gradient_accumulation_steps = effective_batch / (per_device_train_batch_size x GPUs) (it must divide), so "
+        "the same command gives the same optimizer steps on 1 or N GPUs. A --gradient_accumulation_steps given after "
+        "it on the command line wins (a preset's --effective_batch is overridden by yours).")
     learning_rate: float = _f(4e-5, "Peak AdamW learning rate.")
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay (not applied to norms and biases).")
     adam_beta1: float = _f(0.9, "AdamW beta1.")
@@ -64,8 +69,13 @@ class TrainConfig:
     data_cache_dir: Optional[str] = _f(None, "Where tokenised data is cached as JSONL (default ~/.cache/sftbench/tokenized; `none` disables).")
 
     # --- precision, memory, speed ---
-    bf16: bool = _f(False, "bf16 autocast over fp32 master weights (best on Ampere and newer).")
-    fp16: bool = _f(False, "fp16 autocast over fp32 master weights with a gradient scaler (T4/P100; on bf16-capable GPUs prefer --bf16).")
+    precision: str = _f("fp32", "Autocast over fp32 master weights: `auto` (bf16 where the GPU supports it, fp16 with a "
+                        "gradient scaler on older GPUs such as T4/P100, fp32 on CPU), `bf16`, `fp16`, or `fp32`. The CPU "
+                        "always trains in fp32. --bf16 True / --fp16 True (the HF names) override it.",
+                        choices=["auto", "bf16", "fp16", "fp32"])
+    bf16: bool = _f(False, "bf16 autocast over fp32 master weights (best on Ampere and newer); same as --precision bf16.")
+    fp16: bool = _f(False, "fp16 autocast over fp32 master weights with a gradient scaler (T4/P100; on bf16-capable GPUs "
+                    "prefer --bf16); same as --precision fp16.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
     loss_chunk_size: int = _f(1024, "Tokens per chunk of the memory-light cross-entropy (never the full [tokens, vocab] fp32 logits). 0 = plain full-logits CE.")
     engine: str = _f("auto", "`fast`: padding-free packing into --token_budget tokens with attention kept inside each "
@@ -116,18 +126,45 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def parse_train_config(argv: list[str] | None = None) -> TrainConfig:
-    """Parse CLI flags into TrainConfig (HF-style `--flag True` booleans accepted)."""
-    from transformers import HfArgumentParser
+DESCRIPTION = (
+    "Multi-turn SFT with loss on the assistant's tokens only, fp32 master weights under autocast, atomic checkpoints, "
+    "exact resume. Multi-GPU: `accelerate launch --num_processes N train_hw_parallel.py ...` or torchrun (with "
+    "--effective_batch the accumulation is divided by the number of GPUs). Presets: scripts/sft_4060_8gb.sh, "
+    "scripts/sft_4060_aggressive.sh, scripts/sft_min_vram.sh.")
 
-    parser = HfArgumentParser(
-        TrainConfig,
-        description="Multi-turn SFT with loss on the assistant's tokens only, fp32 master weights under autocast, "
-        "atomic checkpoints, exact resume. Multi-GPU: `accelerate launch --num_processes N train_hw_parallel.py ...` "
-        "or torchrun. Presets: scripts/sft_4060_8gb.sh, scripts/sft_4060_aggressive.sh, scripts/sft_min_vram.sh.",
-    )
-    # Unknown flags get argparse's usage + one-line error (exit 2) instead of HfArgumentParser's ValueError traceback.
-    cfg, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+
+def build_parser(prog: str = "train_hw_parallel.py") -> tuple[argparse.ArgumentParser, list[str]]:
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=HelpFormatter)
+    return parser, add_config_arguments(parser, TrainConfig)
+
+
+def parse_train_config(argv: list[str] | None = None, prog: str = "train_hw_parallel.py") -> TrainConfig:
+    """Parse CLI flags into TrainConfig (HF-style `--flag True` booleans); unknown flags: usage + exit 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, names = build_parser(prog)
+    ns, rest = parser.parse_known_args(argv)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)} (see --help)")
+    cfg = config_from_namespace(TrainConfig, ns, names)
+    if cfg.effective_batch is not None and _last_index(argv, "--gradient_accumulation_steps") > _last_index(argv, "--effective_batch"):
+        cfg.effective_batch = None  # a later explicit accumulation overrides an earlier (preset's) effective batch
     return cfg
+
+
+def _last_index(argv: list[str], flag: str) -> int:
+    hits = [i for i, a in enumerate(argv) if a == flag or a.startswith(flag + "=")]
+    return hits[-1] if hits else -1
+
+
+def resolve_accumulation(cfg: TrainConfig, world: int) -> None:
+    """--effective_batch -> gradient_accumulation_steps for this many processes (in place; UserError if it does not divide)."""
+    from sftbench.errors import UserError
+
+    if cfg.effective_batch is None:
+        return
+    per_step = cfg.per_device_train_batch_size * world
+    if cfg.effective_batch < 1 or cfg.effective_batch % per_step:
+        raise UserError(f"--effective_batch {cfg.effective_batch}: not a positive multiple of micro-batch "
+                        f"{cfg.per_device_train_batch_size} x {world} process(es) = {per_step}. Choose an effective "
+                        f"batch divisible by {per_step}, or give --gradient_accumulation_steps instead.")
+    cfg.gradient_accumulation_steps = cfg.effective_batch // per_step

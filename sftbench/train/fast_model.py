@@ -13,12 +13,13 @@ ours, so that it can
 - end at the final norm, leaving the LM head to the fused chunked cross-entropy (sftbench.loss).
 
 Everything else is HF's own code (embedding, rotary embedding incl. rope scaling, final norm), and the
-per-layer maths mirrors `LlamaDecoderLayer` (RMSNorm in fp32, SwiGLU, GQA); tests check it against the
+per-layer maths mirrors `LlamaDecoderLayer` (RMSNorm in fp32 and RoPE from sftbench/llama.py, shared with
+the decoding engine ifeval/fast_llama.py; SwiGLU, GQA); tests check it against the
 unpacked HF forward to 1e-5 in fp32 on CPU.
 
 Entry points for the trainer:
     prepare_fast_model(model, compile=..., checkpoint_layers=..., attention=...)   once, after .to(device)
-    packed_loss_sum(model, batch)  -> (loss_sum, num_targets)   per packed micro-batch
+    packed_loss_sum(model, batch)  -> (loss_sum, num_targets)   per packed micro-batch (sftbench.loss.packed_ce_sum)
     packed_forward_hidden(model, batch) -> [1, T, H]
 """
 
@@ -29,9 +30,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from sftbench.loss import fused_linear_ce_sum
+from sftbench.llama import apply_rope, head_dim as _head_dim, rms_norm as _rms, unsupported_reasons
+from sftbench.loss import IGNORE_INDEX, packed_ce_sum
 
-IGNORE_INDEX = -100
 GIB = 1024**3
 
 
@@ -60,36 +61,10 @@ class FastSettings:
 
 def check_supported(model) -> None:
     """Raise NotImplementedError (with the reason) for models this forward does not reproduce exactly."""
-    cfg = model.config
-    why = []
-    if getattr(cfg, "model_type", None) != "llama":
-        why.append(f"model_type {getattr(cfg, 'model_type', None)!r} (only 'llama' is supported)")
-    if getattr(cfg, "attention_bias", False):
-        why.append("attention_bias=True")
-    if getattr(cfg, "mlp_bias", False):
-        why.append("mlp_bias=True")
-    if getattr(cfg, "hidden_act", "silu") != "silu":
-        why.append(f"hidden_act {cfg.hidden_act!r}")
-    if float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0.0:
-        why.append("attention_dropout > 0")
-    if getattr(cfg, "pretraining_tp", 1) not in (1, None):
-        why.append("pretraining_tp > 1")
+    why = unsupported_reasons(model, dropout=True)
     if why:
         raise NotImplementedError("the fast engine does not support this model: " + ", ".join(why) +
                                   ". Use the reference engine (--engine reference).")
-
-
-def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    # Same op order as LlamaRMSNorm: normalise in fp32, cast back, then scale.
-    dt = x.dtype
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return w * xf.to(dt)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
 def varlen_supported(device) -> str | None:
@@ -163,16 +138,14 @@ def _make_layer_fn(n_heads: int, n_kv: int, head_dim: int, eps: float, attention
         if attention == "varlen":  # token-major [T, heads, D]: the layout flash varlen takes, no transposes
             q, k, v = (z.reshape(t, -1, head_dim) for z in (q, k, v))
             c, s = cos[0].unsqueeze(1), sin[0].unsqueeze(1)
-            q = ((q * c) + (_rotate_half(q) * s)).to(v.dtype)
-            k = ((k * c) + (_rotate_half(k) * s)).to(v.dtype)
+            q, k = apply_rope(q, c, s).to(v.dtype), apply_rope(k, c, s).to(v.dtype)
             a = attend(q, k, v, mask, max_seqlen or t, scale).reshape(b, t, n_heads * head_dim)
         else:
             q = q.reshape(b, t, n_heads, head_dim).transpose(1, 2)
             k = k.reshape(b, t, n_kv, head_dim).transpose(1, 2)
             v = v.reshape(b, t, n_kv, head_dim).transpose(1, 2)
             c, s = cos.unsqueeze(1), sin.unsqueeze(1)
-            q = ((q * c) + (_rotate_half(q) * s)).to(v.dtype)
-            k = ((k * c) + (_rotate_half(k) * s)).to(v.dtype)
+            q, k = apply_rope(q, c, s).to(v.dtype), apply_rope(k, c, s).to(v.dtype)
             if attention == "flex":
                 a = flex_attention(q, k, v, block_mask=mask, scale=scale, enable_gqa=gqa)
             else:
@@ -239,8 +212,7 @@ def _layer_fn(model, st: FastSettings, checkpointed: bool):
     fn = st.layer_fns.get(key)
     if fn is None:
         cfg = model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        fn = _make_layer_fn(cfg.num_attention_heads, cfg.num_key_value_heads, head_dim, cfg.rms_norm_eps, st.attention,
+        fn = _make_layer_fn(cfg.num_attention_heads, cfg.num_key_value_heads, _head_dim(cfg), cfg.rms_norm_eps, st.attention,
                             fuse=st.fuse_projections, max_seqlen=st.max_seqlen)
         if checkpointed:
             fn = _checkpointed(fn)
@@ -315,19 +287,13 @@ def packed_loss_sum(model, batch: dict, chunk_size: int | None = None) -> tuple[
     """(sum of token cross-entropies over the row, number of target tokens) for a packed micro-batch.
 
     Uses the fused chunked CE over the LM-head weight: no [T, vocab] logits are materialised.  The caller
-    normalises over the whole accumulation window (loss_functions.normalized_loss(sum, n_window)).
+    normalises over the whole accumulation window (sftbench.loss.normalized_loss(sum, n_window)).
     `num_targets` comes from the batch (computed on the CPU at packing time: no device sync).
     """
     st = _settings(model)
     hidden = packed_forward_hidden(model, batch)
-    targets = batch["shift_labels"][0]
-    loss_sum = fused_linear_ce_sum(hidden[0], model.lm_head.weight, targets,
-                                   chunk_size=chunk_size or st.ce_chunk_size,
-                                   compile=st.compile and hidden.is_cuda)
-    n = batch.get("num_targets")
-    if n is None:
-        n = int((targets != IGNORE_INDEX).sum())
-    return loss_sum, int(n)
+    return packed_ce_sum(hidden, model.lm_head.weight, batch, chunk_size=chunk_size or st.ce_chunk_size,
+                         compile=st.compile and hidden.is_cuda)
 
 
 def packed_token_losses(model, batch: dict) -> torch.Tensor:

@@ -1,0 +1,163 @@
+"""The two training engines behind one small interface.
+
+    engine = make_engine(model, cfg, device, d, prec, scaler, explicit=...)     # prepare (once, after .to(device))
+    ce_sum, real_tokens = engine.window(micro_batches, n_window, seed)         # one accumulation window
+
+`window` runs this rank's share of one optimizer step's conversations (`micro_batches`: lists of examples
+from conversation_func.build_examples) forward and backward.  Every micro-batch's CE *sum* is divided by
+`n_window`, the target tokens of the whole window over all ranks (sftbench.loss), so the gradient does not
+depend on the micro-batch / accumulation / GPU split; when it returns, the gradients are summed over ranks.
+It returns (this rank's CE sum as a 0-dim float64 tensor, this rank's real input tokens).  The caller
+unscales, clips and steps the optimizer.
+
+- ReferenceEngine: padded micro-batches through the HF model (CausalLMLossSum), DDP across ranks.
+- FastEngine: the window packed into --token_budget-token rows (sftbench.data.packing), attention kept per
+  conversation, compiled layers, fused CE (sftbench.train.fast_model); one all-reduce of the gradients,
+  since ranks may pack different numbers of rows.
+scripts/bench_train.py times these same `window` calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from sftbench.errors import UserError
+from sftbench.loss import CausalLMLossSum
+from sftbench.train import fast_model as fm
+from sftbench.train.dist import Dist, log
+
+
+class Engine:
+    name = "engine"
+
+    def __init__(self, model, device: torch.device, d: Dist, prec, scaler):
+        self.model, self.device, self.d, self.prec, self.scaler = model, device, d, prec, scaler
+
+    def window(self, micro_batches: list[list[dict]], n_window: int, seed: int) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+
+class ReferenceEngine(Engine):
+    name = "reference"
+
+    def __init__(self, model, device, d, prec, scaler, *, loss_chunk_size: int, pad_id: int):
+        super().__init__(model, device, d, prec, scaler)
+        self.pad_id = pad_id
+        self.loss_mod: torch.nn.Module = CausalLMLossSum(causal_lm(model), loss_chunk_size)
+        if d.enabled:
+            self.loss_mod = torch.nn.parallel.DistributedDataParallel(
+                self.loss_mod, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def window(self, micro_batches, n_window, seed):
+        import conversation_func as cf
+
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        real = 0
+        for j, exs in enumerate(micro_batches):
+            cpu = cf.collate(exs, self.pad_id)
+            real += int(cpu["attention_mask"].sum())  # counted on the CPU: no device sync
+            batch = {k: v.to(self.device) for k, v in cpu.items()}
+            last = j == len(micro_batches) - 1
+            sync = self.loss_mod.no_sync() if (self.d.enabled and not last) else contextlib.nullcontext()
+            with sync:
+                with self.prec.autocast():
+                    ce_sum, _ = self.loss_mod(batch["input_ids"], batch["attention_mask"], batch["labels"])
+                # DDP averages gradients over ranks; multiply by world so the result is sum / n_window.
+                self.scaler.scale(ce_sum.float() * (self.d.world / max(n_window, 1))).backward()
+            total += ce_sum.detach().double()
+        return total, real
+
+
+class FastEngine(Engine):
+    name = "fast"
+
+    def __init__(self, model, device, d, prec, scaler, *, token_budget: int, pad_id: int):
+        super().__init__(model, device, d, prec, scaler)
+        self.token_budget, self.pad_id = token_budget, pad_id
+        self.rows_packed = 0  # packed micro-batches run so far (the bench reports rows per step)
+
+    def window(self, micro_batches, n_window, seed):
+        from sftbench.data.packing import batch_to_device, make_packed_batch, pack_examples
+
+        examples = [ex for m in micro_batches for ex in m]
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        real = 0
+        max_seqlen = self.model._sftbench_fast.max_seqlen
+        for b in (pack_examples(examples, self.token_budget, seed=seed) if examples else []):
+            batch = batch_to_device(make_packed_batch([examples[i] for i in b], self.token_budget, self.pad_id,
+                                                      max_seqlen=max_seqlen), self.device)
+            real += int(batch["num_real_tokens"])
+            self.rows_packed += 1
+            with self.prec.autocast():
+                s, _ = fm.packed_loss_sum(self.model, batch)  # looked up per call: tests patch it
+            self.scaler.scale(s.float() / max(n_window, 1)).backward()
+            total += s.detach().double()
+        self.d.all_reduce_grads(self.model)  # sum: each rank's loss is already divided by the whole window's count
+        return total, real
+
+
+def causal_lm(model):
+    """The LlamaForCausalLM-like module (inside a peft wrapper when training LoRA)."""
+    return model.base_model.model if hasattr(model, "peft_config") else model
+
+
+def make_engine(model, cfg, device, d: Dist, prec, scaler, *, pad_id: int, explicit: bool) -> Engine:
+    """The engine cfg.engine names ('auto' already resolved); the fast one falls back to the reference engine
+    when it does not support the model and was not asked for explicitly.  Resolves cfg.token_budget."""
+    if cfg.engine == "fast":
+        budget = prepare_fast(model, cfg, device, d, explicit=explicit, half_precision=prec.name in ("bf16", "fp16"))
+        if budget:
+            return FastEngine(model, device, d, prec, scaler, token_budget=budget, pad_id=pad_id)
+        cfg.engine = "reference"
+    return ReferenceEngine(model, device, d, prec, scaler, loss_chunk_size=cfg.loss_chunk_size, pad_id=pad_id)
+
+
+def prepare_fast(model, cfg, device, d: Dist, explicit: bool = True, half_precision: bool = True) -> int:
+    """Padding-free packing + per-conversation attention + compiled layers; returns the token budget (0 = unsupported).
+
+    The number of checkpointed layers is chosen from the memory budget (the --memory_cap_gib, else the GPU's memory).
+    """
+    budget = cfg.token_budget or (16384 if device.type == "cuda" else cfg.per_device_train_batch_size * cfg.model_max_length)
+    if budget < cfg.model_max_length:
+        raise UserError(f"--token_budget {budget} is smaller than --model_max_length {cfg.model_max_length}: "
+                        f"a conversation must fit in one packed micro-batch.")
+    k = 0
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 1024**3
+        cap = min(cfg.memory_cap_gib or total, total, cfg.vram_target_gib or total)
+        k = fm.choose_checkpoint_layers(model, budget, int((cap - 1.3) * 0.9 * 1024**3), ce_chunk_size=cfg.loss_chunk_size or 1024)
+    elif cfg.gradient_checkpointing:
+        k = model.config.num_hidden_layers
+    try:
+        attention, why = _attention(cfg, device, half_precision)
+        fm.prepare_fast_model(model, attention=attention, checkpoint_layers=k, ce_chunk_size=cfg.loss_chunk_size or 1024,
+                              max_seqlen=cfg.model_max_length, fuse_projections=cfg.fuse_projections)
+    except NotImplementedError as e:
+        if not explicit:
+            log(d, f"engine: reference (the fast engine does not support this model: {e})")
+            return 0
+        raise UserError(f"--engine fast does not support this model ({e}); use --engine reference.") from None
+    cfg.token_budget = budget  # the resolved value: saved in sft_config.json, halved by --oom_fallback
+    log(d, f"fast engine: packed micro-batches of {budget} tokens, {k} of {model.config.num_hidden_layers} layers "
+           f"checkpointed; attention: {why}")
+    if device.type == "cuda":
+        log(d, "fast engine: the first step compiles the layer graphs (torch.compile)"
+               + ("" if attention == "varlen" else "; with FlexAttention that took over 3 minutes on a cold H100 "
+                  "machine (later runs reuse the inductor cache); --engine reference skips it") + ".")
+    return budget
+
+
+def _attention(cfg, device, half_precision: bool) -> tuple[str, str]:
+    attention, why = fm.pick_attention(device, half_precision)
+    if cfg.attention == "auto":
+        return attention, why
+    why_not = None
+    if cfg.attention == "varlen":
+        why_not = fm.varlen_supported(device) or (None if half_precision else "flash attention needs --bf16 or --fp16")
+    elif cfg.attention == "flex" and device.type != "cuda":
+        why_not = "FlexAttention has no backward pass on the CPU"
+    if why_not:
+        raise UserError(f"--attention {cfg.attention} cannot run here ({why_not}); use --attention auto.")
+    return cfg.attention, f"{cfg.attention} (--attention)"

@@ -1,0 +1,41 @@
+"""The training loop, on one screen.  Everything it calls is in sftbench/train/setup.py (before, around and
+after each step), sftbench/train/engines.py (one accumulation window forward/backward) and
+sftbench/train/checkpoint.py (what a checkpoint holds)."""
+
+from __future__ import annotations
+
+import time
+
+from sftbench.train.config import TrainConfig
+from sftbench.train.setup import (build_model_and_engine, finish, log_step, open_run_dir, optimizer_step, restore,
+                                  save_step, start, window_of)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train; returns {"global_step", "final_loss", "output_dir", "data_stats"}.
+
+    Every check that can fail on bad input runs in start(), before any weights load or anything is written.
+    """
+    run = start(cfg)  # device, precision, validation, tokenizer, data, the step count
+    build_model_and_engine(run)  # fp32 masters, the engine, AdamW, schedule, gradient scaler
+    if run.resume:
+        restore(run)  # optimizer / schedule / scaler / RNG state: exact resume
+    open_run_dir(run)  # sft_config.json, metrics.jsonl, the start-up log, trackers
+    d = run.d
+    try:
+        for step in range(run.start_step, run.total_steps):
+            t0 = time.time()
+            # Normalise by the target tokens of the WHOLE window (all micro-batches, all ranks): the gradient
+            # is then the same whatever the micro-batch / accumulation / GPU split.
+            mine, n_window = window_of(run, step)
+            ce_sum, real_tokens = run.engine.window(mine, n_window, seed=cfg.seed + step)
+            grad_norm, lr = optimizer_step(run)
+            ce_total, real_tokens = d.sum(float(ce_sum)), int(d.sum(real_tokens))
+            run.last_loss = ce_total / max(n_window, 1)
+            log_step(run, step, grad_norm, lr, real_tokens, n_window, time.time() - t0)
+            save_step(run, step + 1)
+    finally:  # also on an exception (an OOM retry must not leave the sampler thread running)
+        if run.pbar is not None:
+            run.pbar.close()
+        run.monitor.stop()
+    return finish(run)

@@ -1,0 +1,425 @@
+"""Everything train() does before its first step and around each step, as small functions.
+
+Order matters for exact resume and for the losses staying bit-identical: seed, validate, tokenizer, data,
+model (fp32 masters), engine, optimizer/schedule/scaler, resume state, then the run directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sftbench.errors import UserError
+from sftbench.train.config import TrainConfig, resolve_accumulation
+from sftbench.train.dist import Dist, log
+from sftbench.train.engines import causal_lm, make_engine
+
+
+@dataclass
+class Run:
+    """The state of one training run that the loop reads and updates."""
+
+    cfg: TrainConfig
+    d: Dist
+    device: torch.device
+    prec: Any
+    out: Path
+    resume: Path | None
+    tok: Any
+    examples: list
+    stats: Any
+    n_targets: list
+    window: int
+    steps_per_epoch: int
+    total_steps: int
+    model: Any = None
+    engine: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    scaler: Any = None
+    start_step: int = 0
+    last_loss: float = float("nan")
+    cfg_dict: dict = field(default_factory=dict)
+    tracker: Any = None
+    monitor: Any = None
+    pbar: Any = None
+    t_start: float = 0.0
+    model_path: str = ""
+    cap_msg: str | None = None
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(seed: int, epoch: int, n: int) -> tuple[int, ...]:
+    """The data order of one epoch: a permutation that depends only on (seed, epoch), so resume is exact."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return tuple(torch.randperm(n, generator=g).tolist())
+
+
+def window_of(run: Run, step: int) -> tuple[list[list[dict]], int]:
+    """(this rank's micro-batches, target tokens of the whole window) of optimizer step `step` (0-based)."""
+    epoch, pos = divmod(step, run.steps_per_epoch)
+    idx = epoch_order(run.cfg.seed, epoch, len(run.examples))[pos * run.window:(pos + 1) * run.window]
+    win = [run.examples[i] for i in idx]
+    mb = run.cfg.per_device_train_batch_size
+    micro = [win[i:i + mb] for i in range(0, run.window, mb)]
+    return micro[run.d.rank::run.d.world], sum(run.n_targets[i] for i in idx)  # rank r takes r, r+world, ...
+
+
+# ----------------------------------------------------------------------------- before the first step
+
+def start(cfg: TrainConfig) -> Run:
+    """Device, validation, tokenizer and data: everything that can fail on bad input, before any weights load."""
+    from sftbench.device import pick_device, pick_precision
+    from sftbench.models import resolve_model_path
+    from sftbench.train import checkpoint as ck
+
+    d = Dist()
+    device = pick_device(cfg.device)
+    if d.enabled and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    d.init(device.type)
+    prec = pick_precision(device, cfg.bf16, cfg.fp16, cfg.precision)
+    if prec.name != "fp32":  # the resolved choice, in the HF booleans too (sft_config.json, the planner's OOM advice)
+        cfg.precision, cfg.bf16, cfg.fp16 = prec.name, prec.name == "bf16", prec.name == "fp16"
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    check_output_dir(out, resuming=bool(cfg.resume_from_checkpoint))
+    resume = ck.resolve_resume(cfg.resume_from_checkpoint, out) if cfg.resume_from_checkpoint else None
+    resolve_accumulation(cfg, d.world)
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "model_max_length", "save_steps", "logging_steps"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be >= 1 (got {getattr(cfg, name)}).")
+    if cfg.engine == "fast" and cfg.method == "lora":
+        raise UserError("--engine fast trains full weights only; use --engine reference with --method lora.")
+    model_path = resolve_model_path(cfg.model_name_or_path)
+    tok = load_tokenizer(model_path, cfg)
+    if cfg.auto_batch:
+        auto_batch(cfg, device, d)
+    examples, stats = load_data(cfg, tok, d)
+    window = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * d.world
+    if not examples:
+        raise UserError(f"{cfg.data_path}: no trainable conversation ({stats.records} records read; an empty file, or every "
+                        f"record lost its assistant tokens to --model_max_length / --max_rounds). Point --data_path at chat data.")
+    if len(examples) < window:
+        raise UserError(f"{cfg.data_path}: {len(examples)} trainable conversations, fewer than one optimizer step's "
+                        f"effective batch ({window}). Lower --gradient_accumulation_steps or add data.")
+    steps_per_epoch = len(examples) // window
+    n_targets = [sum(1 for x in ex["labels"][1:] if x != -100) for ex in examples]  # shifted targets, once
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
+    return Run(cfg, d, device, prec, out, resume, tok, examples, stats, n_targets, window, steps_per_epoch, total_steps,
+               model_path=model_path)
+
+
+def check_output_dir(out: Path, resuming: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out}: exists and is a file.")
+    if out.is_dir() and not resuming:
+        markers = [p.name for p in out.iterdir() if p.name in ("sft_config.json", "metrics.jsonl", "trainer_state.json")
+                   or p.name.startswith("checkpoint-")]
+        if markers:
+            raise UserError(
+                f"--output_dir {out} already holds a run ({', '.join(sorted(markers)[:4])}). Nothing was overwritten. "
+                f"Continue it with --resume_from_checkpoint latest, or choose a new --output_dir.")
+
+
+def load_tokenizer(model_path: str, cfg: TrainConfig):
+    from transformers import AutoTokenizer
+
+    from sftbench.chat_template import PLAIN_CHATML
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_path)
+    except OSError as e:
+        raise UserError(f"{model_path}: could not load a tokenizer ({e}).") from None
+    if cfg.chat_template:
+        p = Path(cfg.chat_template)
+        if not p.is_file():
+            raise UserError(f"--chat_template {p}: file not found.")
+        tok.chat_template = p.read_text()
+        import jinja2
+
+        try:  # a syntax error would otherwise surface as a traceback from the tokenisation
+            tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+        except jinja2.TemplateSyntaxError as e:
+            raise UserError(f"--chat_template {p}:{e.lineno}: Jinja syntax error ({e.message}).") from None
+    elif not getattr(tok, "chat_template", None):
+        tok.chat_template = PLAIN_CHATML  # the base model has none: plain ChatML, as the homework used
+    if tok.pad_token is None:
+        tok.pad_token = "<|im_end|>" if "<|im_end|>" in tok.get_vocab() else tok.eos_token
+    return tok
+
+
+def load_data(cfg: TrainConfig, tok, d: Dist):
+    import conversation_func as cf
+
+    cache = None if (cfg.data_cache_dir or "").lower() == "none" else (
+        cfg.data_cache_dir or str(Path.home() / ".cache" / "sftbench" / "tokenized"))
+    if d.enabled and not d.main:
+        d.barrier()  # rank 0 tokenises (and fills the cache) first
+    examples, stats = cf.build_examples(
+        cfg.data_path, tok, max_length=cfg.model_max_length, max_rounds=None if cfg.max_rounds < 0 else cfg.max_rounds,
+        mode=cfg.masking, truncation_side=cfg.truncation_side, chat_template=None,
+        on_bad_record="skip" if cfg.skip_bad_records else "error", cache_dir=cache, progress=d.main and cfg.progress)
+    if d.enabled and d.main:
+        d.barrier()
+    log(d, f"data: {stats.as_dict()}")
+    return examples, stats
+
+
+def auto_batch(cfg: TrainConfig, device: torch.device, d: Dist) -> None:
+    """--auto_batch: the largest micro-batch the memory model fits on this GPU, same effective batch."""
+    from sftbench.plan import pick_auto_batch, spec_from_train_config
+
+    if device.type != "cuda":
+        log(d, "auto batch: no GPU, keeping the given micro-batch and accumulation")
+        return
+    mem = cfg.memory_cap_gib or torch.cuda.get_device_properties(device).total_memory / 1024**3
+    eff = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    mb, acc = pick_auto_batch(spec_from_train_config(cfg), mem, eff)
+    log(d, f"auto batch for {mem:.1f} GiB: micro-batch {mb} x accumulation {acc} (effective {eff}; was "
+           f"{cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps})")
+    cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps = mb, acc
+
+
+def build_model_and_engine(run: Run) -> None:
+    """fp32 master weights (LoRA adapters on top for --method lora), the engine, optimizer, schedule, scaler."""
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from sftbench.memory import apply_memory_cap
+
+    cfg, d, device = run.cfg, run.d, run.device
+    explicit = cfg.engine == "fast"
+    if cfg.engine == "auto":
+        cfg.engine = "fast" if (device.type == "cuda" and cfg.method == "full") else "reference"
+        log(d, f"engine: {cfg.engine} (auto: {'CUDA GPU, full fine-tuning' if cfg.engine == 'fast' else 'no GPU or LoRA'})")
+    run.cap_msg = apply_memory_cap(cfg.memory_cap_gib, device)
+    if cfg.method == "lora":
+        model = load_lora_model(run.model_path, run.resume, cfg)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(run.resume or run.model_path), dtype=torch.float32)
+    model.config.use_cache = False
+    gcfg = causal_lm(model).generation_config
+    gen_eos = [gcfg.eos_token_id] if isinstance(gcfg.eos_token_id, int) else list(gcfg.eos_token_id or [])
+    gcfg.eos_token_id = list(dict.fromkeys(stop_token_ids(run.tok) + gen_eos))  # stop at end-of-turn when evaluated
+    gcfg.pad_token_id = run.tok.pad_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.method == "lora":
+            model.enable_input_require_grads()
+    model.to(device).train()
+    run.scaler = torch.amp.GradScaler(device.type, enabled=run.prec.use_grad_scaler)
+    run.model = model
+    run.engine = make_engine(model, cfg, device, d, run.prec, run.scaler, pad_id=run.tok.pad_token_id, explicit=explicit)
+    run.optimizer = build_optimizer(model, cfg, device)
+    run.scheduler = get_scheduler(cfg.lr_scheduler_type, run.optimizer, num_training_steps=run.total_steps,
+                                  num_warmup_steps=cfg.effective_warmup_steps(run.total_steps))
+
+
+def stop_token_ids(tok) -> list[int]:
+    ids = []
+    for t in ("<|im_end|>", tok.eos_token):
+        if t is not None and t in tok.get_vocab():
+            i = tok.convert_tokens_to_ids(t)
+            if i not in ids:
+                ids.append(i)
+    return ids
+
+
+def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kw = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    if device.type == "cuda":
+        kw["fused"] = True  # one kernel for the whole update instead of several per tensor
+    return torch.optim.AdamW(groups, **kw)
+
+
+def load_lora_model(model_path: str, resume, cfg: TrainConfig):
+    """Base weights in fp32 + LoRA adapters on q/k/v/o/gate/up/down; resumed adapters from ckpt/adapter."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError:
+        raise UserError("--method lora needs the package peft: pip install 'sftbench[lora]' (or pip install peft).") from None
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if resume:
+        return PeftModel.from_pretrained(base, str(Path(resume) / "adapter"), is_trainable=True)
+    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    return get_peft_model(base, lcfg)
+
+
+def restore(run: Run) -> None:
+    """--resume_from_checkpoint: optimizer, schedule, scaler and RNG state; refuses resumes that would lose results."""
+    from sftbench.train import checkpoint as ck
+
+    cfg, d, resume, out = run.cfg, run.d, run.resume, run.out
+    state = ck.load_training_state(resume, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler, rank=d.rank)
+    run.start_step = int(state["global_step"])
+    sync_lr_to_schedule(run.optimizer, run.scheduler)
+    if run.start_step > run.total_steps:  # else the final model would be labelled with a step its weights are past
+        raise UserError(f"--resume_from_checkpoint {resume}: that checkpoint is at step {run.start_step}, past this "
+                        f"run's {run.total_steps} optimizer steps. Nothing was written. Raise --max_steps / "
+                        f"--num_train_epochs, or resume from an earlier checkpoint.")
+    later = [p.name for st, p in ck.list_checkpoints(out) if st > run.start_step]
+    if later:  # else the run would stop at the first of them, after truncating metrics.jsonl
+        raise UserError(f"--resume_from_checkpoint {resume}: {out} already holds later checkpoints "
+                        f"({', '.join(later[:4])}). Nothing was changed. Resume from the newest "
+                        f"(--resume_from_checkpoint latest), or move the later checkpoints out of {out} first.")
+    if isinstance(state.get("loss"), (int, float)):
+        run.last_loss = float(state["loss"])  # resuming a finished run: the final model keeps its loss, not NaN
+    if state.get("world_size", d.world) != d.world or state.get("steps_per_epoch", run.steps_per_epoch) != run.steps_per_epoch:
+        log(d, f"warning: resuming with world size {d.world} / steps per epoch {run.steps_per_epoch}, the checkpoint had "
+               f"{state.get('world_size')} / {state.get('steps_per_epoch')}: the data order will differ from a straight run.")
+
+
+def sync_lr_to_schedule(optimizer, scheduler) -> None:
+    """After loading optimizer/scheduler state: set each group's lr from THIS run's schedule at the resumed step.
+
+    The optimizer state carries the lr of the old schedule's next step; when a finished run is extended with a
+    larger --max_steps, that is the old schedule's end (0 for linear decay), and the first new step would not
+    move.  Same schedule: the recomputed value equals the saved one, so exact resume is unchanged."""
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if not lambdas:
+        return
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, lambdas)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
+
+
+def open_run_dir(run: Run) -> None:
+    """sft_config.json, metrics.jsonl cut back to the resumed step, the start-up log, trackers, monitor, bar."""
+    from sftbench.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+    from sftbench.memory import MemoryMonitor
+
+    cfg, d, out = run.cfg, run.d, run.out
+    run.cfg_dict = cfg.to_dict() | {"resolved_model_path": run.model_path, "world_size": d.world,
+                                    "precision": run.prec.name, "chat_template": run.tok.chat_template}
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "sft_config.json", run.cfg_dict)
+        metrics_path = out / "metrics.jsonl"
+        if run.resume and metrics_path.exists():  # drop rows logged after the checkpoint we resume from
+            atomic_write_jsonl(metrics_path, [r for r in read_jsonl(metrics_path, tolerate_partial_tail=True)
+                                              if r.get("step", 0) <= run.start_step])
+    log(d, f"device: {run.prec.reason}" + (f"; {run.cap_msg}" if run.cap_msg else ""))
+    log(d, f"GPUs/processes: {d.world} | micro-batch {cfg.per_device_train_batch_size} x accumulation "
+           f"{cfg.gradient_accumulation_steps} x {d.world} = effective batch {run.window} conversations")
+    log(d, f"steps: {run.total_steps} optimizer steps ({run.steps_per_epoch} per epoch; "
+           f"{len(run.examples) - run.steps_per_epoch * run.window} conversations per epoch fall outside a full window "
+           f"and wait for the next shuffle)" + (f"; resuming at step {run.start_step} from {run.resume}" if run.resume else ""))
+    if d.main and cfg.report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+        run.tracker = SummaryWriter(str(out / "tensorboard"))
+    elif d.main and cfg.report_to == "wandb":
+        import wandb
+        run.tracker = wandb.init(project=os.environ.get("WANDB_PROJECT", "sftbench"), config=run.cfg_dict, dir=str(out))
+    run.monitor = MemoryMonitor(device_index=run.device.index or 0 if run.device.type == "cuda" else 0)
+    if run.device.type == "cuda" and d.main:
+        run.monitor.start()
+    if d.main and cfg.progress:
+        from tqdm.auto import tqdm
+        run.pbar = tqdm(total=run.total_steps, initial=run.start_step, desc="train", unit="step", dynamic_ncols=True)
+    run.t_start = time.time()
+
+
+# ----------------------------------------------------------------------------- each step
+
+def optimizer_step(run: Run) -> tuple[float, float]:
+    """Unscale, clip, step, advance the schedule; returns (grad_norm before clipping, the lr this step used)."""
+    run.scaler.unscale_(run.optimizer)
+    max_norm = run.cfg.max_grad_norm if run.cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    lr = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm), lr
+
+
+def log_step(run: Run, step: int, grad_norm: float, lr: float, real_tokens: int, n_window: int, dt: float) -> None:
+    """A metrics.jsonl row (every --logging_steps and at the end), the tracker and the progress bar."""
+    from sftbench.io import append_jsonl
+    from sftbench.memory import GIB
+
+    cfg, global_step = run.cfg, step + 1
+    if run.d.main and (global_step % cfg.logging_steps == 0 or global_step == run.total_steps):
+        row = {"step": global_step, "epoch": round(step / run.steps_per_epoch + 1 / run.steps_per_epoch, 4),
+               "loss": round(run.last_loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
+               "tokens_per_s": round(real_tokens / dt, 1), "real_tokens": real_tokens, "target_tokens": n_window,
+               "time_s": round(time.time() - run.t_start, 2)}
+        if run.device.type == "cuda":
+            row["torch_peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(run.device) / GIB, 3)
+            used, peak = run.monitor.sample(), run.monitor.peak_bytes()
+            row["nvml_used_gib"] = None if used is None else round(used / GIB, 3)
+            row["nvml_peak_gib"] = None if peak is None else round(peak / GIB, 3)
+        append_jsonl(run.out / "metrics.jsonl", row)
+        if run.tracker is not None and cfg.report_to == "tensorboard":
+            for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                run.tracker.add_scalar(f"train/{k}", row[k], global_step)
+        elif run.tracker is not None:
+            run.tracker.log(row, step=global_step)
+    if run.pbar is not None:
+        run.pbar.update(1)
+        run.pbar.set_postfix(loss=f"{run.last_loss:.4f}", tok_s=f"{real_tokens / dt:.0f}", lr=f"{lr:.2e}")
+
+
+def save_step(run: Run, global_step: int) -> None:
+    """OUT/checkpoint-<step>/ every --save_steps and at the end (rank 0 writes, every rank its RNG), then pruning."""
+    from sftbench.train import checkpoint as ck
+
+    if not (global_step % run.cfg.save_steps == 0 or global_step == run.total_steps):
+        return
+    d, out = run.d, run.out
+    trainer_state = {"global_step": global_step, "epoch": global_step / run.steps_per_epoch, "total_steps": run.total_steps,
+                     "steps_per_epoch": run.steps_per_epoch, "world_size": d.world, "loss": run.last_loss}
+    if (out / f"checkpoint-{global_step}").exists():
+        raise UserError(f"{out}/checkpoint-{global_step} already exists; refusing to overwrite it.")
+    ck.save_checkpoint(out, global_step, model=run.model, tokenizer=run.tok, optimizer=run.optimizer,
+                       scheduler=run.scheduler, scaler=run.scaler, config_dict=run.cfg_dict,
+                       trainer_state=trainer_state, rank=d.rank)
+    d.barrier()
+    ck.save_rng(out, global_step, d.rank)
+    d.barrier()
+    if d.main:
+        ck.finalize_checkpoint(out, global_step)
+        for a in ck.prune_checkpoints(out, run.cfg.save_total_limit, run.cfg.keep_weights_limit):
+            log(d, a)
+    d.barrier()
+
+
+# ----------------------------------------------------------------------------- after the last step
+
+def finish(run: Run) -> dict:
+    """The final model in OUT itself, memory samples, trackers closed, process group torn down."""
+    from sftbench.io import atomic_write_jsonl
+    from sftbench.memory import GIB
+    from sftbench.train.checkpoint import save_final
+
+    d, out, total = run.d, run.out, run.total_steps
+    if d.main:
+        save_final(out, run.model, run.tok, run.cfg_dict, {"global_step": total, "epoch": total / run.steps_per_epoch,
+                                                           "total_steps": total, "loss": run.last_loss, "final": True})
+        if run.monitor.samples:
+            atomic_write_jsonl(out / "memory_samples.jsonl",
+                               [{"t": t, "nvml_used_gib": round(u / GIB, 4)} for t, u in run.monitor.samples])
+        log(d, f"done: {total} steps, final loss {run.last_loss:.4f}, {time.time() - run.t_start:.1f} s; model in {out}")
+    if run.tracker is not None:
+        run.tracker.close() if run.cfg.report_to == "tensorboard" else run.tracker.finish()
+    d.close()
+    return {"global_step": total, "final_loss": run.last_loss, "output_dir": str(out), "data_stats": run.stats.as_dict()}
