@@ -52,7 +52,6 @@ if str(ROOT) not in sys.path:
 
 IGN = -100
 PAD_ID = 2  # <|im_end|>, SmolLM2's pad in this project
-GIB = 1024**3
 TRL_LIGER_PEER = 16564  # tokens/s measured here before (shared/NOTES.md); used only if the row cannot run
 
 
@@ -236,11 +235,11 @@ def row_reference(a, examples, windows, model, device) -> dict:
 def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: bool = False) -> dict:
     import torch
 
-    from sftbench.train.fast_model import choose_checkpoint_layers, prepare_fast_model
+    from sftbench.train.fast_model import prepare_fast_model
+    from sftbench.train.memory_budget import choose_checkpoint_layers, torch_budget_bytes
 
-    if ckpt == "auto":
-        # plan for --target-gib of device memory: minus ~1.3 GiB of CUDA context, minus 10% allocator slack
-        k = choose_checkpoint_layers(model, budget, int((a.target_gib - 1.3) * 0.9 * GIB), ce_chunk_size=a.ce_chunk)
+    if ckpt == "auto":  # the trainer's own plan for --target-gib of device memory
+        k = choose_checkpoint_layers(model, budget, torch_budget_bytes(a.target_gib), ce_chunk_size=a.ce_chunk)
     else:
         k = int(ckpt)
     longest = max(len(e["input_ids"]) for e in examples)  # varlen attention's static segment bound

@@ -233,18 +233,21 @@ def test_fast_engine_memory_exact_and_trainer_choice():
     assert trainer_checkpoint_layers(FastSpec(vram_target_gib=None, token_budget=8192), 80.0) == 0
 
 
-def test_fast_checkpoint_choice_without_torch_equals_the_trainers():
-    pytest.importorskip("torch")
-    from sftbench.plan.fast import _ModelShape, _choose_checkpoint_layers_without_torch
-    from sftbench.train.fast_model import choose_checkpoint_layers
+def test_planner_trainer_and_bench_share_one_torch_free_memory_policy():
+    import subprocess
+    import sys
 
-    m = _ModelShape(SMOLLM2_135M)
-    for budget in (4096, 16384, 32768, 65536):
-        for gib in (3.0, 4.2, 5.0, 7.0, 20.0):
-            for chunk in (512, 1024):
-                n = int(gib * GIB)
-                assert _choose_checkpoint_layers_without_torch(m, budget, n, ce_chunk_size=chunk) == \
-                    choose_checkpoint_layers(m, budget, n, ce_chunk_size=chunk)
+    import sftbench.plan.fast as plan_fast
+    import sftbench.train.memory_budget as mb
+
+    assert plan_fast.choose_checkpoint_layers is mb.choose_checkpoint_layers
+    assert plan_fast.trainer_memory_budget_bytes(8.0, 6.0, None) == mb.torch_budget_bytes(8.0, 6.0) == \
+        int((6.0 - 1.3) * 0.9 * GIB)
+    # importable where torch is not (bash scripts/plan.sh outside the venv)
+    code = ("import sys; sys.modules['torch'] = None; import sftbench.train.memory_budget, sftbench.plan.fast; "
+            "print(sftbench.plan.fast.trainer_checkpoint_layers(sftbench.plan.fast.FastSpec(), 8.0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "30"
 
 
 def test_fast_engine_tokens_per_second_scaled_by_matrix_rate_and_bandwidth():

@@ -20,8 +20,8 @@ from __future__ import annotations
 from sftbench.chat_template import HOMEWORK_CHATML, IM_END, PLAIN_CHATML
 from sftbench.data.normalise import round_starts, truncate_rounds
 from sftbench.errors import UserError
+from sftbench.loss import IGNORE_INDEX  # one definition, in the loss home
 
-IGNORE_INDEX = -100
 MODES = ("assistant", "homework")
 TRUNCATION_SIDES = ("right", "left", "rounds")
 

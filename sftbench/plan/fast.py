@@ -29,12 +29,8 @@ from types import SimpleNamespace
 
 from sftbench.plan.dims import SMOLLM2_135M, ModelDims
 from sftbench.plan.memory import ALLOCATOR_SLACK_FRACTION, GIB, Breakdown
+from sftbench.train.memory_budget import DEFAULT_GPU_TOKEN_BUDGET, choose_checkpoint_layers, torch_budget_bytes
 
-# Tokens per packed micro-batch when --token_budget is 0 on a GPU (the trainer's `_setup_fast_engine`).
-DEFAULT_GPU_TOKEN_BUDGET = 16384
-# The trainer turns an NVML budget into a torch budget as (GiB - 1.3) x 0.9 (train_hw_parallel.py).
-TRAINER_CONTEXT_GIB = 1.3
-TRAINER_BUDGET_FRACTION = 0.9
 # Activation bytes per token of a stored (not checkpointed) compiled layer, measured (see the docstring).
 FAST_STORED_LAYER_BYTES = 2304 + 16384
 # NVML minus torch's peak for the compiled engine: CUDA context, cuBLAS and inductor workspaces.
@@ -67,33 +63,13 @@ class _ModelShape:
 def trainer_memory_budget_bytes(gpu_mem_gib: float, vram_target_gib: float | None,
                                 memory_cap_gib: float | None) -> int:
     """The torch-allocated budget the trainer gives choose_checkpoint_layers on a card of gpu_mem_gib."""
-    cap = min(memory_cap_gib or gpu_mem_gib, gpu_mem_gib, vram_target_gib or gpu_mem_gib)
-    return int((cap - TRAINER_CONTEXT_GIB) * TRAINER_BUDGET_FRACTION * GIB)
-
-
-def _choose_checkpoint_layers_without_torch(model, token_budget: int, memory_budget_bytes: int,
-                                           ce_chunk_size: int = 1024) -> int:
-    """sftbench.train.fast_model.choose_checkpoint_layers with its default coefficients, for machines without
-    torch (that module imports it).  tests/test_plan.py checks both give the same answers."""
-    act, ckpt = 24 * 1024, 2560  # fast_model.ACT_BYTES_PER_TOKEN_LAYER, CKPT_BYTES_PER_TOKEN_LAYER
-    cfg, n_layers = model.config, model.config.num_hidden_layers
-    n_params = sum(p.numel() for p in model.parameters())
-    fixed = (16 * n_params + 8 * ce_chunk_size * cfg.vocab_size + 3 * 4 * cfg.vocab_size * cfg.hidden_size
-             + (act + 8 * cfg.hidden_size) * token_budget)
-    for k in range(n_layers + 1):
-        if fixed + token_budget * ((n_layers - k) * act + k * ckpt) <= memory_budget_bytes:
-            return k
-    return n_layers
+    return torch_budget_bytes(gpu_mem_gib, vram_target_gib, memory_cap_gib)
 
 
 def trainer_checkpoint_layers(spec: FastSpec, gpu_mem_gib: float) -> int:
     """Checkpointed layers the trainer picks on this card (its own function, on the model's shape)."""
     if spec.checkpoint_layers is not None:
         return max(0, min(int(spec.checkpoint_layers), spec.dims.layers))
-    try:
-        from sftbench.train.fast_model import choose_checkpoint_layers
-    except ImportError:  # no torch (bash scripts/plan.sh outside the venv): the same arithmetic, tested equal
-        choose_checkpoint_layers = _choose_checkpoint_layers_without_torch
     budget = trainer_memory_budget_bytes(gpu_mem_gib, spec.vram_target_gib, spec.memory_cap_gib)
     return choose_checkpoint_layers(_ModelShape(spec.dims), spec.token_budget, budget,
                                     ce_chunk_size=spec.ce_chunk_size or 1024)

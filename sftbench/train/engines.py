@@ -26,6 +26,7 @@ import torch
 from sftbench.errors import UserError
 from sftbench.loss import CausalLMLossSum
 from sftbench.train import fast_model as fm
+from sftbench.train import memory_budget as mb
 from sftbench.train.dist import Dist, log
 
 
@@ -119,15 +120,16 @@ def prepare_fast(model, cfg, device, d: Dist, explicit: bool = True, half_precis
 
     The number of checkpointed layers is chosen from the memory budget (the --memory_cap_gib, else the GPU's memory).
     """
-    budget = cfg.token_budget or (16384 if device.type == "cuda" else cfg.per_device_train_batch_size * cfg.model_max_length)
+    budget = cfg.token_budget or mb.default_token_budget(device.type == "cuda", cfg.per_device_train_batch_size,
+                                                         cfg.model_max_length)
     if budget < cfg.model_max_length:
         raise UserError(f"--token_budget {budget} is smaller than --model_max_length {cfg.model_max_length}: "
                         f"a conversation must fit in one packed micro-batch.")
     k = 0
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / 1024**3
-        cap = min(cfg.memory_cap_gib or total, total, cfg.vram_target_gib or total)
-        k = fm.choose_checkpoint_layers(model, budget, int((cap - 1.3) * 0.9 * 1024**3), ce_chunk_size=cfg.loss_chunk_size or 1024)
+        k = mb.choose_checkpoint_layers(model, budget, mb.torch_budget_bytes(total, cfg.vram_target_gib, cfg.memory_cap_gib),
+                                        ce_chunk_size=cfg.loss_chunk_size or 1024)
     elif cfg.gradient_checkpointing:
         k = model.config.num_hidden_layers
     try:

@@ -312,36 +312,5 @@ def make_fused_adamw(params, lr: float, **kwargs) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, foreach=True, **kwargs)
 
 
-# -------- memory planning --------------------------------------------------------------------------
-
-# Activation bytes kept per token per decoder layer under bf16 autocast with the compiled layer (SmolLM2-135M
-# shape): on an H100, 8192 tokens with no checkpointing exceeded 7.5 GiB, i.e. > ~17 KiB/token/layer; we plan
-# with 24 KiB.  A checkpointed layer keeps only its fp32 input (hidden x 4 B = 2.25 KiB at hidden 576).
-ACT_BYTES_PER_TOKEN_LAYER = 24 * 1024
-CKPT_BYTES_PER_TOKEN_LAYER = 2560
-
-
-def choose_checkpoint_layers(model, token_budget: int, memory_budget_bytes: int,
-                             act_bytes: int = ACT_BYTES_PER_TOKEN_LAYER,
-                             ckpt_bytes: int = CKPT_BYTES_PER_TOKEN_LAYER,
-                             ce_chunk_size: int = 1024) -> int:
-    """Fewest layers to checkpoint so that torch's allocated peak fits `memory_budget_bytes`.
-
-    Static estimate: 16 B/parameter (fp32 weights, grads, two Adam moments); the fused CE (~8 B x chunk x
-    vocab of logits/softmax, three fp32 [vocab, hidden] weight-gradient buffers); one layer's recompute and
-    the final hidden states; then `act_bytes` per token per stored layer and `ckpt_bytes` per token per
-    checkpointed layer.  Checked against an H100 run (8192 tokens, all 30 layers checkpointed, chunk 2048):
-    3.88 GiB predicted, 3.81 GiB measured.  For an NVML (device) budget, pass
-    (budget - ~1.3 GiB CUDA context) x 0.9.  Returns num_hidden_layers when even full checkpointing does not
-    fit (the caller should then lower the token budget).
-    """
-    cfg = model.config
-    n_layers = cfg.num_hidden_layers
-    n_params = sum(p.numel() for p in model.parameters())
-    fixed = (16 * n_params + 8 * ce_chunk_size * cfg.vocab_size + 3 * 4 * cfg.vocab_size * cfg.hidden_size
-             + (act_bytes + 8 * cfg.hidden_size) * token_budget)
-    for k in range(n_layers + 1):
-        need = fixed + token_budget * ((n_layers - k) * act_bytes + k * ckpt_bytes)
-        if need <= memory_budget_bytes:
-            return k
-    return n_layers
+# -------- memory planning: choose_checkpoint_layers lives torch-free in sftbench/train/memory_budget.py ----
+from sftbench.train.memory_budget import choose_checkpoint_layers  # noqa: E402,F401  (re-exported)
