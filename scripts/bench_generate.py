@@ -55,7 +55,7 @@ def parse_args(argv=None):
                    help="IFEval jsonl (default: .bench-data/input_data.jsonl if present, else ../shared/data/ifeval/input_data.jsonl).")
     p.add_argument("--limit", type=int, default=None, help="Only the first N prompts (smoke runs).")
     p.add_argument("--max-new-tokens", type=int, default=config_defaults(EvalConfig)["max_new_tokens"],
-                   help="Generation cap per answer (default: ifeval.config.EvalConfig's).")
+                   help="Generation cap per answer (ifeval.config.EvalConfig's default).")
     p.add_argument("--memory-cap-gib", type=float, default=8.0,
                    help="Device memory cap (NVML total, GiB) applied with sftbench.memory.apply_memory_cap; 0 = none.")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cpu.")
@@ -659,10 +659,15 @@ def score(dir_: str, data: str | None) -> int:
 
 
 def main(argv=None) -> int:
+    from sftbench.errors import UserError, exit_with_user_error
+
     args = parse_args(argv)
-    if args.score:
-        return score(args.score, args.data)
-    return run(args)
+    try:
+        if args.score:
+            return score(args.score, args.data)
+        return run(args)
+    except UserError as e:
+        exit_with_user_error(e, "bench_generate")
 
 
 if __name__ == "__main__":
