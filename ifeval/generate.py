@@ -299,16 +299,14 @@ def make_generator(backend: str, model, tokenizer, spec: GenSpec, *, max_batch: 
 
 
 def pick_generation_dtype(requested: str, device) -> str:
-    """Weights dtype for generation ("bf16"|"fp16"|"fp32"): as asked, or for "auto" bf16 on a GPU with
-    bf16 (fp16 otherwise) and fp32 on CPU.  Generation casts the weights (no autocast, no master copy),
-    unlike training (sftbench.device.pick_precision)."""
+    """Weights dtype for generation ("bf16"|"fp16"|"fp32"): as asked, or for "auto" the project's one rule
+    (sftbench.device.auto_precision: bf16 on a GPU with bf16, fp16 otherwise, fp32 on CPU).  Generation casts
+    the weights (no autocast, no master copy), unlike training (sftbench.device.pick_precision)."""
     if requested != "auto":
         return requested
-    if device.type == "cuda":
-        import torch
+    from sftbench.device import auto_precision
 
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return auto_precision(device)
 
 
 def generated_ids(out) -> list[int]:
