@@ -32,6 +32,7 @@ from analysis import verdict as V
 from analysis.paired_stats import compare, holm
 from analysis.verdict import Verdict
 from ifeval import results
+from ifeval.ifbench import N_PROMPTS as IFBENCH_PROMPTS
 from ifeval.results import FULL_MAX_NEW_TOKENS, FULL_PROMPTS, METRICS
 from sftbench.cli import HelpFormatter
 from sftbench.errors import UserError, exit_with_user_error
@@ -102,8 +103,11 @@ def load_sweep(results_dir: str | os.PathLike, name: str | None = None) -> Sweep
 
 # ------------------------------------------------------------------------------------------ settings
 def settings_note(sweep: SweepData) -> str | None:
-    """One line when the evaluation is not the full benchmark (None when it is)."""
+    """One line when the evaluation is not the full benchmark (None when it is): IFEval, or IFBench for
+    RESULTS/ifbench/."""
     s = {**sweep.eval_config, **{k: v for k, v in sweep.settings.items() if v is not None}}
+    bench = benchmark(sweep)
+    full = IFBENCH_PROMPTS if bench == "IFBench" else FULL_PROMPTS
     n = int(sweep.table["n_prompts"].max()) if "n_prompts" in sweep.table and sweep.table["n_prompts"].notna().any() else None
     parts = []
     if s.get("limit") not in (None, "", 0):
@@ -113,16 +117,16 @@ def settings_note(sweep: SweepData) -> str | None:
     mnt = s.get("max_new_tokens")
     if mnt is not None and int(mnt) < FULL_MAX_NEW_TOKENS:
         parts.append(f"--max_new_tokens {mnt}")
-    if not parts and (n is None or n >= FULL_PROMPTS):
+    if not parts and (n is None or n >= full):
         return None
-    if n is not None and n < FULL_PROMPTS and not any(p.startswith(("--limit", "--subset")) for p in parts):
+    if n is not None and n < full and not any(p.startswith(("--limit", "--subset")) for p in parts):
         parts.append(f"{n} prompts")
     device = str(s.get("device") or "").lower()
     where = f" on {'CPU' if device == 'cpu' else device}" if device and device != "auto" else ""
     smoke = (n is not None and n < 100) or (mnt is not None and int(mnt) < 256)
     verdict = ("a smoke test, not a benchmark" if smoke else
-               f"not the full benchmark ({FULL_PROMPTS} prompts, {FULL_MAX_NEW_TOKENS} new tokens): "
-               f"not comparable with published IFEval scores")
+               f"not the full benchmark ({full} prompts, {FULL_MAX_NEW_TOKENS} new tokens): "
+               f"not comparable with published {bench} scores")
     return f"{', '.join(parts)}{where}: {verdict}."
 
 
@@ -552,9 +556,13 @@ class Doc:
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str) -> str:
-        def inline(s: str) -> str:
-            parts = html.escape(s).split("**")
+        def bold(s: str) -> str:
+            parts = s.split("**")
             return "".join(f"<strong>{x}</strong>" if i % 2 else x for i, x in enumerate(parts))
+
+        def inline(s: str) -> str:  # Markdown's `code` and **bold**, nothing else
+            parts = html.escape(s).split("`")
+            return "".join(f"<code>{x}</code>" if i % 2 else bold(x) for i, x in enumerate(parts))
 
         out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
                "body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;line-height:1.45}"
@@ -618,7 +626,7 @@ def ifbench_section(doc: Doc, sweep: SweepData) -> tuple[SweepData | None, Verdi
     doc.p(IFBENCH_NOTE)
     note = settings_note(ifb)
     if note:
-        doc.p(f"**IFBench eval settings: {note.replace('published IFEval scores', 'published IFBench scores')}**")
+        doc.p(f"**IFBench eval settings: {note}**")
     vr = analyse_verdict(ifb)
     verdict_section(doc, vr)
     return ifb, vr
