@@ -1,10 +1,13 @@
-"""Sweep report: plots, a table and the checkpoint pick, as report.md + report.html (+ PNGs).
+"""Sweep report: did training help? (analysis/verdict.py), plots and a table, as report.md + report.html (+ PNGs).
 
     python -m analysis.report results/run1                 # one run -> results/run1/report.{md,html}
     python -m analysis.report results/run1 results/run2    # overlay and rank runs -> results/comparison/
 
 Only reads result files (docs/ARCHITECTURE.md: sweep.csv, sweep.json, checkpoint-<step>/ result dirs, and
-the run directory's metrics.jsonl, memory_samples.jsonl, sft_config.json).  The plotting functions return
+the run directory's metrics.jsonl, memory_samples.jsonl, sft_config.json; IFBench results, when present, in
+RESULTS/ifbench/ with the same layout).  The verdict compares every trained checkpoint with the starting model
+(step 0, `--include_base`), which is a candidate of the pick: "keep the starting model" is a possible answer.
+The plotting functions return
 matplotlib Figures built without pyplot, so they work headless (Agg) and in a notebook
 (analysis/sweep_report.ipynb uses them).
 """
@@ -25,8 +28,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.paired_stats import Comparison, Pick, compare, defensible_pick, format_p
+from analysis import verdict as V
+from analysis.paired_stats import compare, holm
+from analysis.verdict import Verdict
 from ifeval import results
+from ifeval.ifbench import N_PROMPTS as IFBENCH_PROMPTS
 from ifeval.results import FULL_MAX_NEW_TOKENS, FULL_PROMPTS, METRICS
 from sftbench.cli import HelpFormatter
 from sftbench.errors import UserError, exit_with_user_error
@@ -34,10 +40,9 @@ from sftbench.io import atomic_write_text, read_json
 from sftbench.rundir import load_metrics
 
 PROG = "analysis.report"
-LABELS = {"prompt_strict": "prompt-level strict", "inst_strict": "instruction-level strict",
-          "prompt_loose": "prompt-level loose", "inst_loose": "instruction-level loose"}
+LABELS = V.METRIC_LABELS
 VRAM_LINE_GIB = 8.0
-ALPHA = 0.05
+ALPHA = V.ALPHA
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -98,8 +103,11 @@ def load_sweep(results_dir: str | os.PathLike, name: str | None = None) -> Sweep
 
 # ------------------------------------------------------------------------------------------ settings
 def settings_note(sweep: SweepData) -> str | None:
-    """One line when the evaluation is not the full benchmark (None when it is)."""
+    """One line when the evaluation is not the full benchmark (None when it is): IFEval, or IFBench for
+    RESULTS/ifbench/."""
     s = {**sweep.eval_config, **{k: v for k, v in sweep.settings.items() if v is not None}}
+    bench = benchmark(sweep)
+    full = IFBENCH_PROMPTS if bench == "IFBench" else FULL_PROMPTS
     n = int(sweep.table["n_prompts"].max()) if "n_prompts" in sweep.table and sweep.table["n_prompts"].notna().any() else None
     parts = []
     if s.get("limit") not in (None, "", 0):
@@ -109,20 +117,35 @@ def settings_note(sweep: SweepData) -> str | None:
     mnt = s.get("max_new_tokens")
     if mnt is not None and int(mnt) < FULL_MAX_NEW_TOKENS:
         parts.append(f"--max_new_tokens {mnt}")
-    if not parts and (n is None or n >= FULL_PROMPTS):
+    if not parts and (n is None or n >= full):
         return None
-    if n is not None and n < FULL_PROMPTS and not any(p.startswith(("--limit", "--subset")) for p in parts):
+    if n is not None and n < full and not any(p.startswith(("--limit", "--subset")) for p in parts):
         parts.append(f"{n} prompts")
     device = str(s.get("device") or "").lower()
     where = f" on {'CPU' if device == 'cpu' else device}" if device and device != "auto" else ""
     smoke = (n is not None and n < 100) or (mnt is not None and int(mnt) < 256)
     verdict = ("a smoke test, not a benchmark" if smoke else
-               f"not the full benchmark ({FULL_PROMPTS} prompts, {FULL_MAX_NEW_TOKENS} new tokens): "
-               f"not comparable with published IFEval scores")
+               f"not the full benchmark ({full} prompts, {FULL_MAX_NEW_TOKENS} new tokens): "
+               f"not comparable with published {bench} scores")
     return f"{', '.join(parts)}{where}: {verdict}."
 
 
-# ------------------------------------------------------------------------------------------ stats
+# ------------------------------------------------------------------------------------------ verdict
+IFBENCH_DIR = "ifbench"  # RESULTS/ifbench/: IFBench results, the same layout as IFEval's (ifeval/sweep.py)
+BENCHMARKS = {"ifeval": "IFEval", "ifbench": "IFBench"}
+IFBENCH_NOTE = ("IFBench measures out-of-distribution instruction following: its 58 constraint types are not "
+                "IFEval's, so it shows whether what training did on IFEval's constraint types transfers to new ones.")
+MISSING_OUTCOMES = ("Per-prompt results (eval_results_strict.jsonl and eval_results_loose.jsonl) are missing, "
+                    "so no paired test and no verdict were possible.")
+ONLY_START = "Only the starting model was evaluated: there is no trained checkpoint to compare with it."
+
+
+def benchmark(sweep: SweepData) -> str:
+    """"IFEval" or "IFBench", from summary.json settings["benchmark"] (absent: IFEval)."""
+    b = str(sweep.settings.get("benchmark") or "ifeval")
+    return BENCHMARKS.get(b.lower(), b)
+
+
 def aligned(sweep: SweepData, names: list[str], mode: str = "strict") -> dict[str, list[bool]]:
     """Prompt-level outcomes over the prompts every named checkpoint was scored on ([n] each, same order)."""
     have = [n for n in names if sweep.outcomes.get(n)]
@@ -133,65 +156,181 @@ def aligned(sweep: SweepData, names: list[str], mode: str = "strict") -> dict[st
     return {n: [bool(sweep.outcomes[n][k].get(mode, False)) for k in keys] for n in have}
 
 
+def step_names(sweep: SweepData) -> dict[int, str]:
+    return {int(s): str(c) for s, c in zip(sweep.table["step"], sweep.table["checkpoint"])}
+
+
+def verdict_rows(sweep: SweepData) -> dict[int, dict[str, list[dict]]]:
+    """{step: {"strict": rows, "loose": rows}} in eval_results shape, for `verdict.outcomes_from_rows`."""
+    rows = {}
+    for step, ck in step_names(sweep).items():
+        out = sweep.outcomes.get(ck)
+        if out:
+            rows[step] = {m: [{"key": k, "follow_instruction_list": d.get(f"{m}_list", []),
+                               "follow_all_instructions": d[m]} for k, d in out.items() if m in d]
+                          for m in ("strict", "loose")}
+    return rows
+
+
 @dataclass
-class PickReport:
+class VerdictReport:
+    """One sweep's verdict (analysis/verdict.py) in checkpoint names.
+
+    best: the best model by prompt-level strict accuracy in sweep.csv, the start a candidate (ties: the
+    earliest); pick: the model to keep (the verdict's pick; None without a verdict).  sentences: what the
+    report prints, the pick last; without a verdict one sentence saying why.
+    """
+
+    sweep: SweepData
+    verdict: Verdict | None
     best: str
-    best_acc: float
-    vs_last: Comparison | None
-    vs_start: Comparison | None
-    pick: Pick | None
+    pick: str | None
     sentences: list[str]
+    extra: list[str] = field(default_factory=list)  # supplementary comparisons among the trained checkpoints
+
+    def name(self, step: int) -> str:
+        return V.default_name(0) if step == 0 else step_names(self.sweep).get(step, f"checkpoint-{step}")
 
 
-def analyse_pick(sweep: SweepData, alpha: float = ALPHA) -> PickReport:
-    """The best checkpoint by prompt-level strict accuracy, paired tests, and the defensible pick (NOTES)."""
+def analyse_verdict(sweep: SweepData, alpha: float = ALPHA) -> VerdictReport:
+    """Did training help?  `verdict.verdict` over the checkpoints with per-prompt results, the start a candidate."""
     t = sweep.table
-    trained = t[t["step"] > 0] if (t["step"] > 0).any() else t
-    best_row = trained.loc[trained["prompt_strict"].idxmax()]  # idxmax: the earliest among ties
-    best = str(best_row["checkpoint"])
-    last = str(trained.iloc[-1]["checkpoint"])
-    start = str(t.iloc[0]["checkpoint"]) if sweep.has_base else None
-    lines = [f"Best checkpoint by prompt-level strict accuracy: **{best}** (step {int(best_row['step'])}, "
-             f"{100 * best_row['prompt_strict']:.1f}%)."]
-    names = list(trained["checkpoint"]) + ([start] if start else [])
-    out = aligned(sweep, names)
-    vs_last = vs_start = None
-    pick = None
-    if not out or best not in out:
-        lines.append("Per-prompt results (eval_results_strict.jsonl) are missing, so no paired test was possible.")
-        return PickReport(best, float(best_row["prompt_strict"]), None, None, None, lines)
-    n = len(out[best])
-    if last != best and last in out:
-        vs_last = compare(best, out[best], last, out[last])
-        lines.append(vs_last.sentence(alpha, b_label=f"the final checkpoint ({last})") + ".")
-    elif last == best:
-        lines.append(f"The best checkpoint is the last one ({last}).")
-    if start and start in out:
-        vs_start = compare(best, out[best], start, out[start])
-        lines.append(vs_start.sentence(alpha, b_label=f"the starting model ({start})") + ".")
-    trained_names = [c for c in trained["checkpoint"] if c in out]
-    if len(trained_names) >= 2:
-        pick = defensible_pick({c: out[c] for c in trained_names}, trained_names, alpha)
-        pvals = ", ".join(f"{c}: p = {format_p(cmp.p_value)} (Holm {format_p(cmp.p_holm)})"
-                          for c, cmp in pick.comparisons.items())
-        acc = {c: 100 * float(np.mean(out[c])) for c in trained_names}
-        if pick.pick == pick.best and trained_names.index(pick.best) == 0:
-            txt = (f"Defensible pick: **{pick.pick}** — the best is also the earliest trained checkpoint "
-                   f"(McNemar exact, Holm-corrected over {len(pick.comparisons)} comparisons, alpha {alpha}).")
-        elif pick.pick == pick.best:
-            txt = (f"Defensible pick: **{pick.pick}** — every earlier checkpoint is significantly worse than the "
-                   f"best (McNemar exact, Holm-corrected over {len(pick.comparisons)} comparisons, alpha {alpha}).")
-        else:
-            txt = (f"Defensible pick: **{pick.pick}** ({acc[pick.pick]:.1f}%) — the earliest checkpoint not "
-                   f"significantly worse than the best, {pick.best} ({acc[pick.best]:.1f}%): Holm-corrected "
-                   f"p = {format_p(pick.comparisons[pick.pick].p_holm)} (alpha {alpha}).")
-        if pick.runner_up:
-            txt += f" Runner-up: {pick.runner_up} ({acc[pick.runner_up]:.1f}%)."
-        lines.append(txt + f" Paired p-values against {pick.best} over the same {n} prompts: {pvals}.")
-    if vs_start is not None and (vs_start.p_value >= alpha or vs_start.diff_points <= 0):
-        lines.append("No checkpoint is significantly better than the starting model on these prompts: "
-                     "the training did not measurably change instruction following.")
-    return PickReport(best, float(best_row["prompt_strict"]), vs_last, vs_start, pick, lines)
+    best = str(t.loc[t["prompt_strict"].idxmax(), "checkpoint"])  # sorted by step: the earliest among ties
+    names = step_names(sweep)
+    if not any(s > 0 for s in names):
+        return VerdictReport(sweep, None, best, best, [ONLY_START])
+    rows = verdict_rows(sweep)
+    per_metric = V.outcomes_from_rows(rows) if rows else {}
+    ps = per_metric.get("prompt_strict") or {}
+    if not any(s > 0 for s in ps) or not next(iter(ps.values())) or (sweep.has_base and 0 not in ps):
+        return VerdictReport(sweep, None, best, None, [MISSING_OUTCOMES])
+    vr = VerdictReport(sweep, None, best, None, [])
+    v = V.verdict(per_metric, alpha, name=vr.name)
+    vr.verdict, vr.pick, vr.sentences = v, vr.name(v.pick), list(v.sentences)
+    mv = v.metrics["prompt_strict"]
+    if v.outcome == "no_start":
+        vr.sentences[-1] += (f" Among the trained checkpoints only: the earliest not significantly worse than the "
+                             f"best, {vr.name(mv.best)} (McNemar exact, Holm-corrected).")
+    elif v.outcome == "helped" and v.pick != mv.best:
+        vr.sentences[-1] += (f" It is the earliest checkpoint significantly better than the start and not "
+                             f"significantly worse than the best, {vr.name(mv.best)} (Holm-corrected).")
+    vr.extra = trained_comparisons(sweep, mv, vr.name, alpha)
+    return vr
+
+
+def trained_comparisons(sweep: SweepData, mv, name, alpha: float = ALPHA) -> list[str]:
+    """The best trained checkpoint against the final one (McNemar exact), when they differ."""
+    best, final = name(mv.best), name(mv.final)
+    if best == final:
+        return [f"Among the trained checkpoints, the best is the final one ({final})."]
+    out = aligned(sweep, [best, final])
+    if len(out) < 2:
+        return []
+    c = compare(best, out[best], final, out[final])
+    return ["Among the trained checkpoints: " + c.sentence(alpha, b_label=f"the final checkpoint ({final})") + "."]
+
+
+def verdict_section(doc: "Doc", vr: VerdictReport) -> None:
+    """The verdict: the headline, best/final vs start, the pick, the four-metric table (or why there is none)."""
+    s = vr.sentences
+    doc.p(s[0])
+    if vr.verdict is None:
+        return
+    doc.ul(s[1:-1] + vr.extra)
+    doc.p(s[-1].replace(f"Pick: {vr.pick}.", f"Pick: **{vr.pick}**.", 1))
+    doc.table(*V.table(vr.verdict, vr.name))
+    doc.p(V.footnote(vr.verdict))
+
+
+def verdict_markdown(vr: VerdictReport) -> str:
+    """`verdict_section` as Markdown (the notebook)."""
+    doc = Doc(None)
+    verdict_section(doc, vr)
+    return doc.markdown()
+
+
+def load_ifbench(sweep: SweepData) -> SweepData | None:
+    """RESULTS/ifbench/ as a sweep when RESULTS/ifbench/sweep.csv exists (i12: IFBench beside IFEval), else None."""
+    d = sweep.results_dir / IFBENCH_DIR
+    if not (d / results.SWEEP_CSV).is_file():
+        return None
+    ifb = load_sweep(d, name=f"{sweep.name} (IFBench)")
+    ifb.settings.setdefault("benchmark", "ifbench")
+    if ifb.run_dir is None:
+        ifb.run_dir = sweep.run_dir
+    return ifb
+
+
+# ------------------------------------------------------------------------------------------ across runs
+@dataclass
+class Candidate:
+    label: str
+    sweep: SweepData
+    checkpoint: str
+    acc: float
+
+
+def candidates(sweeps: list[SweepData], verdicts: dict[str, VerdictReport]) -> list[Candidate]:
+    """Each run's starting model and best model (one candidate when they coincide).  Runs that evaluated the
+    same starting model (same model path, same per-prompt results) share one start candidate."""
+    out: list[Candidate] = []
+    starts: list[Candidate] = []
+    for s in sweeps:
+        t = s.table.set_index("checkpoint")
+        names = step_names(s)
+        if 0 in names:
+            ck = names[0]
+            same = [c for c in starts if _same_start(c, s, ck)]
+            if not same:
+                c = Candidate(f"the starting model ({s.name}/{ck})", s, ck, float(t.loc[ck, "prompt_strict"]))
+                starts.append(c)
+                out.append(c)
+        best = verdicts[s.name].best
+        if best != names.get(0):
+            out.append(Candidate(f"{s.name}/{best}", s, best, float(t.loc[best, "prompt_strict"])))
+    return out
+
+
+def _same_start(c: Candidate, sweep: SweepData, ck: str) -> bool:
+    t1, t2 = c.sweep.table.set_index("checkpoint"), sweep.table.set_index("checkpoint")
+    path = lambda t, k: t.loc[k, "model_path"] if "model_path" in t.columns else None
+    o1, o2 = c.sweep.outcomes.get(c.checkpoint) or {}, sweep.outcomes.get(ck) or {}
+    return path(t1, c.checkpoint) == path(t2, ck) and bool(o1) and o1 == o2
+
+
+def best_overall(sweeps: list[SweepData], verdicts: dict[str, VerdictReport], alpha: float = ALPHA) -> list[str]:
+    """The best model across runs, the starting model a candidate; paired tests (McNemar exact) of it against
+    every other candidate, Holm-corrected as one family."""
+    cands = candidates(sweeps, verdicts)
+    top = max(cands, key=lambda c: (c.acc, -cands.index(c)))
+    lines = [f"Best model overall by prompt-level strict accuracy (each run's best and starting model are the "
+             f"candidates): **{top.label}** ({100 * top.acc:.1f}%)."]
+    if top.checkpoint == step_names(top.sweep).get(0):
+        lines[0] += " No run's training produced a checkpoint that scores higher than the starting model."
+    comps = []
+    for c in cands:
+        if c is top:
+            continue
+        ka, kb = top.sweep.outcomes.get(top.checkpoint) or {}, c.sweep.outcomes.get(c.checkpoint) or {}
+        keys = sorted(set(ka) & set(kb), key=lambda k: (str(type(k)), k))
+        if keys:
+            comps.append(compare(top.label, [ka[k].get("strict", False) for k in keys],
+                                 c.label, [kb[k].get("strict", False) for k in keys]))
+    for c, adj in zip(comps, holm([c.p_value for c in comps])):
+        c.p_holm = adj
+    items = [c.sentence(alpha) + "." for c in comps]
+    if len(cands) == 1:
+        items = ["Every run's best model is this one: there is no other candidate to compare it with."]
+    elif not comps:
+        items = ["No other candidate shares per-prompt results with it: no paired test was possible."]
+    return lines + items
+
+
+def best_overall_markdown(sweeps: list[SweepData]) -> str:
+    """The across-runs section as Markdown (the notebook)."""
+    verdicts = {s.name: analyse_verdict(s) for s in sweeps}
+    lines = best_overall(sweeps, verdicts)
+    return "\n".join([lines[0], ""] + [f"- {x}" for x in lines[1:]]) + "\n"
 
 
 def category_table(sweep: SweepData, mode: str = "strict") -> pd.DataFrame:
@@ -216,7 +355,8 @@ def _runs(sweeps) -> list[SweepData]:
 
 
 def plot_accuracy(sweeps) -> Figure:
-    """The four accuracies (%) against step, 95% CI bands, the starting model (step 0) as a dashed line."""
+    """The four accuracies (%) against step, 95% CI bands, the starting model (step 0) as a dashed line.
+    The title names the benchmark of the first run (IFEval, or IFBench for RESULTS/ifbench/)."""
     runs = _runs(sweeps)
     fig = Figure(figsize=(11, 7), layout="constrained")
     axes = fig.subplots(2, 2, sharex=True).ravel()
@@ -241,7 +381,7 @@ def plot_accuracy(sweeps) -> Figure:
     for ax in axes[2:]:
         ax.set_xlabel("training step")
     axes[0].legend(fontsize=8)
-    fig.suptitle("IFEval accuracy by checkpoint")
+    fig.suptitle(f"{benchmark(runs[0])} accuracy by checkpoint")
     return fig
 
 
@@ -350,19 +490,18 @@ def _num(v, fmt="{:.3g}") -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(float(v))
 
 
-def checkpoint_table(sweep: SweepData, pick: PickReport | None = None) -> tuple[list[str], list[list[str]]]:
+def checkpoint_table(sweep: SweepData, pick: VerdictReport | None = None) -> tuple[list[str], list[list[str]]]:
+    """The sweep.csv rows; tags: (start), (best) = the best by prompt-level strict, the start a candidate, (pick)."""
     head = ["step", "checkpoint", *(LABELS[m] + " %" for m in METRICS), "train loss", "tokens/s", "hit cap %",
             "torch peak GiB", "NVML peak GiB"]
     rows = []
     for _, r in sweep.table.iterrows():
         name = str(r["checkpoint"])
-        tag = ""
+        tags = ["start"] if int(r["step"]) == 0 else []
         if pick is not None:
-            tags = [t for t, c in (("best", pick.best), ("pick", pick.pick.pick if pick.pick else None)) if c == name]
-            tag = f" ({', '.join(tags)})" if tags else ""
-        if int(r["step"]) == 0:
-            tag += " (start)"
-        cells = [str(int(r["step"])), name + tag]
+            pick_ck = step_names(sweep).get(pick.verdict.pick) if pick.verdict is not None else pick.pick
+            tags += [t for t, c in (("best", pick.best), ("pick", pick_ck)) if c == name]
+        cells = [str(int(r["step"])), name + (f" ({', '.join(tags)})" if tags else "")]
         for m in METRICS:
             lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
             ci = f" [{_pct(lo)}, {_pct(hi)}]" if lo is not None and not pd.isna(lo) else ""
@@ -378,7 +517,7 @@ def checkpoint_table(sweep: SweepData, pick: PickReport | None = None) -> tuple[
 class Doc:
     """A tiny document model rendered to both Markdown and self-contained HTML (images base64-embedded)."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path | None):
         self.out_dir = out_dir
         self.blocks: list[tuple] = []
 
@@ -417,9 +556,13 @@ class Doc:
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str) -> str:
-        def inline(s: str) -> str:
-            parts = html.escape(s).split("**")
+        def bold(s: str) -> str:
+            parts = s.split("**")
             return "".join(f"<strong>{x}</strong>" if i % 2 else x for i, x in enumerate(parts))
+
+        def inline(s: str) -> str:  # Markdown's `code` and **bold**, nothing else
+            parts = html.escape(s).split("`")
+            return "".join(f"<code>{x}</code>" if i % 2 else bold(x) for i, x in enumerate(parts))
 
         out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
                "body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;line-height:1.45}"
@@ -459,11 +602,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 # ------------------------------------------------------------------------------------------ reports
-def single_report(sweep: SweepData, out_dir: Path | None = None) -> dict:
-    """Write report.md, report.html and PNGs for one sweep.  Returns {"md", "html", "pick"}."""
-    out = Path(out_dir or sweep.results_dir)
-    doc = Doc(out)
-    doc.h(1, f"IFEval sweep: {sweep.name}")
+def _settings_lines(doc: Doc, sweep: SweepData) -> None:
     note = settings_note(sweep)
     s = {**sweep.eval_config, **sweep.settings}
     shown = ", ".join(f"{k} {s[k]}" for k in ("subset", "limit", "max_new_tokens", "batch_size", "dtype", "device",
@@ -471,15 +610,51 @@ def single_report(sweep: SweepData, out_dir: Path | None = None) -> dict:
     if note:
         doc.p(f"**Eval settings: {note}**")
     doc.p(f"Results: `{sweep.results_dir}`; run: `{sweep.run_dir or 'unknown'}`. Settings: {shown or 'not recorded'}.")
-    pick = analyse_pick(sweep)
-    doc.h(2, "The pick")
-    doc.ul(pick.sentences)
+
+
+def ifbench_section(doc: Doc, sweep: SweepData) -> tuple[SweepData | None, VerdictReport | None]:
+    """Under the IFEval verdict: the IFBench verdict (same code) when RESULTS/ifbench/sweep.csv exists."""
+    try:
+        ifb = load_ifbench(sweep)
+    except UserError as e:
+        doc.h(2, "Did training help on IFBench?")
+        doc.p(f"The IFBench results in `{sweep.results_dir / IFBENCH_DIR}` could not be read: {e}")
+        return None, None
+    if ifb is None:
+        return None, None
+    doc.h(2, "Did training help on IFBench? (out-of-distribution constraint types)")
+    doc.p(IFBENCH_NOTE)
+    note = settings_note(ifb)
+    if note:
+        doc.p(f"**IFBench eval settings: {note}**")
+    vr = analyse_verdict(ifb)
+    verdict_section(doc, vr)
+    return ifb, vr
+
+
+def single_report(sweep: SweepData, out_dir: Path | None = None) -> dict:
+    """Write report.md, report.html and PNGs for one sweep.  Returns {"md", "html", "verdict", "ifbench"}."""
+    out = Path(out_dir or sweep.results_dir)
+    doc = Doc(out)
+    bench = benchmark(sweep)
+    doc.h(1, f"{bench} sweep: {sweep.name}")
+    _settings_lines(doc, sweep)
+    vr = analyse_verdict(sweep)
+    doc.h(2, f"Did training help? ({bench}: the starting model against every checkpoint)")
+    verdict_section(doc, vr)
+    ifb, ifb_vr = ifbench_section(doc, sweep)
+    # Seen vs unseen constraint types (analysis/seen_unseen.py) goes here, as its own "## " section.
     doc.h(2, "Checkpoints")
     doc.p("Accuracies in % with 95% confidence intervals in brackets. Unpaired intervals overlap even when a "
           "paired test (above) finds a difference: compare checkpoints with the paired test, not the intervals.")
-    doc.table(*checkpoint_table(sweep, pick))
+    doc.table(*checkpoint_table(sweep, vr))
+    if ifb is not None:
+        doc.p("IFBench:")
+        doc.table(*checkpoint_table(ifb, ifb_vr))
     doc.h(2, "Accuracy by checkpoint")
-    doc.img(plot_accuracy(sweep), "accuracy.png", "IFEval accuracies against training step")
+    doc.img(plot_accuracy(sweep), "accuracy.png", f"{bench} accuracies against training step")
+    if ifb is not None:
+        doc.img(plot_accuracy(ifb), "accuracy_ifbench.png", "IFBench accuracies against training step")
     doc.h(2, "Training loss")
     doc.img(plot_loss(sweep), "loss.png", "training loss against step")
     doc.h(2, "Device memory")
@@ -493,8 +668,8 @@ def single_report(sweep: SweepData, out_dir: Path | None = None) -> dict:
         doc.table(["category", *tab.columns], [[c, *(_pct(v) for v in row)] for c, row in tab.iterrows()])
     md, ht = out / "report.md", out / "report.html"
     atomic_write_text(md, doc.markdown())
-    atomic_write_text(ht, doc.html(f"IFEval sweep: {sweep.name}"))
-    return {"md": md, "html": ht, "pick": pick}
+    atomic_write_text(ht, doc.html(f"{bench} sweep: {sweep.name}"))
+    return {"md": md, "html": ht, "verdict": vr, "ifbench": ifb_vr}
 
 
 HYPER_KEYS = ("model_name_or_path", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -502,36 +677,36 @@ HYPER_KEYS = ("model_name_or_path", "learning_rate", "num_train_epochs", "max_st
 
 
 def compare_report(sweeps: list[SweepData], out_dir: Path) -> dict:
-    """Overlay several runs' curves, rank runs by their best prompt-level strict accuracy, hyperparameters."""
+    """Overlay several runs' curves; each run's verdict; rank runs by their best model (the start a candidate);
+    the best model overall (paired, Holm-corrected); hyperparameters."""
     out = Path(out_dir)
     doc = Doc(out)
     doc.h(1, "IFEval sweeps compared: " + ", ".join(s.name for s in sweeps))
-    notes = {s.name: settings_note(s) for s in sweeps}
-    for name, note in notes.items():
+    for s in sweeps:
+        note = settings_note(s)
         if note:
-            doc.p(f"**Eval settings of {name}: {note}**")
-    picks = {s.name: analyse_pick(s) for s in sweeps}
-    ranked = sorted(sweeps, key=lambda s: -picks[s.name].best_acc)
-    doc.h(2, "Ranking (best checkpoint of each run, prompt-level strict)")
+            doc.p(f"**Eval settings of {s.name}: {note}**")
+    verdicts = {s.name: analyse_verdict(s) for s in sweeps}
+    doc.h(2, "Best model overall")
+    lines = best_overall(sweeps, verdicts)
+    doc.p(lines[0])
+    doc.ul(lines[1:])
+    ranked = sorted(sweeps, key=lambda s: -float(s.table.set_index("checkpoint").loc[verdicts[s.name].best,
+                                                                                    "prompt_strict"]))
+    doc.h(2, "Ranking (best model of each run, the starting model a candidate; prompt-level strict)")
     rows = []
     for i, s in enumerate(ranked, 1):
-        pk = picks[s.name]
-        row = s.table[s.table["checkpoint"] == pk.best].iloc[0]
-        rows.append([str(i), s.name, pk.best, _pct(row["prompt_strict"]), _pct(row["inst_strict"]),
-                     pk.pick.pick if pk.pick else pk.best])
-    doc.table(["rank", "run", "best checkpoint", "prompt strict %", "inst strict %", "defensible pick"], rows)
-    top = ranked[0]
-    lines = []
-    for other in ranked[1:]:
-        a, b = picks[top.name].best, picks[other.name].best
-        ka, kb = top.outcomes.get(a) or {}, other.outcomes.get(b) or {}
-        keys = sorted(set(ka) & set(kb), key=lambda k: (str(type(k)), k))
-        if keys:
-            cmp = compare(f"{top.name}/{a}", [ka[k].get("strict", False) for k in keys],
-                          f"{other.name}/{b}", [kb[k].get("strict", False) for k in keys])
-            lines.append(cmp.sentence(ALPHA) + ".")
-    if lines:
-        doc.ul(lines)
+        vr = verdicts[s.name]
+        row = s.table[s.table["checkpoint"] == vr.best].iloc[0]
+        best = vr.best + (" (start)" if int(row["step"]) == 0 else "")
+        outcome = vr.verdict.outcome.replace("_", " ") if vr.verdict else "no verdict"
+        rows.append([str(i), s.name, best, _pct(row["prompt_strict"]), _pct(row["inst_strict"]), outcome,
+                     vr.pick or "—"])
+    doc.table(["rank", "run", "best model", "prompt strict %", "inst strict %", "did training help?", "pick"], rows)
+    doc.h(2, "Did training help? (each run)")
+    for s in sweeps:
+        doc.h(3, s.name)
+        verdict_section(doc, verdicts[s.name])
     cfgs = {s.name: s.sft_config() for s in sweeps}
     keys = [k for k in HYPER_KEYS if any(k in c for c in cfgs.values())]
     keys += sorted(k for k in set().union(*map(set, cfgs.values())) if k not in keys
@@ -548,7 +723,7 @@ def compare_report(sweeps: list[SweepData], out_dir: Path) -> dict:
     md, ht = out / "report.md", out / "report.html"
     atomic_write_text(md, doc.markdown())
     atomic_write_text(ht, doc.html("IFEval sweeps compared"))
-    return {"md": md, "html": ht, "picks": picks}
+    return {"md": md, "html": ht, "verdicts": verdicts, "best_overall": lines}
 
 
 def write_report(results_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> dict:
@@ -579,9 +754,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         exit_with_user_error(e, PROG)
     print(f"[{PROG}] wrote {res['md']} and {res['html']}")
-    if "pick" in res:
-        for line in res["pick"].sentences:
-            print("  " + line.replace("**", ""))
+    for key, label in (("verdict", ""), ("ifbench", "IFBench: ")):
+        for line in res[key].sentences if res.get(key) else []:
+            print("  " + label + line.replace("**", ""))
+    for line in res.get("best_overall", []):
+        print("  " + line.replace("**", ""))
     return 0
 
 

@@ -240,9 +240,17 @@ def headline(v: MetricVerdict, name=default_name) -> str:
                 f"{_pct(w.acc)} for {role}, {name(worst)} ({w.delta_points:+.1f} points, {_p(w)}; {how}). "
                 f"The first checkpoint significantly below the start is {name(v.first_below)} ({_pct(f.acc)}, "
                 f"{f.delta_points:+.1f} points, {_p(f)}).")
-    return (f"No measurable change: no trained checkpoint is significantly better or worse than the starting "
-            f"model ({_pct(v.acc[0])}, {label}); the best, {name(v.best)}, is {b.delta_points:+.1f} points from "
-            f"it, {_p(b)} ({how}). Keep the starting model unless another criterion favours a checkpoint.")
+    keep = "Keep the starting model unless another criterion favours a checkpoint."
+    if v.first_below is None:
+        return (f"No measurable change: no trained checkpoint is significantly better or worse than the starting "
+                f"model ({_pct(v.acc[0])}, {label}); the best, {name(v.best)}, is {b.delta_points:+.1f} points from "
+                f"it, {_p(b)} ({how}). {keep}")
+    # A dip in the middle that recovered: "no trained checkpoint ... worse" would be false.
+    f = v.vs_start[v.first_below]
+    return (f"No measurable change: neither the best nor the final trained checkpoint is significantly different "
+            f"from the starting model ({_pct(v.acc[0])}, {label}); the best, {name(v.best)}, is "
+            f"{b.delta_points:+.1f} points from it, {_p(b)} ({how}). On the way, {name(v.first_below)} was "
+            f"significantly below the start ({_pct(f.acc)}, {f.delta_points:+.1f} points, {_p(f)}). {keep}")
 
 
 @dataclass
@@ -273,19 +281,32 @@ def verdict(per_metric: Mapping[str, Mapping[int, Sequence]], alpha: float = ALP
     return Verdict(mv, chosen, sentences)
 
 
-def markdown(v: Verdict, name=default_name) -> str:
-    """The sentences, then one row per metric: start, best, final, deltas with Holm p, outcome."""
-    lines = [" ".join(v.sentences), "",
-             "| metric | start | best trained | best − start | final | final − start | outcome |",
-             "|---|---|---|---|---|---|---|"]
+TABLE_HEAD = ["metric", "start", "best trained", "best − start", "final", "final − start", "outcome"]
+
+
+def table(v: Verdict, name=default_name) -> tuple[list[str], list[list[str]]]:
+    """(head, rows): one row per metric: start, best, final, deltas with Holm p, outcome."""
+    rows = []
     for m, mv in v.metrics.items():
         start = _pct(mv.acc[0]) if 0 in mv.acc else "not evaluated"
         b, f = mv.best_vs_start, mv.final_vs_start
         db = f"{b.delta_points:+.1f} ({_p(b)})" if b else "—"
         df = f"{f.delta_points:+.1f} ({_p(f)})" if f else "—"
-        lines.append(f"| {METRIC_LABELS[m]} | {start} | {name(mv.best)} {_pct(mv.acc[mv.best])} | {db} | "
-                     f"{name(mv.final)} {_pct(mv.acc[mv.final])} | {df} | {mv.outcome.replace('_', ' ')} |")
-    lines += ["", f"Deltas in points; p-values: {TEST_NAME} (McNemar's exact test at prompt level; at instruction "
-                  f"level on the number of a prompt's instructions followed), Holm-corrected over the trained "
-                  f"checkpoints compared with the start, alpha {next(iter(v.metrics.values())).alpha}."]
+        rows.append([METRIC_LABELS[m], start, f"{name(mv.best)} {_pct(mv.acc[mv.best])}", db,
+                     f"{name(mv.final)} {_pct(mv.acc[mv.final])}", df, mv.outcome.replace("_", " ")])
+    return list(TABLE_HEAD), rows
+
+
+def footnote(v: Verdict) -> str:
+    return (f"Deltas in points; p-values: {TEST_NAME} (McNemar's exact test at prompt level; at instruction "
+            f"level on the number of a prompt's instructions followed), Holm-corrected over the trained "
+            f"checkpoints compared with the start, alpha {next(iter(v.metrics.values())).alpha}.")
+
+
+def markdown(v: Verdict, name=default_name) -> str:
+    """The sentences, then `table` as Markdown, then `footnote`."""
+    head, rows = table(v, name)
+    lines = [" ".join(v.sentences), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", footnote(v)]
     return "\n".join(lines) + "\n"

@@ -11,6 +11,11 @@ Prompt-level strict outcomes are built so the statistics are known by hand (60 p
 
 So the best is checkpoint-20, the defensible pick (earliest not significantly worse, Holm) is
 checkpoint-10, the runner-up checkpoint-30, and best vs last: "beats ... by 3.3 points, p = 0.50".
+Against the start (analysis/verdict.py, Holm over the 4 trained checkpoints) training helped, and the pick
+is checkpoint-10 too (the earliest significantly above the start and not significantly below the best).
+
+`followed` dicts of other shapes (HURT, NO_CHANGE, NO_START below; the issue-12 presets with n=541) feed
+the verdict tests (tests/test_report_verdict.py); `make_fake_ifbench` writes RESULTS/ifbench/.
 """
 
 from __future__ import annotations
@@ -25,6 +30,15 @@ CATEGORIES = ["keywords", "length_constraints", "detectable_format", "punctuatio
 SETTINGS = {"backend": "hf", "max_new_tokens": 64, "batch_size": 8, "dtype": "fp32", "device": "cpu",
             "subset": "full", "limit": N_PROMPTS, "data_path": "fake/input_data.jsonl", "data_sha256": "0" * 64,
             "system_prompt": "none", "chat_template": "model", "padding_side": "left", "seed": 0}
+
+
+# Verdict fixtures (60 prompts, prompts 0..k-1 followed, so a checkpoint's discordance with the start is
+# |k - k_start| prompts, all one way).
+HURT = {0: 30, 5: 29, 10: 24, 20: 18, 30: 14}       # the start is best; the final is significantly below it
+NO_CHANGE = {0: 20, 5: 21, 10: 22, 20: 21, 30: 19}  # within 2 prompts of the start everywhere
+NO_START = {5: 20, 10: 26, 20: 30, 30: 28}          # FOLLOWED without step 0 (no --include_base)
+# Issue 12, preset A: prompt-level strict 20.3 at the start, then 17.7 .. 14.2 (final), over 541 prompts.
+ISSUE_PRESET_A = {0: 110, 50: 96, 100: 95, 150: 94, 200: 85, 250: 83, 300: 77}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -92,10 +106,10 @@ def _acc(x, n):
 
 
 def write_fake_result(out: Path, step: int, model_path: str, gpu: bool = True, settings: dict | None = None,
-                      settings_hash: str = "fakehash", followed: dict | None = None) -> dict:
+                      settings_hash: str = "fakehash", followed: dict | None = None, n: int = N_PROMPTS) -> dict:
     """One IFEval result directory as ifeval/run.py writes it (responses, eval results, summary last)."""
     out = Path(out)
-    rows = outcomes_for(step, followed=followed)
+    rows = outcomes_for(step, n=n, followed=followed)
     strict_rows, loose_rows, resp = [], [], []
     for key, ids, st, lo in rows:
         prompt = f"Prompt {key}: follow {len(ids)} instruction(s)."
@@ -141,24 +155,46 @@ def write_fake_result(out: Path, step: int, model_path: str, gpu: bool = True, s
 
 
 def make_fake_sweep(root: Path, name: str = "run1", gpu: bool = True, followed: dict | None = None,
-                    extra_config: dict | None = None) -> tuple[Path, Path]:
+                    extra_config: dict | None = None, n: int = N_PROMPTS) -> tuple[Path, Path]:
     """A fake run (root/ckpt/<name>) and its complete sweep results (root/results/<name>), sweep.csv included.
-    Returns (run_dir, results_dir)."""
+    Returns (run_dir, results_dir).  n: prompts per checkpoint."""
     from ifeval.results import write_sweep_csv
 
     root = Path(root)
-    run_dir = make_fake_run(root / "ckpt" / name, gpu=gpu, extra=extra_config)
+    steps = sorted(followed or FOLLOWED)
+    trained = tuple(s for s in steps if s > 0)
+    run_dir = make_fake_run(root / "ckpt" / name, steps=trained, final_step=max(trained), gpu=gpu, extra=extra_config)
     results = root / "results" / name
     entries = {}
-    for step in sorted(followed or FOLLOWED):
+    settings = {**SETTINGS, "limit": n}
+    for step in steps:
         kind = "base" if step == 0 else "checkpoint"
         path = "HuggingFaceTB/SmolLM2-135M-Instruct" if step == 0 else str((run_dir / f"checkpoint-{step}").resolve())
-        write_fake_result(results / f"checkpoint-{step}", step, path, gpu=gpu, followed=followed)
+        write_fake_result(results / f"checkpoint-{step}", step, path, gpu=gpu, followed=followed, n=n,
+                          settings=settings)
         entries[f"checkpoint-{step}"] = {"step": step, "kind": kind, "model_path": path,
                                          "settings_hash": "fakehash", "eval_config_hash": "x"}
-    state = {"run_dir": str(run_dir.resolve()), "include_base": "HuggingFaceTB/SmolLM2-135M-Instruct",
-             "eval_config": {"limit": N_PROMPTS, "max_new_tokens": 64, "device": "cpu", "subset": "full"},
+    state = {"run_dir": str(run_dir.resolve()),
+             "include_base": "HuggingFaceTB/SmolLM2-135M-Instruct" if 0 in steps else None,
+             "eval_config": {"limit": n, "max_new_tokens": 64, "device": "cpu", "subset": "full"},
              "eval_config_hash": "x", "entries": entries}
     _write_json(results / "sweep.json", state)
     write_sweep_csv(results, run_dir, state)
     return run_dir, results
+
+
+def make_fake_ifbench(results: Path, run_dir: Path | None = None, followed: dict | None = None,
+                      n: int = N_PROMPTS) -> Path:
+    """RESULTS/ifbench/ as the sweep writes IFBench results (i12 layout contract): checkpoint-<step>/ result
+    dirs whose summary.json settings say "benchmark": "ifbench", and RESULTS/ifbench/sweep.csv (no sweep.json).
+    Returns RESULTS/ifbench."""
+    from ifeval.results import write_sweep_csv
+
+    ifb = Path(results) / "ifbench"
+    settings = {**SETTINGS, "limit": n, "benchmark": "ifbench", "data_path": "fake/ifbench_test.jsonl"}
+    for step in sorted(followed or FOLLOWED):
+        path = ("HuggingFaceTB/SmolLM2-135M-Instruct" if step == 0 or run_dir is None
+                else str((Path(run_dir) / f"checkpoint-{step}").resolve()))
+        write_fake_result(ifb / f"checkpoint-{step}", step, path, gpu=False, settings=settings, followed=followed, n=n)
+    write_sweep_csv(ifb, run_dir)
+    return ifb

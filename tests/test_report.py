@@ -97,12 +97,17 @@ def test_report_files_and_pick(tmp_path, capsys):
             assert (res / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (res / "report.md").read_text()
     assert "**Eval settings: --limit 60, --max_new_tokens 64 on CPU: a smoke test, not a benchmark.**" in md
-    assert "Best checkpoint by prompt-level strict accuracy: **checkpoint-20** (step 20, 50.0%)" in md
+    # i12: the start is a candidate; best vs start is Holm-corrected over the 4 trained checkpoints
+    assert ("Best vs start: checkpoint-20 50.0% vs 25.0%, +25.0 points (checkpoint-20 follows more instructions on "
+            "15 prompts, the start on 0), p = 2.4e-04 (Holm-corrected), significant.") in md
     assert ("checkpoint-20 beats the final checkpoint (checkpoint-30) by 3.3 points, p = 0.50: not significant "
             "(McNemar exact test over the same 60 prompts; 2 prompts only checkpoint-20 follows, 0 only checkpoint-30 follows)") in md
-    assert ("checkpoint-20 beats the starting model (checkpoint-0) by 25.0 points, p = 6.1e-05: significant") in md
-    assert "Defensible pick: **checkpoint-10** (43.3%)" in md and "Runner-up: checkpoint-30 (46.7%)" in md
-    assert "checkpoint-5: p = 0.00195 (Holm 0.00586)" in md
+    assert ("Training helped: checkpoint-20 follows 50.0% (prompt-level strict) against 25.0% for the starting "
+            "model, +25.0 points, p = 2.4e-04 (exact sign test over prompts, Holm-corrected over 4 checkpoints, "
+            "alpha 0.05).") in md
+    assert ("Pick: **checkpoint-10**. It is the earliest checkpoint significantly better than the start and not "
+            "significantly worse than the best, checkpoint-20 (Holm-corrected).") in md
+    assert "Defensible pick" not in md and "No checkpoint is significantly better" not in md
     assert "| 20 | checkpoint-20 (best) | 50.0 [" in md and "| 10 | checkpoint-10 (pick) |" in md
     assert "| 0 | checkpoint-0 (start) |" in md and "no GPU samples" not in md
     # train loss column: nearest logged step <= checkpoint step (loss = 2.0 - 0.01 * step)
@@ -111,7 +116,7 @@ def test_report_files_and_pick(tmp_path, capsys):
     assert html.count("data:image/png;base64,") == 4 and "<strong>checkpoint-10</strong>" in html
     png = html.split("data:image/png;base64,")[1].split("'")[0]
     assert base64.b64decode(png)[:4] == b"\x89PNG"
-    assert "Defensible pick: checkpoint-10" in capsys.readouterr().out
+    assert "  Pick: checkpoint-10. It is the earliest" in capsys.readouterr().out
 
 
 def test_report_cpu_run_says_no_gpu_samples(tmp_path):
@@ -168,7 +173,7 @@ def test_notebook_executes(tmp_path, monkeypatch):
                                      resources={"metadata": {"path": str(ROOT)}})
     client.execute()
     text = json.dumps(nb)
-    assert "Defensible pick: **checkpoint-10**" in text
+    assert "Pick: **checkpoint-10**." in text and "Training helped: checkpoint-20 follows 50.0%" in text
     assert "image/png" in text
     # the notebook only reads: nothing new in the results directory
     assert not (res / "report.md").exists()
