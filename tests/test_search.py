@@ -138,3 +138,40 @@ def test_default_grid_has_six_configurations_that_parse(tmp_path):
     for c in g.configs:
         S.check_trainer_flags(c, tmp_path / c.name)
         assert c.flags.get("augment_targets", "data") == "data"
+
+
+def _result(d: Path, follows: list[bool]) -> None:
+    d.mkdir(parents=True)
+    rows = [{"prompt": f"p{i}", "instruction_id_list": ["punctuation:no_comma", "startend:quotation"],
+             "follow_instruction_list": [True, f and i % 2 == 0], "follow_all_instructions": f}
+            for i, f in enumerate(follows)]
+    (d / "eval_results_strict.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "summary.json").write_text(json.dumps({"complete": True}))
+
+
+def test_ranking_exact_numbers_holm_and_headline(tmp_path):
+    """20 prompts.  Start: 5 followed (i % 4 == 0); a step 5: all 20 (ckpt-only 15, start-only 0); b step 5: the
+    start's minus prompt 0 (start-only 1)."""
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps({"configs": [{"name": "a", "learning_rate": 1e-5}, {"name": "b", "learning_rate": 4e-5}]}))
+    search = S.Search(S.load_grid(p), tmp_path / "out")
+    start = [i % 4 == 0 for i in range(20)]
+    _result(search.results_dir(S.START) / "checkpoint-0", start)
+    _result(search.results_dir("a") / "checkpoint-5", [True] * 20)
+    _result(search.results_dir("b") / "checkpoint-5", [s and i != 0 for i, s in enumerate(start)])
+    _result(search.results_dir("b") / "checkpoint-0", start)  # the start's copy: not ranked
+    res = S.write_ranking(search)
+    a, b = res["rows"]
+    assert (a["config"], a["rank"], a["prompt_strict"], a["delta_points"], a["ckpt_only"], a["start_only"]) == \
+        ("a", 1, 1.0, 75.0, 15, 0)
+    assert a["p_mcnemar"] == 2 / 2**15 and a["p_holm"] == 4 / 2**15 and a["verdict"] == "better than start"
+    assert (b["config"], b["rank"], b["prompt_strict"], b["delta_points"], b["p_mcnemar"], b["p_holm"], b["verdict"]) == \
+        ("b", 2, 0.2, -5.0, 1.0, 1.0, "no significant change")
+    assert (a["inst_seen"], a["inst_held_out"]) == (1.0, 0.5)
+    assert res["headline"] == ("Training helped: a checkpoint-5 follows 100.0% of the prompts (prompt-level strict) "
+                               "against 25.0% for the starting model, +75.0 points, p = 0.000122 (exact McNemar test "
+                               "against the start, Holm-corrected over 2 checkpoints, alpha 0.05); 1 of 2 checkpoints "
+                               "are significantly better.")
+    md = (tmp_path / "out" / "ranking.md").read_text()
+    assert "| 1 | a | checkpoint-5 | 100.0 | +75.0 | 15 / 0 | 6.1e-05 | 0.000122 | better than start | 100.0 | 50.0 |" in md
+    assert "| 2 | b | checkpoint-5 | 20.0 | -5.0 | 0 / 1 | 1 | 1 | no significant change | 100.0 | 20.0 |" in md
