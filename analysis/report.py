@@ -26,15 +26,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.paired_stats import Comparison, Pick, compare, defensible_pick, format_p
+from ifeval import results
+from ifeval.results import FULL_MAX_NEW_TOKENS, FULL_PROMPTS, METRICS
+from sftbench.cli import HelpFormatter
 from sftbench.errors import UserError, exit_with_user_error
-from sftbench.io import atomic_write_text, read_json, read_jsonl
+from sftbench.io import atomic_write_text, read_json
+from sftbench.rundir import load_metrics
 
 PROG = "analysis.report"
-METRICS = ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose")
 LABELS = {"prompt_strict": "prompt-level strict", "inst_strict": "instruction-level strict",
           "prompt_loose": "prompt-level loose", "inst_loose": "instruction-level loose"}
-FULL_PROMPTS = 541
-FULL_MAX_NEW_TOKENS = 1280
 VRAM_LINE_GIB = 8.0
 ALPHA = 0.05
 
@@ -66,70 +67,32 @@ class SweepData:
         return bool((self.table["step"] == 0).any())
 
     def metrics(self) -> list[dict]:
-        f = self.run_dir / "metrics.jsonl" if self.run_dir else None
-        if f is None or not f.is_file():
-            return []
-        return [r for r in read_jsonl(f, tolerate_partial_tail=True) if isinstance(r, dict)]
+        return load_metrics(self.run_dir) if self.run_dir else []
 
     def sft_config(self) -> dict:
         f = self.run_dir / "sft_config.json" if self.run_dir else None
         return read_json(f) if f is not None and f.is_file() else {}
 
 
-def _load_outcomes(result_dir: Path) -> dict:
-    out: dict = {}
-    for mode in ("strict", "loose"):
-        f = result_dir / f"eval_results_{mode}.jsonl"
-        if not f.is_file():
-            continue
-        for i, row in enumerate(read_jsonl(f)):
-            key = row.get("key", row.get("prompt", i))
-            fl = [bool(x) for x in row.get("follow_instruction_list", [])]
-            d = out.setdefault(key, {"ids": list(row.get("instruction_id_list", [])), "n": len(fl)})
-            d[mode] = bool(row.get("follow_all_instructions", all(fl)))
-            d[f"{mode}_followed"] = sum(fl)
-            d[f"{mode}_list"] = fl
-    return out
-
-
 def load_sweep(results_dir: str | os.PathLike, name: str | None = None) -> SweepData:
     """Read a sweep directory.  sweep.csv is rebuilt from the result dirs when missing.  UserError if empty."""
-    from ifeval.sweep import sweep_rows
-
-    results = Path(results_dir)
-    if not results.is_dir():
-        raise UserError(f"{results}: results directory not found (run `bash scripts/sweep.sh RUN_DIR {results}` first).")
-    state = {}
-    if (results / "sweep.json").is_file():
-        state = read_json(results / "sweep.json")
+    res = Path(results_dir)
+    if not res.is_dir():
+        raise UserError(f"{res}: results directory not found (run `bash scripts/sweep.sh RUN_DIR {res}` first).")
+    state = results.read_sweep_state(res) or {}
     run_dir = Path(state["run_dir"]) if state.get("run_dir") else None
     if run_dir is not None and not run_dir.is_dir():
         print(f"[{PROG}] {run_dir} (the run directory recorded in sweep.json) is gone: no training loss/memory",
               file=sys.stderr)
         run_dir = None
-    csv = results / "sweep.csv"
-    if csv.is_file():
-        try:
-            table = pd.read_csv(csv)
-        except Exception as e:
-            raise UserError(f"{csv}: cannot be read as CSV ({e}).") from None
-    else:
-        table = pd.DataFrame(sweep_rows(results, run_dir, state))
-    if table.empty:
-        raise UserError(f"{results}: no complete checkpoint results (checkpoint-<step>/summary.json) yet.")
-    missing = [c for c in ("step", "checkpoint", *METRICS) if c not in table.columns]
-    if missing:
-        raise UserError(f"{csv}: missing column(s) {', '.join(missing)}; rerun the sweep to rewrite it.")
-    table = table.sort_values("step").reset_index(drop=True)
+    table = results.read_sweep_csv(res, run_dir, state)
     settings: dict = {}
     outcomes = {}
     for ck in table["checkpoint"]:
-        d = results / ck
-        s = d / "summary.json"
-        if s.is_file() and not settings:
-            settings = dict(read_json(s).get("settings") or {})
-        outcomes[ck] = _load_outcomes(d)
-    return SweepData(results, name or results.name, table, run_dir, settings,
+        if not settings:
+            settings = dict(results.load_summary(res / ck).get("settings") or {})
+        outcomes[ck] = results.load_outcomes(res / ck)
+    return SweepData(res, name or res.name, table, run_dir, settings,
                      dict(state.get("eval_config") or {}), outcomes)
 
 
@@ -240,8 +203,7 @@ def category_table(sweep: SweepData, mode: str = "strict") -> pd.DataFrame:
             for iid, f in zip(rec.get("ids", []), rec.get(f"{mode}_list", [])):
                 agg.setdefault(iid.split(":")[0], []).append(int(f))
         if not agg:  # fall back to the summary's per-category numbers
-            s = sweep.results_dir / ck / "summary.json"
-            per = (read_json(s).get("per_category") or {}).get(mode, {}) if s.is_file() else {}
+            per = (results.load_summary(sweep.results_dir / ck).get("per_category") or {}).get(mode, {})
             cols[ck] = pd.Series(per, dtype=float)
         else:
             cols[ck] = pd.Series({c: float(np.mean(v)) for c, v in agg.items()})
@@ -312,14 +274,12 @@ def plot_loss(sweeps) -> Figure:
 def memory_series(sweep: SweepData) -> dict[str, list[tuple[float, float]]]:
     """{"training": [(t, GiB)], "eval checkpoint-N": [...]} from memory_samples.jsonl files (GPU runs only)."""
     series = {}
-    files = [("training", sweep.run_dir / "memory_samples.jsonl" if sweep.run_dir else None)]
-    files += [(f"eval {ck}", sweep.results_dir / ck / "memory_samples.jsonl") for ck in sweep.checkpoints]
+    files = [("training", sweep.run_dir / results.MEMORY_SAMPLES if sweep.run_dir else None)]
+    files += [(f"eval {ck}", sweep.results_dir / ck / results.MEMORY_SAMPLES) for ck in sweep.checkpoints]
     for label, f in files:
-        if f is not None and f.is_file():
-            pts = [(float(r["t"]), float(r["nvml_used_gib"])) for r in read_jsonl(f, tolerate_partial_tail=True)
-                   if isinstance(r, dict) and r.get("nvml_used_gib") is not None and r.get("t") is not None]
-            if pts:
-                series[label] = pts
+        pts = results.load_memory_samples(f) if f is not None else []
+        if pts:
+            series[label] = pts
     return series
 
 
@@ -609,7 +569,7 @@ def write_report(results_dirs: list[str | os.PathLike], out_dir: str | os.PathLi
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=(
         "Write report.md and report.html (plots embedded) for an IFEval sweep directory; with several "
-        "directories, overlay their curves and rank the runs."))
+        "directories, overlay their curves and rank the runs."), formatter_class=HelpFormatter)
     p.add_argument("results_dirs", nargs="+", help="sweep result directories (from scripts/sweep.sh)")
     p.add_argument("--out", default=None, help="output directory (default: the results directory; with several, "
                                                "their common parent's comparison/)")

@@ -331,43 +331,18 @@ class FastGenerator:
         n = len(prompt_ids)
         if n == 0:
             return []
-        V = self.shape.vocab_size
-        for i, p in enumerate(prompt_ids):
-            if len(p) == 0:
-                raise ValueError(f"prompt {i} has no tokens")
-            if min(p) < 0 or max(p) >= V:
-                raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {V})")
+        self._check_prompts(prompt_ids)
         t_start = time.perf_counter()
-        max_prompt = max(len(p) for p in prompt_ids)
-        setup_s = 0.0
-        need_len = max_prompt + self.max_new_tokens
-        if (self.plan is None or need_len > self.plan.slot_len
-                or (self.plan.limited_by == "prompts" and n > self.plan.slots)):
-            t0 = time.perf_counter()
-            self._release()
-            plan = plan_batch(self.shape, budget_bytes=self._budget_bytes(),
-                              dtype_bytes=torch.empty(0, dtype=self.dtype).element_size(), max_prompt_len=max_prompt,
-                              max_new_tokens=self.max_new_tokens, num_prompts=n, max_batch=self.max_batch,
-                              prefill_tokens=self.prefill_tokens)
-            self._allocate(plan)
-            self._warm_and_capture()
-            setup_s = time.perf_counter() - t0
+        setup_s = self._ensure_plan(prompt_ids)
         B = self.plan.slots
-        stop_set = set(self.stop_token_ids)
         # Reset per-call state (cache contents need no reset: every read position is written first).
         self.done.fill_(True)
         self.pos.zero_()
         self.n_gen.zero_()
-
-        order = sorted(range(n), key=lambda i: -len(prompt_ids[i]))  # longest first
-        next_prompt = 0
-        staged: list[tuple[int, int, int]] = []  # (prompt index, stage row, length), in order
-        stage_first = None
-        stage_k = stage_v = None
+        stage = _Stage(prompt_ids)
         owner: list[int | None] = [None] * B
         results: list[dict | None] = [None] * n
-        steps = windows = prefill_groups = 0
-        prefill_s = 0.0
+        steps = windows = 0
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -375,32 +350,7 @@ class FastGenerator:
             bar = tqdm(total=n, desc="generate (fast)", unit="prompt", dynamic_ncols=True)
         t_loop = time.perf_counter()
         while True:
-            # ---- refill free slots from the staged prompts, prefilling a new group when the stage is empty
-            free = [s for s in range(B) if owner[s] is None]
-            pending: list[tuple[int, int, int]] = []  # (slot, stage row, prompt length)
-            while free and (staged or next_prompt < n):
-                if not staged:
-                    if pending:  # the stage is about to be overwritten: move what was taken from it first
-                        self._assign(pending, stage_first, stage_k, stage_v)
-                        pending = []
-                    tp = time.perf_counter()
-                    T = len(prompt_ids[order[next_prompt]])
-                    group = order[next_prompt: next_prompt + max(1, self.plan.stage_tokens // T)]
-                    next_prompt += len(group)
-                    view = (self.shape.num_layers, len(group), T, self.shape.num_kv_heads, self.shape.head_dim)
-                    stage_k = self.stage_k[:, : len(group) * T].view(view)
-                    stage_v = self.stage_v[:, : len(group) * T].view(view)
-                    stage_first = prefill(self.weights, self._eager_fns, [prompt_ids[i] for i in group],
-                                          self.cos_tab, self.sin_tab, stage_k, stage_v)
-                    staged = [(i, r, len(prompt_ids[i])) for r, i in enumerate(group)]
-                    prefill_groups += 1
-                    prefill_s += time.perf_counter() - tp
-                i, r, ln = staged.pop(0)
-                s = free.pop(0)
-                owner[s] = i
-                pending.append((s, r, ln))
-            if pending:
-                self._assign(pending, stage_first, stage_k, stage_v)
+            self._refill(stage, owner)
             active = [s for s in range(B) if owner[s] is not None]
             if not active:
                 break
@@ -408,45 +358,114 @@ class FastGenerator:
             self._run_window()
             steps += self.sync_every
             windows += 1
-            flags = torch.stack([self.done.long(), self.n_gen]).cpu()
-            finished = [s for s in active if flags[0, s]]
-            if finished:
-                idx = torch.tensor(finished, device=self.device)
-                rows = self.out[idx].cpu()
-                for k, s in enumerate(finished):
-                    cnt = int(flags[1, s])
-                    toks = rows[k, :cnt].tolist()
-                    hit_cap = cnt >= self.max_new_tokens and toks[-1] not in stop_set
-                    results[owner[s]] = {"token_ids": toks, "hit_cap": bool(hit_cap), "generated_tokens": cnt}
-                    owner[s] = None
-                self.pos[idx] = 0  # idle slots attend over one position only
-                if bar is not None:
-                    bar.update(len(finished))
+            n_done = self._collect(active, owner, results)
+            if bar is not None and n_done:
+                bar.update(n_done)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         if bar is not None:
             bar.close()
         t_end = time.perf_counter()
+        self.last_stats = self._stats(results, t_start, t_loop, t_end, setup_s, stage, steps, windows)
+        return results
+
+    def _check_prompts(self, prompt_ids: list[list[int]]) -> None:
+        V = self.shape.vocab_size
+        for i, p in enumerate(prompt_ids):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} has no tokens")
+            if min(p) < 0 or max(p) >= V:
+                raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {V})")
+
+    def _ensure_plan(self, prompt_ids: list[list[int]]) -> float:
+        """(Re)plan, allocate and capture when this call does not fit the current plan; seconds spent."""
+        n, max_prompt = len(prompt_ids), max(len(p) for p in prompt_ids)
+        need_len = max_prompt + self.max_new_tokens
+        if not (self.plan is None or need_len > self.plan.slot_len
+                or (self.plan.limited_by == "prompts" and n > self.plan.slots)):
+            return 0.0
+        t0 = time.perf_counter()
+        self._release()
+        plan = plan_batch(self.shape, budget_bytes=self._budget_bytes(),
+                          dtype_bytes=torch.empty(0, dtype=self.dtype).element_size(), max_prompt_len=max_prompt,
+                          max_new_tokens=self.max_new_tokens, num_prompts=n, max_batch=self.max_batch,
+                          prefill_tokens=self.prefill_tokens)
+        self._allocate(plan)
+        self._warm_and_capture()
+        return time.perf_counter() - t0
+
+    def _refill(self, stage: "_Stage", owner: list[int | None]) -> None:
+        """Give free slots staged prompts, prefilling a new length group whenever the stage runs empty."""
+        free = [s for s in range(len(owner)) if owner[s] is None]
+        pending: list[tuple[int, int, int]] = []  # (slot, stage row, prompt length)
+        while free and (stage.staged or stage.next_prompt < stage.n):
+            if not stage.staged:
+                if pending:  # the stage is about to be overwritten: move what was taken from it first
+                    self._assign(pending, stage.first, stage.k, stage.v)
+                    pending = []
+                self._prefill_group(stage)
+            i, r, ln = stage.staged.pop(0)
+            s = free.pop(0)
+            owner[s] = i
+            pending.append((s, r, ln))
+        if pending:
+            self._assign(pending, stage.first, stage.k, stage.v)
+
+    def _prefill_group(self, stage: "_Stage") -> None:
+        """Prefill the next prompts of one length (as many as fit the staging buffer) into the stage."""
+        tp = time.perf_counter()
+        ids, order = stage.prompt_ids, stage.order
+        T = len(ids[order[stage.next_prompt]])
+        group = order[stage.next_prompt: stage.next_prompt + max(1, self.plan.stage_tokens // T)]
+        stage.next_prompt += len(group)
+        view = (self.shape.num_layers, len(group), T, self.shape.num_kv_heads, self.shape.head_dim)
+        stage.k = self.stage_k[:, : len(group) * T].view(view)
+        stage.v = self.stage_v[:, : len(group) * T].view(view)
+        stage.first = prefill(self.weights, self._eager_fns, [ids[i] for i in group], self.cos_tab, self.sin_tab,
+                              stage.k, stage.v)
+        stage.staged = [(i, r, len(ids[i])) for r, i in enumerate(group)]
+        stage.groups += 1
+        stage.prefill_s += time.perf_counter() - tp
+
+    def _collect(self, active: list[int], owner: list[int | None], results: list[dict | None]) -> int:
+        """Read the finished slots' outputs (one host sync) into results and free the slots; how many finished."""
+        from ifeval.generate import finish
+
+        flags = torch.stack([self.done.long(), self.n_gen]).cpu()
+        finished = [s for s in active if flags[0, s]]
+        if not finished:
+            return 0
+        idx = torch.tensor(finished, device=self.device)
+        rows = self.out[idx].cpu()
+        for k, s in enumerate(finished):
+            cnt = int(flags[1, s])
+            toks = rows[k, :cnt].tolist()
+            hit_cap = finish(toks, self.stop_token_ids, self.max_new_tokens)[2]
+            results[owner[s]] = {"token_ids": toks, "hit_cap": bool(hit_cap), "generated_tokens": cnt}
+            owner[s] = None
+        self.pos[idx] = 0  # idle slots attend over one position only
+        return len(finished)
+
+    def _stats(self, results, t_start, t_loop, t_end, setup_s, stage: "_Stage", steps: int, windows: int) -> dict:
         gen_tokens = sum(r["generated_tokens"] for r in results)
-        self.last_stats = {
+        return {
             "wall_s": round(t_end - t_start, 4),
             "setup_s": round(setup_s, 4),
             "generate_s": round(t_end - t_loop, 4),
-            "prefill_s": round(prefill_s, 4),
-            "prefill_groups": prefill_groups,
+            "prefill_s": round(stage.prefill_s, 4),
+            "prefill_groups": stage.groups,
             "decode_steps": steps,
             "windows": windows,
             "generated_tokens": gen_tokens,
             "tokens_per_s": round(gen_tokens / max(t_end - t_start, 1e-9), 1),
             "hit_cap": sum(r["hit_cap"] for r in results),
-            "slots": B,
+            "slots": self.plan.slots,
             "compiled": bool(self.compile),
             "cuda_graph": self._graph is not None,
             "attention": self.attention,
             "num_splits": self.num_splits,
             "plan": asdict(self.plan),
         }
-        return results
 
     def _assign(self, pending, first, stage_k, stage_v) -> None:
         """Move staged prompts into slots: copy their K/V, set their decode state (all on the device).
@@ -464,6 +483,20 @@ class FastGenerator:
         self.out[sl, 0] = tok
         is_stop = (tok[:, None] == self.stop_ids[None, :]).any(-1)
         self.done[sl] = is_stop | (self.max_new_tokens <= 1)
+
+
+class _Stage:
+    """Prefilled prompts waiting for a decode slot: [(prompt index, stage row, length)], longest first."""
+
+    def __init__(self, prompt_ids: list[list[int]]):
+        self.prompt_ids = prompt_ids
+        self.n = len(prompt_ids)
+        self.order = sorted(range(self.n), key=lambda i: -len(prompt_ids[i]))  # longest first
+        self.next_prompt = 0
+        self.staged: list[tuple[int, int, int]] = []
+        self.first = self.k = self.v = None  # the group's first greedy tokens and its K/V views
+        self.groups = 0
+        self.prefill_s = 0.0
 
 
 class _RopeSource:

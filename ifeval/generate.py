@@ -6,10 +6,10 @@
   `apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`; the string is recorded.
 - `stop_token_ids` = eos ids of generation_config + the tokenizer's eos + `<|im_end|>`: a model whose eos is
   `<|endoftext|>` would otherwise run every answer to the cap (the homework's vLLM runs did).
-- Backends: `HFGenerator` (`model.generate`, greedy) and the fast one (`ifeval/fast_generate.py`,
-  `FastGenerator`, written by another helper; loaded lazily).  Both take token-id lists and return the
-  generated ids of each prompt (ending at the first stop token, or max_new_tokens long); `finish()` turns
-  those into (text ids, generated token count, hit_cap).
+- Backends behind one interface, `Generator` (`load(model)`, `generate(prompt_ids, max_new_tokens)` ->
+  [`Completion`]): `HFGenerator` (`model.generate`, greedy) and `FastBackend` (the engine of
+  `ifeval/fast_generate.py`, loaded lazily).  Stopping and hit_cap are decided once, by `finish()`.
+- `pick_generation_dtype`: the weights dtype for generation (eval and the benches).
 """
 
 from __future__ import annotations
@@ -151,16 +151,63 @@ class GenSpec:
     pad_id: int
 
 
-class HFGenerator:
+@dataclass
+class Completion:
+    """One answer: ids without the stop token, its text, tokens generated (the stop token included) and
+    whether it ran to max_new_tokens without stopping."""
+
+    token_ids: list[int]
+    text: str
+    generated_tokens: int
+    hit_cap: bool
+
+
+class Generator:
+    """The interface both backends share (the product's eval and scripts/bench_generate.py call it):
+
+        g.load(model)                                  # (re)load weights: same architecture, new checkpoint
+        g.generate(prompt_ids, max_new_tokens=None)    # [Completion] in input order; None = spec's cap
+
+    A backend implements `_generate_ids` (raw generated ids per prompt); stopping, hit_cap and decoding
+    are decided here, once, by `finish`.
+    """
+
+    name = "?"
+
+    def __init__(self, tokenizer, spec: GenSpec):
+        self.tokenizer = tokenizer
+        self.spec = spec
+
+    def load(self, model) -> None:
+        raise NotImplementedError
+
+    def _generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: int, **kw) -> list[list[int]]:
+        raise NotImplementedError
+
+    def generate(self, prompt_ids: list[list[int]], max_new_tokens: int | None = None, **kw) -> list[Completion]:
+        cap = max_new_tokens or self.spec.max_new_tokens
+        return [self.complete(ids, cap) for ids in self._generate_ids(prompt_ids, cap, **kw)]
+
+    def complete(self, gen_ids: Sequence[int], max_new_tokens: int) -> Completion:
+        ans, n_gen, hit = finish(gen_ids, self.spec.stop_ids, max_new_tokens)
+        return Completion(ans, self.tokenizer.decode(ans, skip_special_tokens=True), n_gen, hit)
+
+
+class HFGenerator(Generator):
     """Batched greedy `model.generate` over left-padded prompts."""
 
     name = "hf"
 
-    def __init__(self, model, spec: GenSpec):
+    def __init__(self, model, tokenizer, spec: GenSpec):
+        super().__init__(tokenizer, spec)
         self.model = model
-        self.spec = spec
 
-    def generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+    def load(self, model) -> None:
+        self.model = model
+
+    def _generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: int,
+                      min_new_tokens: int | None = None) -> list[list[int]]:
+        """min_new_tokens: force that many steps (benchmark probes of a fixed length)."""
         import torch
         from transformers import GenerationConfig
 
@@ -171,13 +218,33 @@ class HFGenerator:
         for i, p in enumerate(prompt_ids):
             input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
             attn[i, width - len(p):] = 1
-        gc = GenerationConfig(max_new_tokens=self.spec.max_new_tokens, do_sample=False, num_beams=1,
-                              eos_token_id=list(self.spec.stop_ids), pad_token_id=self.spec.pad_id)
+        gc = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
+                              num_beams=1, eos_token_id=list(self.spec.stop_ids), pad_token_id=self.spec.pad_id)
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids.to(dev), attention_mask=attn.to(dev), generation_config=gc)
-        new = out[:, width:].tolist()
         # Rows that stopped early are padded by generate; `finish` cuts at the first stop token anyway.
-        return new
+        return out[:, width:].tolist()
+
+
+class FastBackend(Generator):
+    """The fast engine (ifeval/fast_generate.py's FastGenerator: continuous batching, CUDA graphs) behind
+    the Generator interface.  Its cap is fixed when built (graphs are captured for it): a call may ask for
+    less, not more.  `engine.last_stats` holds the last call's slots/tokens/timings."""
+
+    name = "fast"
+
+    def __init__(self, engine, tokenizer, spec: GenSpec):
+        super().__init__(tokenizer, spec)
+        self.engine = engine
+
+    def load(self, model) -> None:
+        self.engine.load_weights(model)
+
+    def _generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        if max_new_tokens > self.engine.max_new_tokens:
+            raise ValueError(f"the fast engine was built for max_new_tokens {self.engine.max_new_tokens}, "
+                             f"not {max_new_tokens}")
+        return [list(o["token_ids"]) for o in self.engine.generate(prompt_ids, progress=False)]
 
 
 def fast_generator_class():
@@ -191,29 +258,55 @@ def fast_generator_class():
     return getattr(fast_generate, "FastGenerator", None)
 
 
-def make_fast_generator(model, tokenizer, spec: GenSpec, max_batch: int | None, device, dtype: str, log: Callable = print,
-                        reuse=None):
-    """Build the fast generator, or re-arm `reuse` with a new checkpoint's weights (graphs and compiled
-    kernels kept) when it was built for the same cap and stop tokens.  None when the module is missing.
+def make_fast_generator(model, tokenizer, spec: GenSpec, max_batch: int | None, device, dtype: str,
+                        log: Callable = print, reuse: FastBackend | None = None, **engine_kw) -> FastBackend | None:
+    """The fast backend, or `reuse` re-armed with a new checkpoint's weights (graphs and compiled kernels
+    kept) when it was built for the same cap, stop tokens, batch and dtype.  None when the module is missing.
 
     Contract of `FastGenerator` (ifeval/fast_generate.py):
-        FastGenerator(model, tokenizer, *, max_new_tokens, stop_token_ids, device, dtype, max_batch)
+        FastGenerator(model, tokenizer, *, max_new_tokens, stop_token_ids, device, dtype, max_batch, **engine_kw)
         .generate(prompt_ids, progress=...) -> [{"token_ids", "hit_cap", "generated_tokens"}, ...] in input order
         .load_weights(model)   # same architecture, new weights
     """
     cls = fast_generator_class()
     if cls is None:
         return None
-    if (reuse is not None and hasattr(reuse, "load_weights") and getattr(reuse, "max_new_tokens", None) == spec.max_new_tokens
-            and list(getattr(reuse, "stop_token_ids", [])) == list(spec.stop_ids)
-            and getattr(reuse, "max_batch", None) == max_batch and getattr(reuse, "dtype", None) == torch_dtype(dtype)):
+    eng = getattr(reuse, "engine", None)
+    if (eng is not None and not engine_kw and hasattr(eng, "load_weights")
+            and getattr(eng, "max_new_tokens", None) == spec.max_new_tokens
+            and list(getattr(eng, "stop_token_ids", [])) == list(spec.stop_ids)
+            and getattr(eng, "max_batch", None) == max_batch and getattr(eng, "dtype", None) == torch_dtype(dtype)):
         try:
-            reuse.load_weights(model)
+            reuse.load(model)
+            reuse.tokenizer, reuse.spec = tokenizer, spec
             return reuse
         except ValueError as e:  # another architecture/rotary setting: build anew
             log(f"fast generator: rebuilding ({e})")
-    return cls(model, tokenizer, max_new_tokens=spec.max_new_tokens, stop_token_ids=list(spec.stop_ids),
-               device=device, dtype=torch_dtype(dtype), max_batch=max_batch)
+    engine = cls(model, tokenizer, max_new_tokens=spec.max_new_tokens, stop_token_ids=list(spec.stop_ids),
+                 device=device, dtype=torch_dtype(dtype), max_batch=max_batch, **engine_kw)
+    return FastBackend(engine, tokenizer, spec)
+
+
+def make_generator(backend: str, model, tokenizer, spec: GenSpec, *, max_batch: int | None, device, dtype: str,
+                   log: Callable = print, reuse: FastBackend | None = None) -> Generator:
+    """`backend` "fast" (falls back to hf when ifeval/fast_generate.py is missing) or "hf"."""
+    if backend == "fast":
+        g = make_fast_generator(model, tokenizer, spec, max_batch, device, dtype, log=log, reuse=reuse)
+        if g is not None:
+            return g
+        log("fast backend unavailable; falling back to hf")  # pragma: no cover - resolve_backend checked it
+    return HFGenerator(model, tokenizer, spec)
+
+
+def pick_generation_dtype(requested: str, device) -> str:
+    """Weights dtype for generation ("bf16"|"fp16"|"fp32"): as asked, or for "auto" the project's one rule
+    (sftbench.device.auto_precision: bf16 on a GPU with bf16, fp16 otherwise, fp32 on CPU).  Generation casts
+    the weights (no autocast, no master copy), unlike training (sftbench.device.pick_precision)."""
+    if requested != "auto":
+        return requested
+    from sftbench.device import auto_precision
+
+    return auto_precision(device)
 
 
 def generated_ids(out) -> list[int]:

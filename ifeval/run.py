@@ -22,66 +22,25 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
-import typing
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Optional
 
+from sftbench.cli import HelpFormatter, add_config_arguments, config_defaults, config_from_namespace
 from sftbench.errors import UserError, exit_with_user_error
 from sftbench.io import append_jsonl, atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json
+from sftbench.rundir import model_step
 
 from ifeval import data as ifdata
+from ifeval import results
+from ifeval.config import EvalConfig
 
 PROG = "ifeval.run"
 REPO = Path(__file__).resolve().parents[1]
 PARTIAL = "responses.partial.jsonl"
 PARTIAL_SETTINGS = "partial_settings.json"
-RESULT_FILES = ("responses.jsonl", "eval_results_strict.jsonl", "eval_results_loose.jsonl", "memory_samples.jsonl",
-                "summary.json")
-
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class EvalConfig:
-    """All options of one IFEval evaluation (the CLI is generated from these fields)."""
-
-    subset: Literal["full", "hw100"] = _f(
-        "full", "Prompt set: `full` (541 IFEval prompts) or `hw100` (the homework's 100-prompt sample).")
-    data: Optional[str] = _f(
-        None, "A local IFEval jsonl (Google's input_data.jsonl format). Default: $SFTBENCH_IFEVAL_DATA, the hub's "
-              "google/IFEval when reachable, ../shared/data/ifeval, else the 6-prompt smoke-test set.")
-    limit: Optional[int] = _f(None, "Evaluate only the first N prompts (smoke tests; scores are then not comparable).")
-    max_new_tokens: int = _f(1280, "Generation cap per answer (1280 as lm-eval; 1024 reproduces the homework).")
-    batch_size: Optional[int] = _f(
-        None, "Prompts decoded together. Default: hf backend 64 on a GPU, 8 on CPU (prompts sorted by length); fast "
-              "backend: as many decode slots as fit the memory budget (continuous batching). Greedy scores can move "
-              "with batch size and padding: keep it fixed across a sweep; it is recorded.")
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f(
-        "auto", "Model weights dtype for generation: auto = bf16 on a GPU with bf16 (fp16 otherwise), fp32 on CPU.")
-    device: str = _f("auto", "auto, cpu, cuda or cuda:N.")
-    backend: Literal["auto", "fast", "hf"] = _f(
-        "auto", "Generator: `fast` (ifeval/fast_generate.py, CUDA) or `hf` (transformers model.generate). "
-                "auto = fast on CUDA when available, hf on CPU.")
-    chat_template: Optional[str] = _f(
-        None, "Jinja chat template file to use instead of the tokenizer's (needed for a model without one), or "
-              "`plain_chatml` (the homework's ChatML, no system prompt). Default: the model's own.")
-    system_prompt: str = _f(
-        "default", "`default`: only the user turn, the template decides (SmolLM2-Instruct's injects its SmolLM "
-                   "system prompt); `none`: no system turn at all; any other text: used as the system message.")
-    seed: int = _f(0, "Seed for the checkers' random choices (keys 1122, 1129) and the bootstrap CIs.")
-    memory_cap_gib: Optional[float] = _f(
-        None, "Cap device memory (NVML total, GiB) by limiting torch's allocator, e.g. 7.5 to emulate an 8 GB GPU.")
-    score_only: Optional[str] = _f(
-        None, "Score an existing responses.jsonl (ours, or Google's {prompt, response} format) without a model; "
-              "MODEL may then be omitted.")
+RESULT_FILES = results.RESULT_FILES
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -154,13 +113,9 @@ def resolve_device(cfg: EvalConfig):
 
 
 def resolve_dtype(cfg: EvalConfig, device) -> str:
-    if cfg.dtype != "auto":
-        return cfg.dtype
-    if device.type == "cuda":
-        import torch
+    from ifeval.generate import pick_generation_dtype
 
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return pick_generation_dtype(cfg.dtype, device)
 
 
 def resolve_backend(cfg: EvalConfig, device) -> tuple[str, str | None]:
@@ -188,23 +143,6 @@ def resolve_batch_size(cfg: EvalConfig, device, backend: str) -> int | str:
 FAST_CHUNK = 256  # prompts per fast-generator call: continuous batching inside, a resumable append after
 
 
-def model_step(model_path: str | None) -> int | None:
-    """Training step of a checkpoint: from checkpoint-<step> or trainer_state.json; None if unknown."""
-    if not model_path:
-        return None
-    m = re.search(r"checkpoint-(\d+)$", str(model_path).rstrip("/"))
-    if m:
-        return int(m.group(1))
-    ts = Path(model_path) / "trainer_state.json"
-    if ts.is_file():
-        try:
-            step = json.loads(ts.read_text(encoding="utf-8")).get("global_step")
-            return int(step) if isinstance(step, (int, float)) else None
-        except (json.JSONDecodeError, OSError, ValueError):
-            return None
-    return None
-
-
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
@@ -216,10 +154,6 @@ def git_commit() -> str | None:
 def settings_hash(settings: dict, model_path: str | None) -> str:
     blob = json.dumps({"settings": settings, "model_path": model_path}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ----------------------------------------------------------------------------------------- session
@@ -278,7 +212,7 @@ def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict)
     other settings (nothing is removed)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: OUT exists and is a file; give a directory.")
-    summ = out / "summary.json"
+    summ = out / results.SUMMARY
     if summ.is_file():
         try:
             s = read_json(summ)
@@ -337,80 +271,103 @@ def read_partial(out: Path, shash: str, wanted: set[int]) -> dict[int, dict]:
 # ----------------------------------------------------------------------------------------- generation
 def generate_responses(model_path: str, out: Path, cfg: EvalConfig, session: EvalSession, ps: ifdata.PromptSet,
                        device, dtype: str, backend: str, shash: str, settings: dict, tokenizer) -> dict:
-    """Generate the prompts not yet in the partial file; returns generation and memory stats."""
-    import torch
-    from tqdm.auto import tqdm
-
+    """Generate the prompts not yet in the partial file; returns {"generation": stats, "memory": peaks}."""
     from ifeval import generate as gen
-    from sftbench.memory import MemoryMonitor, apply_memory_cap, torch_peak_gib
 
     texts = gen.render_prompts(tokenizer, [e.prompt for e in ps.examples], cfg.system_prompt)
     ids = gen.encode(tokenizer, texts)
-    wanted = {e.key for e in ps.examples}
     repair_partial(out)
-    done = read_partial(out, shash, wanted)
+    done = read_partial(out, shash, {e.key for e in ps.examples})
     todo = [i for i, e in enumerate(ps.examples) if e.key not in done]
     if done:
         log(f"resuming: {len(done)} of {len(ps.examples)} prompts already generated in {out / PARTIAL}")
     gen_stats = {"wall_s": 0.0, "generated_tokens": 0, "new_prompts": len(todo)}
-    memory: dict = {}
-    monitor = None
-    if todo:
-        cap_line = apply_memory_cap(cfg.memory_cap_gib, device)
-        if cap_line:
-            log(cap_line)
-        model = gen.load_model(model_path, dtype, device)
-        stops = gen.stop_token_ids(tokenizer, getattr(model, "generation_config", None))
-        spec = gen.GenSpec(cfg.max_new_tokens, stops, int(tokenizer.pad_token_id))
-        generator = None
-        if backend == "fast":
-            generator = gen.make_fast_generator(model, tokenizer, spec, cfg.batch_size, device, dtype, log=log,
-                                                reuse=session.fast_generator)
-            session.fast_generator = generator
-            if generator is None:  # pragma: no cover - resolve_backend checked it
-                log("fast backend unavailable; falling back to hf")
-        if generator is None:
-            generator = gen.HFGenerator(model, spec)
-        gen_stats["stop_token_ids"] = stops
-        atomic_write_json(out / PARTIAL_SETTINGS, {"model_path": model_path, "settings_hash": shash, "settings": settings,
-                                                   "started": _now()})
-        # Longest first: an out-of-memory error shows in the first batch, not after an hour.
-        order = sorted(todo, key=lambda i: -len(ids[i]))
-        chunk = settings["batch_size"] if isinstance(generator, gen.HFGenerator) else max(FAST_CHUNK, cfg.batch_size or 0)
-        batches = [order[s: s + chunk] for s in range(0, len(order), chunk)]
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            monitor = MemoryMonitor(device_index=device.index or 0).start()
-        bar = tqdm(total=len(todo), desc=f"generating ({backend})", unit="prompt")
-        t0 = time.time()
-        try:
-            for batch in batches:
-                prompt_ids = [ids[i] for i in batch]
-                outs = generator.generate(prompt_ids) if isinstance(generator, gen.HFGenerator) \
-                    else generator.generate(prompt_ids, progress=False)
-                for i, g in zip(batch, outs):
-                    ans, n_gen, hit = gen.finish(gen.generated_ids(g), stops, cfg.max_new_tokens)
-                    e = ps.examples[i]
-                    append_jsonl(out / PARTIAL, {
-                        "key": e.key, "prompt": e.prompt, "prompt_text": texts[i],
-                        "response": tokenizer.decode(ans, skip_special_tokens=True),
-                        "generated_tokens": n_gen, "hit_cap": hit, "settings_hash": shash})
-                    gen_stats["generated_tokens"] += n_gen
-                bar.update(len(batch))
-                el = time.time() - t0
-                bar.set_postfix(tok_s=f"{gen_stats['generated_tokens'] / max(el, 1e-9):.0f}")
-        finally:
-            bar.close()
-            if monitor is not None:
-                monitor.stop()
-        gen_stats["wall_s"] = time.time() - t0
-        memory = torch_peak_gib(device)
-        if monitor is not None:
-            memory.update({k: v for k, v in monitor.summary().items() if k in ("nvml_peak_gib", "nvml_mean_gib",
-                                                                                "gpu_name", "gpu_total_gib")})
-            memory["samples"] = [{"t": t, "nvml_used_gib": round(u / 1024**3, 4)} for t, u in monitor.samples]
-        del model
-    return {"generation": gen_stats, "memory": memory}
+    if not todo:
+        return {"generation": gen_stats, "memory": {}}
+    generator = _build_generator(model_path, cfg, session, device, dtype, backend, tokenizer)
+    gen_stats["stop_token_ids"] = generator.spec.stop_ids
+    atomic_write_json(out / PARTIAL_SETTINGS, {"model_path": model_path, "settings_hash": shash, "settings": settings,
+                                               "started": results.now()})
+    # Longest first: an out-of-memory error shows in the first batch, not after an hour.
+    order = sorted(todo, key=lambda i: -len(ids[i]))
+    chunk = settings["batch_size"] if generator.name == "hf" else max(FAST_CHUNK, cfg.batch_size or 0)
+    batches = [order[s: s + chunk] for s in range(0, len(order), chunk)]
+    with DeviceMemory(device) as memory:
+        n_tok, wall = _generate_batches(generator, batches, ids, texts, ps, out, shash, f"generating ({backend})")
+    gen_stats.update(generated_tokens=n_tok, wall_s=wall)
+    return {"generation": gen_stats, "memory": memory.result}
+
+
+def _build_generator(model_path: str, cfg: EvalConfig, session: EvalSession, device, dtype: str, backend: str,
+                     tokenizer):
+    """Load the model (under --memory_cap_gib) and put it behind the backend's Generator."""
+    from ifeval import generate as gen
+    from sftbench.memory import apply_memory_cap
+
+    cap_line = apply_memory_cap(cfg.memory_cap_gib, device)
+    if cap_line:
+        log(cap_line)
+    model = gen.load_model(model_path, dtype, device)
+    stops = gen.stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    spec = gen.GenSpec(cfg.max_new_tokens, stops, int(tokenizer.pad_token_id))
+    generator = gen.make_generator(backend, model, tokenizer, spec, max_batch=cfg.batch_size, device=device,
+                                   dtype=dtype, log=log, reuse=session.fast_generator)
+    if backend == "fast":
+        session.fast_generator = generator if isinstance(generator, gen.FastBackend) else None
+    return generator
+
+
+def _generate_batches(generator, batches: list[list[int]], ids: list[list[int]], texts: list[str],
+                      ps: ifdata.PromptSet, out: Path, shash: str, desc: str) -> tuple[int, float]:
+    """Generate batch by batch, appending each answer to the partial file; (generated tokens, wall s)."""
+    from tqdm.auto import tqdm
+
+    n_tok = 0
+    bar = tqdm(total=sum(map(len, batches)), desc=desc, unit="prompt")
+    t0 = time.time()
+    try:
+        for batch in batches:
+            for i, c in zip(batch, generator.generate([ids[i] for i in batch])):
+                e = ps.examples[i]
+                append_jsonl(out / PARTIAL, results.response_row(e.key, e.prompt, texts[i], c.text, c.generated_tokens,
+                                                                 c.hit_cap, settings_hash=shash))
+                n_tok += c.generated_tokens
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{n_tok / max(time.time() - t0, 1e-9):.0f}")
+    finally:
+        bar.close()
+    return n_tok, time.time() - t0
+
+
+class DeviceMemory:
+    """Torch and NVML peaks (and NVML samples) over a `with` block on a GPU; `.result` after it ({}-ish on CPU)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.monitor = None
+        self.result: dict = {}
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            import torch
+
+            from sftbench.memory import MemoryMonitor
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.monitor = MemoryMonitor(device_index=self.device.index or 0).start()
+        return self
+
+    def __exit__(self, *exc):
+        from sftbench.memory import torch_peak_gib
+
+        if self.monitor is not None:
+            self.monitor.stop()
+        self.result = torch_peak_gib(self.device)
+        if self.monitor is not None:
+            self.result.update({k: v for k, v in self.monitor.summary().items()
+                                if k in ("nvml_peak_gib", "nvml_mean_gib", "gpu_name", "gpu_total_gib")})
+            self.result["samples"] = [{"t": t, "nvml_used_gib": round(u / 1024**3, 4)} for t, u in self.monitor.samples]
+        return False
 
 
 # ----------------------------------------------------------------------------------------- main entry
@@ -426,36 +383,12 @@ def evaluate_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None 
     out = Path(out_dir)
     if cfg.score_only:
         return _score_only(model_path, out, cfg, session, t_start)
-    if not model_path:
-        raise UserError("no model given: pass MODEL (a checkpoint directory, hub id or smollm2-135m-instruct-offline).")
-    model_path = resolve_model(model_path)
-    _check_loadable(model_path)
-    if cfg.max_new_tokens < 1 or (cfg.batch_size is not None and cfg.batch_size < 1):
-        raise UserError("--max_new_tokens and --batch_size must be at least 1.")
-    ps = session.prompts(cfg)
-    device = resolve_device(cfg)
-    dtype = resolve_dtype(cfg, device)
-    backend, why = resolve_backend(cfg, device)
-    if why:
-        log(why)
-    settings = build_settings(cfg, ps, device, dtype, backend)
-    shash = settings_hash(settings, model_path)
+    model_path, ps, device, dtype, backend, settings, shash = _check_inputs(model_path, cfg, session)
     existing = check_out_dir(out, model_path, shash, settings)
     if existing is not None:
         log(f"{out}: already complete with these settings; nothing to do")
         return existing
-
-    from ifeval import generate as gen
-
-    tokenizer = gen.load_tokenizer(model_path, cfg.chat_template)  # no template -> UserError, before any write
-    import jinja2
-
-    try:
-        gen.render_prompts(tokenizer, [ps.examples[0].prompt], cfg.system_prompt)  # template errors before any write
-    except jinja2.TemplateError as e:
-        where = f"--chat_template {cfg.chat_template}" if cfg.chat_template else f"{model_path}: the chat template"
-        raise UserError(f"{where}: cannot render a prompt ({type(e).__name__}: {e}). Fix the template, or pass "
-                        f"--chat_template plain_chatml.") from None
+    tokenizer = _load_checked_tokenizer(model_path, cfg, ps)
     out.mkdir(parents=True, exist_ok=True)
     log(f"{len(ps.examples)} prompts from {ps.source}; model {model_path}; {device.type} {dtype}; backend {backend}")
     res = generate_responses(model_path, out, cfg, session, ps, device, dtype, backend, shash, settings, tokenizer)
@@ -471,67 +404,61 @@ def evaluate_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None 
     return summary
 
 
+def _check_inputs(model_path: str | None, cfg: EvalConfig, session: EvalSession):
+    """Every check that needs no tokenizer: (model path, prompts, device, dtype, backend, settings, hash)."""
+    if not model_path:
+        raise UserError("no model given: pass MODEL (a checkpoint directory, hub id or smollm2-135m-instruct-offline).")
+    model_path = resolve_model(model_path)
+    _check_loadable(model_path)
+    if cfg.max_new_tokens < 1 or (cfg.batch_size is not None and cfg.batch_size < 1):
+        raise UserError("--max_new_tokens and --batch_size must be at least 1.")
+    ps = session.prompts(cfg)
+    device = resolve_device(cfg)
+    dtype = resolve_dtype(cfg, device)
+    backend, why = resolve_backend(cfg, device)
+    if why:
+        log(why)
+    settings = build_settings(cfg, ps, device, dtype, backend)
+    return model_path, ps, device, dtype, backend, settings, settings_hash(settings, model_path)
+
+
+def _load_checked_tokenizer(model_path: str, cfg: EvalConfig, ps: ifdata.PromptSet):
+    """The tokenizer, with its template rendered once: no template or a broken one is a UserError before any write."""
+    import jinja2
+
+    from ifeval import generate as gen
+
+    tokenizer = gen.load_tokenizer(model_path, cfg.chat_template)
+    try:
+        gen.render_prompts(tokenizer, [ps.examples[0].prompt], cfg.system_prompt)
+    except jinja2.TemplateError as e:
+        where = f"--chat_template {cfg.chat_template}" if cfg.chat_template else f"{model_path}: the chat template"
+        raise UserError(f"{where}: cannot render a prompt ({type(e).__name__}: {e}). Fix the template, or pass "
+                        f"--chat_template plain_chatml.") from None
+    return tokenizer
+
+
 def _score_and_write(out: Path, rows: list[dict], ps: ifdata.PromptSet, session: EvalSession, cfg: EvalConfig,
                      settings: dict, shash: str, model_path: str | None, res: dict, t_start: float,
                      extra: dict | None = None) -> dict:
+    """Score the rows, write the result directory (summary.json last) and log the four accuracies."""
     from ifeval.scoring import aggregate
 
     by_key = ps.by_key
     examples = [by_key[r["key"]] for r in rows]
     strict, loose = session.scorer.score_all(examples, [r["response"] for r in rows], progress=len(rows) > 50)
     agg = aggregate(strict, loose, seed=cfg.seed)
-    gen_stats = res.get("generation", {})
-    mem = res.get("memory", {})
+    mem = dict(res.get("memory", {}))
     samples = mem.pop("samples", None)
-    n_tok = sum(int(r.get("generated_tokens") or 0) for r in rows)
-    hit = sum(bool(r.get("hit_cap")) for r in rows)
-    wall = gen_stats.get("wall_s") or 0.0
-    new_tok = gen_stats.get("generated_tokens") or 0
-    summary_path = out / "summary.json"
-    # Remove a stale (incomplete) summary first: the files below are rewritten, and summary.json comes last.
-    summary_path.unlink(missing_ok=True)
-    atomic_write_jsonl(out / "responses.jsonl", rows)
-    atomic_write_jsonl(out / "eval_results_strict.jsonl", strict)
-    atomic_write_jsonl(out / "eval_results_loose.jsonl", loose)
-    if samples:
-        atomic_write_jsonl(out / "memory_samples.jsonl", samples)
-    summary = {
-        "complete": True,
-        "model_path": model_path,
-        "step": model_step(model_path),
-        "settings": settings,
-        "settings_hash": shash,
-        "accuracy": agg["accuracy"],
-        "per_category": agg["per_category"],
-        "counts": {**agg["counts"], "hit_cap": hit},
-        "generation": {
-            "wall_s": round(wall, 3), "generated_tokens": n_tok,
-            # tokens/s over this process's generation only (a resumed run generated part of the answers).
-            "tokens_per_s": round(new_tok / wall, 1) if wall > 0 else None,
-            "new_generated_tokens": new_tok, "new_prompts": gen_stats.get("new_prompts", 0),
-            "hit_cap_fraction": round(hit / len(rows), 4) if rows else None,
-            "mean_generated_tokens": round(n_tok / len(rows), 1) if rows else None,
-            "stop_token_ids": gen_stats.get("stop_token_ids"),
-        },
-        "memory": {
-            "torch_peak_allocated_gib": mem.get("torch_peak_allocated_gib"),
-            "torch_peak_reserved_gib": mem.get("torch_peak_reserved_gib"),
-            "nvml_peak_gib": mem.get("nvml_peak_gib"), "nvml_mean_gib": mem.get("nvml_mean_gib"),
-            "gpu_name": mem.get("gpu_name"), "gpu_total_gib": mem.get("gpu_total_gib"),
-            "memory_cap_gib": cfg.memory_cap_gib,
-        },
-        "leaderboard_score": round((agg["accuracy"]["prompt_strict"]["value"] + agg["accuracy"]["inst_strict"]["value"]) / 2, 6),
-        "git_commit": git_commit(),
-        "created": _now(),
-        "wall_s": round(time.time() - t_start, 3),
-    }
-    if extra:
-        summary.update(extra)
-    atomic_write_json(summary_path, summary)
+    summary = results.make_summary(
+        model_path=model_path, step=model_step(model_path), settings=settings, settings_hash=shash, agg=agg,
+        rows=rows, generation=res.get("generation", {}), memory=mem, memory_cap_gib=cfg.memory_cap_gib,
+        git_commit=git_commit(), wall_s=time.time() - t_start, extra=extra)
+    summary_path = results.write_result_dir(out, rows, strict, loose, samples, summary)
     a = agg["accuracy"]
     log(f"prompt strict {100 * a['prompt_strict']['value']:.2f}  inst strict {100 * a['inst_strict']['value']:.2f}  "
         f"prompt loose {100 * a['prompt_loose']['value']:.2f}  inst loose {100 * a['inst_loose']['value']:.2f}  "
-        f"({len(rows)} prompts, {hit} hit the cap) -> {summary_path}")
+        f"({len(rows)} prompts, {summary['counts']['hit_cap']} hit the cap) -> {summary_path}")
     return summary
 
 
@@ -572,7 +499,7 @@ def _score_only(model_path: str | None, out: Path, cfg: EvalConfig, session: Eva
                 "responses_sha256": hashlib.sha256(src.read_bytes()).hexdigest(), "subset": cfg.subset,
                 "limit": cfg.limit, "data_path": ps_all.source, "data_sha256": ps_all.sha256, "seed": cfg.seed}
     shash = settings_hash(settings, model_path)
-    if out.resolve() == src.resolve().parent and (out / "summary.json").is_file():
+    if out.resolve() == src.resolve().parent and (out / results.SUMMARY).is_file():
         pass  # rescoring a result directory in place: its summary is replaced
     else:
         existing = check_out_dir(out, model_path, shash, settings)
@@ -584,40 +511,25 @@ def _score_only(model_path: str | None, out: Path, cfg: EvalConfig, session: Eva
 
 
 # ----------------------------------------------------------------------------------------- CLI
-def _field_type(f: dataclasses.Field):
-    t = typing.get_type_hints(EvalConfig)[f.name]
-    args = [a for a in typing.get_args(t) if a is not type(None)]
-    if typing.get_origin(t) is typing.Union and args:
-        t = args[0]
-    if typing.get_origin(t) is Literal:
-        return str, list(typing.get_args(t))
-    return t, None
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The CLI: MODEL OUT, and one flag per EvalConfig field (generated by sftbench/cli.py)."""
     p = argparse.ArgumentParser(
         prog="ifeval/run.sh",
         usage="%(prog)s MODEL OUT [options]\n       %(prog)s [MODEL] OUT --score_only RESPONSES.jsonl [options]",
         description="IFEval one checkpoint: greedy generation with the model's chat template, lm-eval's checkers "
                     "(strict and loose), 95% CIs. Writes OUT/responses.jsonl, eval_results_{strict,loose}.jsonl and "
                     "summary.json (last). Rerun the same command to finish an interrupted run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("paths", nargs="+", metavar="MODEL OUT",
                    help="MODEL: checkpoint directory, hub id, or smollm2-135m-instruct-offline; OUT: result directory. "
                         "With --score_only, MODEL is optional.")
-    for f in dataclasses.fields(EvalConfig):
-        t, choices = _field_type(f)
-        if t is bool:  # pragma: no cover - no bool fields today
-            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
-            continue
-        p.add_argument(f"--{f.name}", type=t, choices=choices, default=f.default, help=f.metadata["help"])
+    add_config_arguments(p, EvalConfig)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
+    args = build_parser().parse_args(argv)
+    cfg = config_from_namespace(EvalConfig, args, config_defaults(EvalConfig))
     try:
         if cfg.score_only:
             if len(args.paths) not in (1, 2):

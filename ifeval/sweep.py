@@ -23,27 +23,23 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import sys
 import time
-import typing
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from sftbench import rundir
+from sftbench.cli import HelpFormatter, add_config_arguments, config_from_namespace, field_default
 from sftbench.errors import UserError, exit_with_user_error
-from sftbench.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from sftbench.io import read_json
+from sftbench.rundir import final_model_present, is_model_dir, load_metrics, loss_at_step  # noqa: F401 (API)
+
+from ifeval import results
+from ifeval.config import SweepConfig
+from ifeval.results import CSV_COLUMNS, METRICS, read_summary, sweep_rows, write_sweep_csv  # noqa: F401 (API)
 
 PROG = "ifeval.sweep"
-CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors")
-METRICS = ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose")
-CSV_COLUMNS = (["step", "checkpoint", "kind"]
-               + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
-               + ["n_prompts", "hit_cap_fraction", "tokens_per_s", "wall_s", "torch_peak_allocated_gib",
-                  "nvml_peak_gib", "train_loss", "train_loss_step", "model_path"])
 
 
 # ----------------------------------------------------------------------------------------- discovery
@@ -61,27 +57,6 @@ class Checkpoint:
         return f"checkpoint-{self.step}"
 
 
-def is_model_dir(p: Path) -> bool:
-    return (p / "config.json").is_file() and any((p / w).is_file() for w in WEIGHT_FILES)
-
-
-def _global_step(model_dir: Path) -> int | None:
-    f = model_dir / "trainer_state.json"
-    if not f.is_file():
-        return None
-    try:
-        step = json.loads(f.read_text(encoding="utf-8")).get("global_step")
-    except (json.JSONDecodeError, OSError, AttributeError):
-        return None
-    return int(step) if isinstance(step, (int, float)) else None
-
-
-def _last_logged_step(run_dir: Path) -> int | None:
-    rows = load_metrics(run_dir)
-    steps = [r["step"] for r in rows if isinstance(r.get("step"), (int, float))]
-    return int(max(steps)) if steps else None
-
-
 def discover_checkpoints(run_dir: str | os.PathLike, include_base: str | None = None) -> list[Checkpoint]:
     """Models to evaluate in a run directory, sorted by step.
 
@@ -92,16 +67,11 @@ def discover_checkpoints(run_dir: str | os.PathLike, include_base: str | None = 
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"{run}: run directory not found (give the training output directory that holds checkpoint-<step>/ folders).")
-    found: dict[int, Checkpoint] = {}
-    for child in run.iterdir():
-        m = CKPT_RE.match(child.name)
-        if m and child.is_dir() and is_model_dir(child):
-            step = int(m.group(1))
-            found[step] = Checkpoint(step, str(child.resolve()), "checkpoint")
+    found = {step: Checkpoint(step, str(p.resolve()), "checkpoint") for step, p in rundir.list_checkpoints(run)}
     if is_model_dir(run):
-        step = _global_step(run)
+        step = rundir.global_step(run)
         if step is None:
-            step = _last_logged_step(run)
+            step = rundir.last_logged_step(run)
         if step is None:
             step = max(found, default=0) + 1
             print(f"[{PROG}] {run}: the final model has no trainer_state.json and no metrics.jsonl; "
@@ -116,10 +86,6 @@ def discover_checkpoints(run_dir: str | os.PathLike, include_base: str | None = 
     return [found[s] for s in sorted(found)]
 
 
-def final_model_present(run_dir: str | os.PathLike) -> bool:
-    return is_model_dir(Path(run_dir))
-
-
 def base_model_from_run(run_dir: str | os.PathLike) -> str:
     """`model_name_or_path` recorded in the run's sft_config.json (UserError if it cannot be found)."""
     f = Path(run_dir) / "sft_config.json"
@@ -130,26 +96,6 @@ def base_model_from_run(run_dir: str | os.PathLike) -> str:
         if isinstance(cfg, dict) and cfg.get(key):
             return str(cfg[key])
     raise UserError(f"{f}: has no model_name_or_path; pass the starting model: --include_base PATH_OR_NAME.")
-
-
-# ------------------------------------------------------------------------------------- training loss
-def load_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """Rows of the run's metrics.jsonl ([] when absent); a half-written last line (training running) is dropped."""
-    f = Path(run_dir) / "metrics.jsonl"
-    if not f.is_file():
-        return []
-    return [r for r in read_jsonl(f, tolerate_partial_tail=True) if isinstance(r, dict)]
-
-
-def loss_at_step(metrics: list[dict], step: int) -> tuple[float | None, int | None]:
-    """(loss, logged_step) of the nearest logged step <= step; (None, None) when there is none."""
-    best = None
-    for r in metrics:
-        s, loss = r.get("step"), r.get("loss")
-        if isinstance(s, (int, float)) and isinstance(loss, (int, float)) and s <= step:
-            if best is None or s >= best[1]:
-                best = (float(loss), int(s))
-    return best if best else (None, None)
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -165,18 +111,6 @@ def config_hash(cfg: Any) -> str:
     """sha256 of the eval config (all fields, canonical JSON): the sweep-level settings identity."""
     blob = json.dumps(config_dict(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def read_summary(result_dir: Path) -> dict | None:
-    """summary.json if present and complete, else None (an unreadable file counts as incomplete)."""
-    f = result_dir / "summary.json"
-    if not f.is_file():
-        return None
-    try:
-        s = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError):
-        return None
-    return s if isinstance(s, dict) and s.get("complete") is True else None
 
 
 def _same_model(a: str | None, b: str | None) -> bool:
@@ -207,11 +141,11 @@ class SweepPaths:
 
     @property
     def state_file(self) -> Path:
-        return self.results_dir / "sweep.json"
+        return self.results_dir / results.SWEEP_JSON
 
     @property
     def csv_file(self) -> Path:
-        return self.results_dir / "sweep.csv"
+        return self.results_dir / results.SWEEP_CSV
 
 
 class Sweep:
@@ -240,14 +174,10 @@ class Sweep:
 
     # -- state -------------------------------------------------------------------------------------
     def _load_state(self) -> dict:
-        f = self.paths.state_file
-        fresh = {"run_dir": str(self.paths.run_dir.resolve()), "include_base": self.include_base,
-                 "eval_config": config_dict(self.cfg), "eval_config_hash": self.cfg_hash, "entries": {}}
-        if not f.is_file():
+        fresh = results.new_sweep_state(self.paths.run_dir, self.include_base, config_dict(self.cfg), self.cfg_hash)
+        old = results.read_sweep_state(self.paths.results_dir)
+        if old is None:
             return fresh
-        old = read_json(f)
-        if not isinstance(old, dict):
-            raise UserError(f"{f}: not a sweep state file (expected a JSON object).")
         # A state with no entries evaluated nothing (e.g. a first try that stopped on a bad option): nothing to mix.
         nothing_done = not old.get("entries")
         if old.get("eval_config_hash") != self.cfg_hash and not self.force and not nothing_done:
@@ -272,8 +202,7 @@ class Sweep:
         return fresh
 
     def _save_state(self) -> None:
-        self.state["updated"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        atomic_write_json(self.paths.state_file, self.state)
+        results.write_sweep_state(self.paths.results_dir, self.state)
 
     # -- decisions ---------------------------------------------------------------------------------
     def status(self, ck: Checkpoint, model_path: str) -> str:
@@ -323,10 +252,8 @@ class Sweep:
         summary = self.evaluate(model_path, str(out), self.cfg, **kwargs)
         if not isinstance(summary, dict):
             summary = read_summary(out) or {}
-        self.state["entries"][ck.name] = {
-            "step": ck.step, "kind": ck.kind, "model_path": model_path,
-            "settings_hash": summary.get("settings_hash"), "eval_config_hash": self.cfg_hash,
-            "wall_s": round(time.time() - t0, 3)}
+        self.state["entries"][ck.name] = results.sweep_entry(ck.step, ck.kind, model_path, summary.get("settings_hash"),
+                                                             self.cfg_hash, wall_s=time.time() - t0)
         self._save_state()
         self.write_csv()
         acc = (summary.get("accuracy") or {}).get("prompt_strict", {}).get("value")
@@ -342,8 +269,8 @@ class Sweep:
         for ck in done:  # adopt results from an earlier sweep (or a crash before sweep.json was updated)
             if ck.name not in self.state["entries"]:
                 s = read_summary(self.paths.results_dir / ck.name) or {}
-                self.state["entries"][ck.name] = {"step": ck.step, "kind": ck.kind, "model_path": s.get("model_path"),
-                                                  "settings_hash": s.get("settings_hash"), "eval_config_hash": self.cfg_hash}
+                self.state["entries"][ck.name] = results.sweep_entry(ck.step, ck.kind, s.get("model_path"),
+                                                                     s.get("settings_hash"), self.cfg_hash)
         self._save_state()
         if done:
             self.log(f"[{PROG}] {len(done)} checkpoint(s) already evaluated with these settings: "
@@ -405,125 +332,23 @@ def _dir_signature(p: Path) -> tuple:
         return ()
 
 
-def sweep_rows(results_dir: str | os.PathLike, run_dir: str | os.PathLike | None, state: dict | None = None) -> list[dict]:
-    """One row per complete result directory checkpoint-<step>/ in results_dir, sorted by step."""
-    results = Path(results_dir)
-    metrics = load_metrics(run_dir) if run_dir and Path(run_dir).is_dir() else []
-    entries = (state or {}).get("entries") or {}
-    rows = []
-    for child in sorted(results.iterdir()) if results.is_dir() else []:
-        m = CKPT_RE.match(child.name)
-        summary = read_summary(child) if m and child.is_dir() else None
-        if summary is None:
-            continue
-        step = int(m.group(1))
-        acc = summary.get("accuracy") or {}
-        gen = summary.get("generation") or {}
-        mem = summary.get("memory") or {}
-        cnt = summary.get("counts") or {}
-        row: dict[str, Any] = {"step": step, "checkpoint": child.name,
-                               "kind": (entries.get(child.name) or {}).get("kind", "base" if step == 0 else "checkpoint")}
-        for k in METRICS:
-            a = acc.get(k) or {}
-            ci = a.get("ci95") or [None, None]
-            row[k], row[f"{k}_lo"], row[f"{k}_hi"] = a.get("value"), ci[0], ci[1]
-        loss, loss_step = loss_at_step(metrics, step)
-        row.update({"n_prompts": cnt.get("prompts"), "hit_cap_fraction": gen.get("hit_cap_fraction"),
-                    "tokens_per_s": gen.get("tokens_per_s"), "wall_s": summary.get("wall_s", gen.get("wall_s")),
-                    "torch_peak_allocated_gib": mem.get("torch_peak_allocated_gib"),
-                    "nvml_peak_gib": mem.get("nvml_peak_gib"), "train_loss": loss, "train_loss_step": loss_step,
-                    "model_path": summary.get("model_path")})
-        rows.append(row)
-    rows.sort(key=lambda r: r["step"])
-    return rows
-
-
-def write_sweep_csv(results_dir, run_dir, state: dict | None = None) -> Path:
-    """(Re)write results_dir/sweep.csv from the complete result directories (atomic)."""
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-    w.writeheader()
-    for r in sweep_rows(results_dir, run_dir, state):
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
-    out = Path(results_dir) / "sweep.csv"
-    atomic_write_text(out, buf.getvalue())
-    return out
-
-
 # --------------------------------------------------------------------------------------------- CLI
-def _field_type(cls, f: dataclasses.Field):
-    try:
-        hints = typing.get_type_hints(cls)
-        t = hints.get(f.name, f.type)
-    except Exception:
-        t = f.type
-    args = [a for a in typing.get_args(t) if a is not type(None)]
-    if args and typing.get_origin(t) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        t = args[0]
-    if typing.get_origin(t) is typing.Literal:
-        return str, [str(a) for a in typing.get_args(t)]
-    return t if t in (int, float, str, bool) else str, None
-
-
-def _str2bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "y", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
-
-
-def _none_or(conv):
-    def parse(v: str):
-        return None if v.lower() in ("none", "null", "") else conv(v)
-    parse.__name__ = getattr(conv, "__name__", "value")
-    return parse
-
-
-def add_config_args(parser: argparse.ArgumentParser, config_cls) -> list[str]:
-    """One --flag per field of the eval config dataclass (help from field metadata or docstring)."""
-    group = parser.add_argument_group("evaluation options (the same as ifeval/run.sh; passed to every checkpoint)")
-    names = []
-    for f in dataclasses.fields(config_cls):
-        if not f.init:
-            continue
-        t, choices = _field_type(config_cls, f)
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        conv = _str2bool if t is bool else t
-        help_ = f.metadata.get("help", "") if f.metadata else ""
-        group.add_argument(f"--{f.name}", type=_none_or(conv), default=default, choices=choices or None,
-                           metavar=("{" + ",".join(choices) + "}") if choices else t.__name__.upper(),
-                           help=argparse.SUPPRESS if f.name == "score_only" else help_)  # the formatter adds the default
-        names.append(f.name)
-    return names
-
-
-def build_parser(config_cls) -> tuple[argparse.ArgumentParser, list[str]]:
+def build_parser(config_cls) -> tuple[argparse.ArgumentParser, list[str], list[str]]:
+    """(parser, SweepConfig flag names, eval config flag names): both generated by sftbench/cli.py."""
     p = argparse.ArgumentParser(
         prog=PROG,
         description="IFEval every checkpoint of a training run (one process; resumable) and write sweep.csv. "
                     "Then `python -m analysis.report RESULTS_DIR` writes the report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("run_dir", help="training output directory (holds checkpoint-<step>/, metrics.jsonl, sft_config.json)")
     p.add_argument("results_dir", help="where to write checkpoint-<step>/ results, sweep.csv and sweep.json")
-    p.add_argument("--include_base", nargs="?", const="", default=None, metavar="PATH",
-                   help="also evaluate the starting model as step 0; without PATH, the model_name_or_path "
-                        "recorded in RUN_DIR/sft_config.json")
-    p.add_argument("--watch", action="store_true",
-                   help="keep polling RUN_DIR and evaluate checkpoints as training writes them; stops when the "
-                        "final model appears and is evaluated, or after --watch_timeout")
-    p.add_argument("--poll_s", type=float, default=30.0, help="seconds between polls with --watch")
-    p.add_argument("--watch_timeout", type=float, default=None,
-                   help="stop watching after this many seconds (default: wait for the final model)")
-    p.add_argument("--force", action="store_true",
-                   help="re-evaluate checkpoints that already have results (needed when the settings changed)")
-    p.add_argument("--dry_run", action="store_true", help="list what would be evaluated or skipped, then exit")
-    names = add_config_args(p, config_cls)
-    return p, names
+    inc = next(f for f in dataclasses.fields(SweepConfig) if f.name == "include_base")
+    p.add_argument("--include_base", nargs="?", const="", default=field_default(inc), metavar="PATH",
+                   help=inc.metadata["help"])
+    sweep_names = add_config_arguments(p, SweepConfig)
+    group = p.add_argument_group("evaluation options (the same as ifeval/run.sh; passed to every checkpoint)")
+    eval_names = add_config_arguments(group, config_cls, hidden=("score_only",))
+    return p, sweep_names, eval_names
 
 
 def _load_runner():
@@ -540,55 +365,68 @@ def main(argv: list[str] | None = None, *, runner=None) -> int:
         runner = runner or _load_runner()
     except UserError as e:
         exit_with_user_error(e, PROG)
-    parser, names = build_parser(runner.EvalConfig)
+    parser, sweep_names, eval_names = build_parser(runner.EvalConfig)
     args = parser.parse_args(argv)
     try:
         if getattr(args, "score_only", None):  # one responses file would be scored as every checkpoint's answers
             raise UserError("--score_only scores one responses file: use it with ifeval/run.sh, not with a sweep, "
                             "which generates answers for each checkpoint.")
-        cfg = runner.EvalConfig(**{n: getattr(args, n) for n in names})
-        run_dir, results_dir = Path(args.run_dir), Path(args.results_dir)
-        if not args.watch and not run_dir.is_dir():
-            raise UserError(f"{run_dir}: run directory not found.")
-        if run_dir.resolve() == results_dir.resolve():
-            raise UserError(f"{results_dir}: the results directory must differ from the run directory.")
-        include_base = args.include_base
-        if include_base == "":
-            include_base = base_model_from_run(run_dir)
-        resolve = getattr(runner, "resolve_model_path", None)
-        if resolve is None:
-            try:
-                from sftbench.models import resolve_model_path as resolve
-            except ImportError:  # pragma: no cover
-                resolve = None
-        sweep = Sweep(run_dir, results_dir, cfg, runner.evaluate_checkpoint, include_base=include_base,
-                      force=args.force, expected_hash=getattr(runner, "expected_settings_hash", None),
-                      resolve_model=resolve)
-        if args.dry_run:
+        cfg = config_from_namespace(runner.EvalConfig, args, eval_names)
+        opts = config_from_namespace(SweepConfig, args, sweep_names, include_base=args.include_base)
+        sweep = _make_sweep(Path(args.run_dir), Path(args.results_dir), cfg, opts, runner)
+        if opts.dry_run:
             for ck, path, st in sweep.plan():
                 print(f"{ck.name:>18}  {ck.kind:<10}  {'skip (done)' if st == 'done' else 'evaluate'}  {path}")
             return 0
-        session_cls = getattr(runner, "EvalSession", None)
-        if session_cls is not None:
-            try:
-                sweep.session = session_cls(cfg)  # the scorer and compiled machinery, built once
-            except TypeError as e:  # a runner whose session takes other arguments: let it load per checkpoint
-                print(f"[{PROG}] EvalSession(cfg) failed ({e}); each checkpoint loads its own machinery",
-                      file=sys.stderr)
-        if args.watch:
-            sweep.watch(poll_s=args.poll_s, timeout_s=args.watch_timeout)
-        else:
-            n_new, n_done = sweep.run_once()
-            if n_new + n_done == 0:
-                raise UserError(f"{run_dir}: no complete checkpoint-<step>/ directory (config.json + weights) "
-                                f"and no final model found.")
-        print(f"[{PROG}] wrote {sweep.paths.csv_file}; report: python -m analysis.report {results_dir}")
+        sweep.session = _open_session(runner, cfg)
+        _run(sweep, opts)
+        print(f"[{PROG}] wrote {sweep.paths.csv_file}; report: python -m analysis.report {args.results_dir}")
     except UserError as e:
         exit_with_user_error(e, PROG)
     except KeyboardInterrupt:
         print(f"[{PROG}] interrupted; rerun the same command to finish the remaining checkpoints", file=sys.stderr)
         return 130
     return 0
+
+
+def _make_sweep(run_dir: Path, results_dir: Path, cfg, opts: SweepConfig, runner) -> Sweep:
+    """Check the directories, resolve --include_base, and build the Sweep (UserError before any write)."""
+    if not opts.watch and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run directory not found.")
+    if run_dir.resolve() == results_dir.resolve():
+        raise UserError(f"{results_dir}: the results directory must differ from the run directory.")
+    include_base = base_model_from_run(run_dir) if opts.include_base == "" else opts.include_base
+    resolve = getattr(runner, "resolve_model_path", None)
+    if resolve is None:
+        try:
+            from sftbench.models import resolve_model_path as resolve
+        except ImportError:  # pragma: no cover
+            resolve = None
+    return Sweep(run_dir, results_dir, cfg, runner.evaluate_checkpoint, include_base=include_base,
+                 force=opts.force, expected_hash=getattr(runner, "expected_settings_hash", None),
+                 resolve_model=resolve)
+
+
+def _open_session(runner, cfg):
+    """The runner's EvalSession (scorer and compiled machinery, built once), or None to load per checkpoint."""
+    session_cls = getattr(runner, "EvalSession", None)
+    if session_cls is None:
+        return None
+    try:
+        return session_cls(cfg)
+    except TypeError as e:  # a runner whose session takes other arguments: let it load per checkpoint
+        print(f"[{PROG}] EvalSession(cfg) failed ({e}); each checkpoint loads its own machinery", file=sys.stderr)
+        return None
+
+
+def _run(sweep: Sweep, opts: SweepConfig) -> None:
+    if opts.watch:
+        sweep.watch(poll_s=opts.poll_s, timeout_s=opts.watch_timeout)
+        return
+    n_new, n_done = sweep.run_once()
+    if n_new + n_done == 0:
+        raise UserError(f"{sweep.paths.run_dir}: no complete checkpoint-<step>/ directory (config.json + weights) "
+                        f"and no final model found.")
 
 
 if __name__ == "__main__":

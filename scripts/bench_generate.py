@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +38,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 GIB = 1024**3
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as the epilog, and every default next to its option."""
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    from ifeval.config import EvalConfig
+    from sftbench.cli import config_defaults
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_Formatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model", default="smollm2-135m-instruct-offline",
                    help="A model directory, a .gguf file (converted with sftbench.models into a temporary directory), "
@@ -46,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None,
                    help="IFEval jsonl (default: .bench-data/input_data.jsonl if present, else ../shared/data/ifeval/input_data.jsonl).")
     p.add_argument("--limit", type=int, default=None, help="Only the first N prompts (smoke runs).")
-    p.add_argument("--max-new-tokens", type=int, default=1280, help="Generation cap per answer (lm-eval: 1280).")
+    p.add_argument("--max-new-tokens", type=int, default=config_defaults(EvalConfig)["max_new_tokens"],
+                   help="Generation cap per answer (ifeval.config.EvalConfig's default).")
     p.add_argument("--memory-cap-gib", type=float, default=8.0,
                    help="Device memory cap (NVML total, GiB) applied with sftbench.memory.apply_memory_cap; 0 = none.")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cpu.")
@@ -109,40 +118,7 @@ def resolve_model(spec: str, out_dir: Path) -> Path:
     return Path(resolve_model_path(spec))
 
 
-def load_model(model_dir: Path, dtype, device="cpu"):
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-
-
 # ------------------------------------------------------------------------------------------- HF baseline
-
-def cut_at_stop(toks: list[int], stop: set[int], max_new: int) -> tuple[list[int], bool]:
-    """(generated ids up to and including the first stop token, hit_cap)."""
-    for i, t in enumerate(toks):
-        if t in stop:
-            return toks[: i + 1], False
-    toks = toks[:max_new]
-    return toks, len(toks) >= max_new
-
-
-def hf_generate(model, batch: list[list[int]], max_new: int, stop_ids: list[int], pad_id: int, min_new: int | None = None):
-    import torch
-    from transformers import GenerationConfig
-
-    dev = next(model.parameters()).device
-    width = max(len(p) for p in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, p in enumerate(batch):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
-    gc_ = GenerationConfig(max_new_tokens=max_new, min_new_tokens=min_new, do_sample=False, num_beams=1,
-                           eos_token_id=list(stop_ids), pad_token_id=pad_id)
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), generation_config=gc_)
-    return out[:, width:].tolist()
-
 
 def hf_memory_estimate(shape, bs: int, max_prompt: int, max_new: int, dtype_bytes: int = 2) -> int:
     """Bytes HF generate() needs at batch bs when a row runs to the cap: weights, the DynamicCache, the
@@ -249,326 +225,404 @@ def same_count(a: dict, b: dict, keys) -> tuple[int, int, float | None]:
 T0 = time.perf_counter()
 
 
-def run(args) -> int:
+@dataclass
+class Bench:
+    """What every phase shares: the prompts, the product's generator spec, the summary being filled."""
+
+    args: argparse.Namespace
+    out_dir: Path
+    device: object
+    dtype_name: str
+    model_dir: Path
+    tok: object
+    examples: list
+    ids: list[list[int]]
+    spec: object            # ifeval.generate.GenSpec: the product's cap, stop ids, pad id
+    shape: object           # LlamaShape
+    cpu_model: object       # weights on the CPU, copied into the fast engine
+    summary: dict
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def dtype(self):
+        from ifeval.generate import torch_dtype
+
+        return torch_dtype(self.dtype_name)
+
+    @property
+    def max_new(self) -> int:
+        return self.spec.max_new_tokens
+
+
+def setup(args) -> Bench:
+    """Device, dtype, memory cap, model and prompts: the same functions ifeval/run.py uses."""
     import torch
 
     from ifeval.data import load_jsonl
-    from ifeval.fast_generate import FastGenerator
     from ifeval.fast_llama import LlamaShape
-    from ifeval.generate import encode, load_tokenizer, render_prompts, stop_token_ids
-    from sftbench.io import atomic_write_json, atomic_write_jsonl
+    from ifeval.generate import GenSpec, encode, load_model, load_tokenizer, pick_generation_dtype, render_prompts, \
+        stop_token_ids
+    from sftbench.device import pick_device
     from sftbench.memory import apply_memory_cap
 
     out_dir = Path(args.out_dir or os.environ.get("OUT") or "bench-out")
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype_name = pick_generation_dtype("auto", device)
     summary: dict = {"device": str(device), "max_new_tokens": args.max_new_tokens, "memory_cap_gib": args.memory_cap_gib}
     if device.type == "cuda":
-        summary["gpu"] = torch.cuda.get_device_name(device)
-        summary["torch"] = torch.__version__
         import transformers
 
-        summary["transformers"] = transformers.__version__
+        summary.update(gpu=torch.cuda.get_device_name(device), torch=torch.__version__,
+                       transformers=transformers.__version__)
         if args.memory_cap_gib:
             msg = apply_memory_cap(args.memory_cap_gib, device)
             print(f"[bench] {msg}", flush=True)
             summary["cap"] = msg
-
     model_dir = resolve_model(args.model, out_dir)
     tok = load_tokenizer(str(model_dir))
     data = Path(args.data) if args.data else default_data()
-    examples = load_jsonl(data)
-    if args.limit:
-        examples = examples[: args.limit]
-    texts = render_prompts(tok, [e.prompt for e in examples], system_prompt="default")
-    ids = encode(tok, texts)
-    keys = [e.key for e in examples]
-    m0 = load_model(model_dir, dtype)
-    stop = stop_token_ids(tok, m0.generation_config)
-    pad = tok.pad_token_id
-    shape = LlamaShape.from_model(m0)
-    max_new = args.max_new_tokens
+    examples = load_jsonl(data)[: args.limit or None]
+    ids = encode(tok, render_prompts(tok, [e.prompt for e in examples], system_prompt="default"))
+    m0 = load_model(str(model_dir), dtype_name, "cpu")
+    spec = GenSpec(args.max_new_tokens, stop_token_ids(tok, m0.generation_config), int(tok.pad_token_id))
     print(f"[bench] {len(ids)} prompts from {data} (lengths {min(map(len, ids))}..{max(map(len, ids))}), "
-          f"stop ids {stop}, model {model_dir}, {device}, {dtype}", flush=True)
-    summary.update({"prompts": len(ids), "data": str(data), "stop_ids": stop, "model": str(args.model),
+          f"stop ids {spec.stop_ids}, model {model_dir}, {device}, {dtype_name}", flush=True)
+    summary.update({"prompts": len(ids), "data": str(data), "stop_ids": spec.stop_ids, "model": str(args.model),
                     "prompt_tokens": sum(map(len, ids)), "max_prompt_len": max(map(len, ids))})
-    rows: list[dict] = []
-    hf_tokens: dict[int, list[int]] = {}
-    hf_order: list[int] = []
+    return Bench(args, out_dir, device, dtype_name, model_dir, tok, examples, ids, spec, LlamaShape.from_model(m0),
+                 m0, summary)
 
-    # ---------------------------------------------------------------- 1. HF generate()
-    if not args.skip_hf:
+
+# ---------------------------------------------------------------- 1. HF generate()
+def hf_probes(b: Bench, hf, order: list[int]) -> dict:
+    """A short forced-length run at each --hf-batch-sizes; returns the best probe that fits at full length."""
+    from ifeval.fast_generate import available_memory_bytes
+
+    args, probes = b.args, []
+    avail = available_memory_bytes(b.device) if b.device.type == "cuda" else None
+    hf.generate([b.ids[order[-1]]] * 2, 2)  # warm-up: CUDA/cuBLAS init out of the probes
+    for bs in [int(x) for x in args.hf_batch_sizes.split(",") if x.strip()]:
+        bs = min(bs, len(b.ids))
+        batch = [b.ids[i] for i in order[:bs]]
+        est = hf_memory_estimate(b.shape, bs, len(batch[0]), b.max_new)
+        fits = avail is None or est <= avail
         try:
-            hf_model = load_model(model_dir, dtype, device)
-            order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-            probes = []
-            from ifeval.fast_generate import available_memory_bytes
-
-            avail = available_memory_bytes(device) if device.type == "cuda" else None
-            hf_generate(hf_model, [ids[order[-1]]] * 2, 2, stop, pad)  # warm-up: CUDA/cuBLAS init out of the probes
-            for bs in [int(b) for b in args.hf_batch_sizes.split(",") if b.strip()]:
-                bs = min(bs, len(ids))
-                batch = [ids[i] for i in order[:bs]]
-                est = hf_memory_estimate(shape, bs, len(batch[0]), max_new)
-                fits = avail is None or est <= avail
-                try:
-                    with Phase(device) as ph:
-                        hf_generate(hf_model, batch, args.hf_probe_tokens, stop, pad, min_new=args.hf_probe_tokens)
-                    tps = bs * args.hf_probe_tokens / ph.wall
-                    probes.append({"batch": bs, "wall_s": round(ph.wall, 3), "tokens_per_s": round(tps, 1),
-                                   "step_ms": round(1000 * ph.wall / args.hf_probe_tokens, 1), "est_full_gib": round(est / GIB, 2),
-                                   "fits_full_length": fits, "torch_peak_gib": ph.torch_peak_gib})
-                except Exception as e:
-                    if not is_oom(e):
-                        raise
-                    probes.append({"batch": bs, "oom": True, "est_full_gib": round(est / GIB, 2), "fits_full_length": False})
-                    reset_peaks(device)
-                print(f"[bench] HF probe {probes[-1]}", flush=True)
-            ok = [p for p in probes if p.get("fits_full_length") and not p.get("oom")]
-            best = max(ok, key=lambda p: p["tokens_per_s"]) if ok else min(probes, key=lambda p: p["batch"])
-            bs = best["batch"]
-            summary["hf_probes"] = probes
-            summary["hf_batch"] = bs
-            pending = [order[i: i + bs] for i in range(0, len(order), bs)]
-            n_batches = len(pending)
-            done_batches, batch_times, oom_retries = 0, [], []
-            with Phase(device) as ph:
-                t0 = time.perf_counter()
-                while pending:
-                    b = pending[0]
-                    elapsed = time.perf_counter() - t0
-                    guess = max(batch_times) if batch_times else max_new * best.get("step_ms", 100) / 1000
-                    if done_batches and elapsed + guess > args.hf_time_budget_s:
-                        break
-                    tb = time.perf_counter()
-                    try:
-                        outs = hf_generate(hf_model, [ids[i] for i in b], max_new, stop, pad)
-                    except Exception as e:
-                        if not is_oom(e) or len(b) == 1:
-                            raise
-                        reset_peaks(device)
-                        # Over the cap at this batch: halve it for the rest of the run (the failed try stays in
-                        # the wall time, as it would for a user).
-                        bs = max(1, len(b) // 2)
-                        rest = [i for bb in pending for i in bb]
-                        pending = [rest[i: i + bs] for i in range(0, len(rest), bs)]
-                        n_batches = done_batches + len(pending)
-                        oom_retries.append({"after_s": round(time.perf_counter() - tb, 1), "new_batch": bs})
-                        print(f"[bench] HF ran out of memory at batch {len(b)}; retrying at {bs}", flush=True)
-                        continue
-                    pending.pop(0)
-                    batch_times.append(time.perf_counter() - tb)
-                    for i, o in zip(b, outs):
-                        hf_tokens[i] = cut_at_stop(o, set(stop), max_new)[0]
-                        hf_order.append(i)
-                    done_batches += 1
-                    print(f"[bench] HF batch {done_batches}/{n_batches}: {len(b)} prompts in {batch_times[-1]:.1f} s",
-                          flush=True)
-            summary["hf_oom_retries"] = oom_retries
-            summary["hf_batch"] = bs
-            if not hf_order:
-                raise RuntimeError("HF generate() finished no batch under the cap")
-            hf_gen = sum(len(hf_tokens[i]) for i in hf_order)
-            hf_cap = sum(1 for i in hf_order if len(hf_tokens[i]) >= max_new and hf_tokens[i][-1] not in stop)
-            full = not pending
-            note = "all prompts" if full else f"{done_batches}/{n_batches} batches (time budget)"
-            if oom_retries:
-                note += f"; OOM at a larger batch first ({oom_retries[0]['after_s']} s lost)"
-            rows.append(row(f"HF generate() bs={bs}", bs, len(hf_order), ph.wall, hf_gen, ph.torch_peak_gib,
-                            ph.nvml_peak_gib, hf_cap, note))
-            summary["hf"] = {**rows[-1], "batch_times_s": [round(t, 2) for t in batch_times], "complete": full,
-                             "projected_full_s": round(ph.wall * n_batches / max(done_batches, 1), 3)}
-            del hf_model
-            reset_peaks(device)
-        except Exception as e:  # keep the fast measurements even if the baseline breaks
+            with Phase(b.device) as ph:
+                hf.generate(batch, args.hf_probe_tokens, min_new_tokens=args.hf_probe_tokens)
+            tps = bs * args.hf_probe_tokens / ph.wall
+            probes.append({"batch": bs, "wall_s": round(ph.wall, 3), "tokens_per_s": round(tps, 1),
+                           "step_ms": round(1000 * ph.wall / args.hf_probe_tokens, 1), "est_full_gib": round(est / GIB, 2),
+                           "fits_full_length": fits, "torch_peak_gib": ph.torch_peak_gib})
+        except Exception as e:
             if not is_oom(e):
-                import traceback
+                raise
+            probes.append({"batch": bs, "oom": True, "est_full_gib": round(est / GIB, 2), "fits_full_length": False})
+            reset_peaks(b.device)
+        print(f"[bench] HF probe {probes[-1]}", flush=True)
+    ok = [p for p in probes if p.get("fits_full_length") and not p.get("oom")]
+    b.summary["hf_probes"] = probes
+    return max(ok, key=lambda p: p["tokens_per_s"]) if ok else min(probes, key=lambda p: p["batch"])
 
-                traceback.print_exc()
-            print(f"[bench] HF phase failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
-            summary["hf_error"] = f"{type(e).__name__}: {str(e)[:500]}"
-            hf_model = None
-            reset_peaks(device)
 
-    # ---------------------------------------------------------------- 2. fast backend
-    fast_rows = {}
+def hf_full_run(b: Bench, hf, order: list[int], best: dict) -> dict:
+    """The real HF run at the best batch, longest prompts first, until --hf-time-budget-s; halves the batch on OOM.
+    Returns {prompt index: Completion} of the prompts it finished (in the order finished)."""
+    bs = best["batch"]
+    pending = [order[i: i + bs] for i in range(0, len(order), bs)]
+    n_batches = len(pending)
+    done: dict[int, object] = {}
+    batch_times, oom_retries = [], []
+    with Phase(b.device) as ph:
+        t0 = time.perf_counter()
+        while pending:
+            batch = pending[0]
+            guess = max(batch_times) if batch_times else b.max_new * best.get("step_ms", 100) / 1000
+            if batch_times and time.perf_counter() - t0 + guess > b.args.hf_time_budget_s:
+                break
+            tb = time.perf_counter()
+            try:
+                outs = hf.generate([b.ids[i] for i in batch])
+            except Exception as e:
+                if not is_oom(e) or len(batch) == 1:
+                    raise
+                reset_peaks(b.device)
+                # Over the cap at this batch: halve it for the rest of the run (the failed try stays in
+                # the wall time, as it would for a user).
+                bs = max(1, len(batch) // 2)
+                rest = [i for bb in pending for i in bb]
+                pending = [rest[i: i + bs] for i in range(0, len(rest), bs)]
+                n_batches = len(batch_times) + len(pending)
+                oom_retries.append({"after_s": round(time.perf_counter() - tb, 1), "new_batch": bs})
+                print(f"[bench] HF ran out of memory at batch {len(batch)}; retrying at {bs}", flush=True)
+                continue
+            pending.pop(0)
+            batch_times.append(time.perf_counter() - tb)
+            done.update(zip(batch, outs))
+            print(f"[bench] HF batch {len(batch_times)}/{n_batches}: {len(batch)} prompts in {batch_times[-1]:.1f} s",
+                  flush=True)
+    if not done:
+        raise RuntimeError("HF generate() finished no batch under the cap")
+    note = "all prompts" if not pending else f"{len(batch_times)}/{n_batches} batches (time budget)"
+    if oom_retries:
+        note += f"; OOM at a larger batch first ({oom_retries[0]['after_s']} s lost)"
+    b.rows.append(row(f"HF generate() bs={bs}", bs, len(done), ph.wall, sum(c.generated_tokens for c in done.values()),
+                      ph.torch_peak_gib, ph.nvml_peak_gib, sum(c.hit_cap for c in done.values()), note))
+    b.summary.update(hf_oom_retries=oom_retries, hf_batch=bs)
+    b.summary["hf"] = {**b.rows[-1], "batch_times_s": [round(t, 2) for t in batch_times], "complete": not pending,
+                       "projected_full_s": round(ph.wall * n_batches / max(len(batch_times), 1), 3)}
+    return done
 
-    def fast_run(name, gen, prompt_idx, note=""):
-        with Phase(device) as ph:
-            res = gen.generate([ids[i] for i in prompt_idx], progress=False)
-        st = gen.last_stats
-        r = row(name, st["slots"], len(prompt_idx), ph.wall, st["generated_tokens"], ph.torch_peak_gib,
-                ph.nvml_peak_gib, st["hit_cap"], note)
-        r["stats"] = {k: v for k, v in st.items() if k != "plan"}
-        rows.append(r)
-        fast_rows[name] = r
-        print(f"[bench] {name}: {r['wall_s']} s, {r['tokens_per_s']} tok/s, stats {r['stats']}", flush=True)
-        return {i: x["token_ids"] for i, x in zip(prompt_idx, res)}
 
-    all_idx = list(range(len(ids)))
-    with Phase(device) as ph_build:
-        gen = FastGenerator(m0, tok, max_new_tokens=max_new, stop_token_ids=stop, device=device, dtype=dtype)
-    fast1 = fast_run("fast ckpt1 (plan+compile+graph)", gen, all_idx, f"+{ph_build.wall:.1f} s build")
-    summary["fast_plan"] = gen.plan.describe()
-    print(f"[bench] plan: {summary['fast_plan']}", flush=True)
+def hf_phase(b: Bench) -> dict:
+    """HF generate() through the product's HFGenerator; {} when it failed (the fast rows are kept)."""
+    from ifeval.generate import HFGenerator, load_model
+
+    try:
+        hf = HFGenerator(load_model(str(b.model_dir), b.dtype_name, b.device), b.tok, b.spec)
+        order = sorted(range(len(b.ids)), key=lambda i: -len(b.ids[i]))
+        best = hf_probes(b, hf, order)
+        b.summary["hf_batch"] = best["batch"]
+        done = hf_full_run(b, hf, order, best)
+        del hf
+        reset_peaks(b.device)
+        return done
+    except Exception as e:  # keep the fast measurements even if the baseline breaks
+        if not is_oom(e):
+            import traceback
+
+            traceback.print_exc()
+        print(f"[bench] HF phase failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        b.summary["hf_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+        reset_peaks(b.device)
+        return {}
+
+
+# ---------------------------------------------------------------- 2. fast backend
+def fast_run(b: Bench, name: str, gen, prompt_idx: list[int], note: str = "") -> dict:
+    """One measured call of a FastBackend; its row is added; returns {prompt index: Completion}."""
+    with Phase(b.device) as ph:
+        res = gen.generate([b.ids[i] for i in prompt_idx])
+    st = gen.engine.last_stats
+    r = row(name, st["slots"], len(prompt_idx), ph.wall, st["generated_tokens"], ph.torch_peak_gib,
+            ph.nvml_peak_gib, st["hit_cap"], note)
+    r["stats"] = {k: v for k, v in st.items() if k != "plan"}
+    b.rows.append(r)
+    print(f"[bench] {name}: {r['wall_s']} s, {r['tokens_per_s']} tok/s, stats {r['stats']}", flush=True)
+    return dict(zip(prompt_idx, res))
+
+
+def fast_phase(b: Bench, hf_done: dict):
+    """Checkpoint 1 (build), checkpoint 2 (load + generate), HF's prompts only; returns (gen, ckpt-1 and ckpt-2 answers, reloaded model)."""
+    from ifeval.generate import load_model, make_fast_generator
+
+    all_idx = list(range(len(b.ids)))
+    with Phase(b.device) as ph_build:
+        gen = make_fast_generator(b.cpu_model, b.tok, b.spec, None, b.device, b.dtype_name)
+    fast1 = fast_run(b, CKPT1, gen, all_idx, f"+{ph_build.wall:.1f} s build")
+    b.summary["fast_plan"] = gen.engine.plan.describe()
+    print(f"[bench] plan: {b.summary['fast_plan']}", flush=True)
     t = time.perf_counter()
-    m2 = load_model(model_dir, dtype)
+    m2 = load_model(str(b.model_dir), b.dtype_name, "cpu")
     load_s = time.perf_counter() - t
-    with Phase(device) as ph_lw:
-        gen.load_weights(m2)
-    fast2 = fast_run("fast ckpt2 (load_weights+generate)", gen, all_idx,
-                     f"+{ph_lw.wall:.2f} s load_weights, +{load_s:.1f} s from_pretrained")
-    summary["fast_ckpt2_total_s"] = round(fast_rows["fast ckpt2 (load_weights+generate)"]["wall_s"] + ph_lw.wall, 3)
-    fast_sub = None
-    if hf_order and "hf" in summary and len(hf_order) < len(ids):
-        fast_sub = fast_run("fast, HF's prompts only", gen, sorted(hf_order), "like-for-like with the HF row")
+    with Phase(b.device) as ph_lw:
+        gen.load(m2)
+    fast2 = fast_run(b, CKPT2, gen, all_idx, f"+{ph_lw.wall:.2f} s load_weights, +{load_s:.1f} s from_pretrained")
+    b.summary["fast_ckpt2_total_s"] = round(_row(b, CKPT2)["wall_s"] + ph_lw.wall, 3)
+    if hf_done and len(hf_done) < len(b.ids):
+        fast_run(b, SUBSET, gen, sorted(hf_done), "like-for-like with the HF row")
+    return gen, fast1, fast2, m2
 
-    # decode window at full batch vs its memory floor (all slots active, positions spread over the cap)
-    if device.type == "cuda" and gen._graph is not None:
-        B, P = gen.plan.slots, max(map(len, ids))
-        g = torch.Generator(device="cpu").manual_seed(0)
-        pos = torch.randint(P, P + max_new - gen.sync_every - 1, (B,), generator=g)
-        gen.pos.copy_(pos)
-        gen.done.fill_(False)
-        gen.n_gen.fill_(1)
-        gen._graph.replay()
-        torch.cuda.synchronize(device)
-        ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        gen.pos.copy_(pos)
-        gen.n_gen.fill_(1)
-        gen.done.fill_(False)
-        ev0.record()
-        gen._graph.replay()
-        ev1.record()
-        torch.cuda.synchronize(device)
-        step_ms = ev0.elapsed_time(ev1) / gen.sync_every
-        kv_read = float((pos.double() + gen.sync_every / 2).sum()) * gen.plan.kv_bytes_per_token
-        bytes_step = gen.weights.nbytes() + kv_read
-        floor_ms = bytes_step / 3.0e12 * 1e3  # ~3.0 TB/s device-to-device on this H100 (KINDS.md)
-        summary["decode_window"] = {"slots": B, "mean_pos": round(float(pos.double().mean()), 1), "step_ms": round(step_ms, 3),
-                                    "bytes_per_step_gb": round(bytes_step / 1e9, 3), "floor_ms_at_3TBps": round(floor_ms, 3),
-                                    "num_splits": gen.num_splits}
-        print(f"[bench] decode window: {summary['decode_window']}", flush=True)
-        gen.done.fill_(True)
-        gen.pos.zero_()
 
-    # Triton attention vs the SDPA reference on real-size random data
-    if device.type == "cuda" and gen.attention == "triton":
-        from ifeval.fast_attention import decode_attention_torch, decode_attention_triton
+def decode_window(b: Bench, eng) -> None:
+    """One timed graph replay at full batch (all slots active, positions spread over the cap) vs its memory floor."""
+    import torch
 
-        g = torch.Generator(device=device).manual_seed(1)
-        B, L = 64, gen.plan.slot_len
-        mk = lambda *s: torch.randn(*s, device=device, generator=g).to(dtype)  # noqa: E731
-        q, kn, vn = mk(B, shape.num_heads, shape.head_dim), mk(B, shape.num_kv_heads, shape.head_dim), mk(B, shape.num_kv_heads, shape.head_dim)
-        kc, vc = mk(B, L, shape.num_kv_heads, shape.head_dim), mk(B, L, shape.num_kv_heads, shape.head_dim)
-        pos = torch.randint(0, L, (B,), device=device, generator=g)
-        ref = decode_attention_torch(q.float(), kn.float(), vn.float(), kc.float().clone(), vc.float().clone(), pos)
-        got = decode_attention_triton(q, kn, vn, kc, vc, pos, gen.num_splits)
-        summary["triton_attention_relerr"] = float((got.float() - ref).norm() / ref.norm())
-        print(f"[bench] triton attention rel. error vs fp32 SDPA: {summary['triton_attention_relerr']:.2e}", flush=True)
+    B, P = eng.plan.slots, max(map(len, b.ids))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    pos = torch.randint(P, P + b.max_new - eng.sync_every - 1, (B,), generator=g)
+    eng.pos.copy_(pos)
+    eng.done.fill_(False)
+    eng.n_gen.fill_(1)
+    eng._graph.replay()
+    torch.cuda.synchronize(b.device)
+    ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    eng.pos.copy_(pos)
+    eng.n_gen.fill_(1)
+    eng.done.fill_(False)
+    ev0.record()
+    eng._graph.replay()
+    ev1.record()
+    torch.cuda.synchronize(b.device)
+    step_ms = ev0.elapsed_time(ev1) / eng.sync_every
+    kv_read = float((pos.double() + eng.sync_every / 2).sum()) * eng.plan.kv_bytes_per_token
+    bytes_step = eng.weights.nbytes() + kv_read
+    floor_ms = bytes_step / 3.0e12 * 1e3  # ~3.0 TB/s device-to-device on this H100 (KINDS.md)
+    b.summary["decode_window"] = {"slots": B, "mean_pos": round(float(pos.double().mean()), 1),
+                                  "step_ms": round(step_ms, 3), "bytes_per_step_gb": round(bytes_step / 1e9, 3),
+                                  "floor_ms_at_3TBps": round(floor_ms, 3), "num_splits": eng.num_splits}
+    print(f"[bench] decode window: {b.summary['decode_window']}", flush=True)
+    eng.done.fill_(True)
+    eng.pos.zero_()
 
-    del gen
-    reset_peaks(device)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip() and v.strip() != "none"] if device.type == "cuda" else []
-    var_tokens = {}
-    for v in variants:
-        if time.perf_counter() - T0 > args.deadline_s:
+
+def triton_check(b: Bench, eng) -> None:
+    """Triton attention vs the SDPA reference on real-size random data."""
+    import torch
+
+    from ifeval.fast_attention import decode_attention_torch, decode_attention_triton
+
+    s, dev = b.shape, b.device
+    g = torch.Generator(device=dev).manual_seed(1)
+    B, L = 64, eng.plan.slot_len
+    mk = lambda *sz: torch.randn(*sz, device=dev, generator=g).to(b.dtype)  # noqa: E731
+    q, kn, vn = mk(B, s.num_heads, s.head_dim), mk(B, s.num_kv_heads, s.head_dim), mk(B, s.num_kv_heads, s.head_dim)
+    kc, vc = mk(B, L, s.num_kv_heads, s.head_dim), mk(B, L, s.num_kv_heads, s.head_dim)
+    pos = torch.randint(0, L, (B,), device=dev, generator=g)
+    ref = decode_attention_torch(q.float(), kn.float(), vn.float(), kc.float().clone(), vc.float().clone(), pos)
+    got = decode_attention_triton(q, kn, vn, kc, vc, pos, eng.num_splits)
+    b.summary["triton_attention_relerr"] = float((got.float() - ref).norm() / ref.norm())
+    print(f"[bench] triton attention rel. error vs fp32 SDPA: {b.summary['triton_attention_relerr']:.2e}", flush=True)
+
+
+def variants(b: Bench, model) -> dict:
+    """The fast engine without torch.compile / without CUDA graphs (GPU only, until --deadline-s)."""
+    from ifeval.generate import make_fast_generator
+
+    if b.device.type != "cuda":
+        return {}
+    out = {}
+    all_idx = list(range(len(b.ids)))
+    for v in [v.strip() for v in b.args.variants.split(",") if v.strip() and v.strip() != "none"]:
+        if time.perf_counter() - T0 > b.args.deadline_s:
             print(f"[bench] skipping variant {v}: past --deadline-s", flush=True)
             continue
         kw = {"nocompile": dict(compile=False), "nograph": dict(compile=False, cuda_graph=False)}.get(v)
         if kw is None:
             print(f"[bench] unknown variant {v!r} (known: nocompile, nograph, none); skipped", flush=True)
             continue
-        gv = FastGenerator(m2, tok, max_new_tokens=max_new, stop_token_ids=stop, device=device, dtype=dtype, **kw)
-        var_tokens[v] = fast_run(f"fast {v} (1st call incl. setup)", gv, all_idx)
+        gv = make_fast_generator(model, b.tok, b.spec, None, b.device, b.dtype_name, **kw)
+        out[v] = fast_run(b, f"fast {v} (1st call incl. setup)", gv, all_idx)
         if v == "nocompile":
-            fast_run(f"fast {v} (2nd call)", gv, all_idx)
+            fast_run(b, f"fast {v} (2nd call)", gv, all_idx)
         del gv
-        reset_peaks(device)
+        reset_peaks(b.device)
+    return out
 
-    # ---------------------------------------------------------------- 3. agreement + ratios
-    agree = {}
-    n_same, n, pre = same_count(fast1, fast2, all_idx)
-    agree["fast_ckpt1_vs_ckpt2"] = {"identical": n_same, "of": n}
-    for v, toks in var_tokens.items():
-        n_same, n, pre = same_count(fast1, toks, all_idx)
+
+# ---------------------------------------------------------------- 3. agreement + ratios
+CKPT1, CKPT2, SUBSET = "fast ckpt1 (plan+compile+graph)", "fast ckpt2 (load_weights+generate)", "fast, HF's prompts only"
+
+
+def _row(b: Bench, name: str) -> dict:
+    return next(r for r in b.rows if r["name"] == name)
+
+
+def agreement(fast1: dict, fast2: dict, var: dict, hf_done: dict) -> dict:
+    ids = lambda d: {i: c.token_ids for i, c in d.items()}  # noqa: E731
+    all_idx = list(fast1)
+    n_same, n, _ = same_count(ids(fast1), ids(fast2), all_idx)
+    agree = {"fast_ckpt1_vs_ckpt2": {"identical": n_same, "of": n}}
+    for v, res in var.items():
+        n_same, n, pre = same_count(ids(fast1), ids(res), all_idx)
         agree[f"fast_vs_{v}"] = {"identical": n_same, "of": n, "median_common_prefix_of_differing": pre}
-    if hf_order and "hf" in summary:
-        n_same, n, pre = same_count(fast1, hf_tokens, hf_order)
+    if hf_done:
+        n_same, n, pre = same_count(ids(fast1), ids(hf_done), list(hf_done))
         agree["fast_vs_hf"] = {"identical": n_same, "of": n, "median_common_prefix_of_differing": pre}
-    summary["agreement"] = agree
-    summary["rows"] = rows
+    return agree
+
+
+def speedups(b: Bench, fast1: dict, hf_done: dict) -> dict:
+    """HF wall / fast wall ratios, and a projection of HF over all prompts (summary["hf_projection"])."""
     ratios = {}
-    if hf_order and "hf" in summary:
-        hf_row = summary["hf"]
-        if fast_sub is not None:
-            ratios["like_for_like_hf_subset"] = round(hf_row["wall_s"] / fast_rows["fast, HF's prompts only"]["wall_s"], 1)
+    ckpt2 = _row(b, CKPT2)["wall_s"]
+    if hf_done:
+        hf_row = b.summary["hf"]
+        if any(r["name"] == SUBSET for r in b.rows):
+            ratios["like_for_like_hf_subset"] = round(hf_row["wall_s"] / _row(b, SUBSET)["wall_s"], 1)
         else:
-            ratios["all_prompts_vs_ckpt2"] = round(hf_row["wall_s"] / fast_rows["fast ckpt2 (load_weights+generate)"]["wall_s"], 1)
-        ratios["hf_projected_all_vs_ckpt2"] = round(summary["hf"]["projected_full_s"]
-                                                    / fast_rows["fast ckpt2 (load_weights+generate)"]["wall_s"], 1)
-        ratios["hf_projected_all_vs_ckpt1"] = round(summary["hf"]["projected_full_s"]
-                                                    / fast_rows["fast ckpt1 (plan+compile+graph)"]["wall_s"], 1)
+            ratios["all_prompts_vs_ckpt2"] = round(hf_row["wall_s"] / ckpt2, 1)
+        ratios["hf_projected_all_vs_ckpt2"] = round(hf_row["projected_full_s"] / ckpt2, 1)
+        ratios["hf_projected_all_vs_ckpt1"] = round(hf_row["projected_full_s"] / _row(b, CKPT1)["wall_s"], 1)
     # A projection, not a measurement: HF runs each batch (prompts sorted longest first) for as many steps as its
     # longest answer; take those lengths from the fast backend's answers and the step time from the HF probe.
-    if summary.get("hf_probes"):
-        order = sorted(all_idx, key=lambda i: -len(ids[i]))
-        ckpt2 = fast_rows["fast ckpt2 (load_weights+generate)"]["wall_s"]
+    if b.summary.get("hf_probes"):
+        order = sorted(fast1, key=lambda i: -len(b.ids[i]))
         proj = {}
-        for p in summary["hf_probes"]:
+        for p in b.summary["hf_probes"]:
             if p.get("oom"):
                 continue
-            secs = sum(max(len(fast1[i]) for i in order[k: k + p["batch"]]) * p["step_ms"] / 1000
+            secs = sum(max(fast1[i].generated_tokens for i in order[k: k + p["batch"]]) * p["step_ms"] / 1000
                        for k in range(0, len(order), p["batch"]))
             proj[p["batch"]] = {"projected_s": round(secs, 1), "vs_fast_ckpt2": round(secs / ckpt2, 1),
                                 "fits_full_length_by_estimate": p["fits_full_length"]}
-        summary["hf_projection"] = proj
-    summary["speedup"] = ratios
+        b.summary["hf_projection"] = proj
+    return ratios
 
-    # ---------------------------------------------------------------- files
-    def dump(name, toks_by_idx, idx_list):
-        rows_ = []
-        for i in idx_list:
-            t = toks_by_idx[i]
-            ans = t[:-1] if t and t[-1] in stop else t
-            rows_.append({"key": keys[i], "prompt": examples[i].prompt, "response": tok.decode(ans, skip_special_tokens=True),
-                          "generated_tokens": len(t), "hit_cap": len(t) >= max_new and t[-1] not in stop})
-        atomic_write_jsonl(out_dir / name, rows_)
 
-    dump("fast_responses.jsonl", fast1, all_idx)
-    if hf_order and "hf" in summary:
-        dump("hf_responses.jsonl", hf_tokens, sorted(hf_order))
-    atomic_write_json(out_dir / "bench_summary.json", summary)
+# ---------------------------------------------------------------- files + table
+def dump(b: Bench, name: str, done: dict) -> None:
+    """{key, prompt, response, generated_tokens, hit_cap} per prompt (the Completion's fields)."""
+    from sftbench.io import atomic_write_jsonl
 
+    atomic_write_jsonl(b.out_dir / name, [
+        {"key": b.examples[i].key, "prompt": b.examples[i].prompt, "response": done[i].text,
+         "generated_tokens": done[i].generated_tokens, "hit_cap": done[i].hit_cap} for i in sorted(done)])
+
+
+def print_report(b: Bench) -> None:
+    s, args = b.summary, b.args
     print("\n" + "=" * 100)
-    print(f"IFEval greedy generation, {len(ids)} prompts, max_new_tokens {max_new}, {summary.get('gpu', device)}, "
-          f"cap {args.memory_cap_gib} GiB, {dtype}")
-    print(fmt_table(rows))
-    if "hf_probes" in summary:
+    print(f"IFEval greedy generation, {len(b.ids)} prompts, max_new_tokens {b.max_new}, {s.get('gpu', b.device)}, "
+          f"cap {args.memory_cap_gib} GiB, {b.dtype}")
+    print(fmt_table(b.rows))
+    if "hf_probes" in s:
         print("HF probes (batch: tok/s over %d forced tokens): " % args.hf_probe_tokens
               + ", ".join(f"{p['batch']}: {'OOM' if p.get('oom') else p['tokens_per_s']}"
-                          f"{'' if p.get('fits_full_length') else ' (full length over cap)'}" for p in summary["hf_probes"]))
-    print(f"fast plan: {summary['fast_plan']}")
-    if "decode_window" in summary:
-        d = summary["decode_window"]
+                          f"{'' if p.get('fits_full_length') else ' (full length over cap)'}" for p in s["hf_probes"]))
+    print(f"fast plan: {s['fast_plan']}")
+    if "decode_window" in s:
+        d = s["decode_window"]
         print(f"decode step at {d['slots']} slots, mean position {d['mean_pos']}: {d['step_ms']} ms "
               f"(memory floor {d['floor_ms_at_3TBps']} ms for {d['bytes_per_step_gb']} GB at 3 TB/s)")
-    if "triton_attention_relerr" in summary:
-        print(f"Triton decode attention vs fp32 SDPA: rel. error {summary['triton_attention_relerr']:.2e}")
-    print("agreement: " + "; ".join(f"{k} {v['identical']}/{v['of']}" for k, v in agree.items()))
-    print("speed-up (HF wall / fast wall): " + ", ".join(f"{k} {v}x" for k, v in ratios.items()))
-    if summary.get("hf_projection"):
+    if "triton_attention_relerr" in s:
+        print(f"Triton decode attention vs fp32 SDPA: rel. error {s['triton_attention_relerr']:.2e}")
+    print("agreement: " + "; ".join(f"{k} {v['identical']}/{v['of']}" for k, v in s["agreement"].items()))
+    print("speed-up (HF wall / fast wall): " + ", ".join(f"{k} {v}x" for k, v in s["speedup"].items()))
+    if s.get("hf_projection"):
         print("HF projected (probe step time x steps its batches would run, from the fast answers' lengths): "
-              + ", ".join(f"bs={b}: {v['projected_s']} s = {v['vs_fast_ckpt2']}x fast ckpt2"
+              + ", ".join(f"bs={bs}: {v['projected_s']} s = {v['vs_fast_ckpt2']}x fast ckpt2"
                           f"{'' if v['fits_full_length_by_estimate'] else ' (over the cap)'}"
-                          for b, v in summary["hf_projection"].items()))
-    if "hf_error" in summary:
-        print(f"HF baseline incomplete: {summary['hf_error']}")
-    print(f"fast checkpoint after the first: {summary['fast_ckpt2_total_s']} s (load_weights + generate)")
+                          for bs, v in s["hf_projection"].items()))
+    if "hf_error" in s:
+        print(f"HF baseline incomplete: {s['hf_error']}")
+    print(f"fast checkpoint after the first: {s['fast_ckpt2_total_s']} s (load_weights + generate)")
+
+
+def run(args) -> int:
+    """HF generate() and the fast backend, both through ifeval.generate's Generator interface, side by side."""
+    from sftbench.io import atomic_write_json
+
+    b = setup(args)
+    hf_done = {} if args.skip_hf else hf_phase(b)
+    gen, fast1, fast2, m2 = fast_phase(b, hf_done)
+    if b.device.type == "cuda" and gen.engine._graph is not None:
+        decode_window(b, gen.engine)
+    if b.device.type == "cuda" and gen.engine.attention == "triton":
+        triton_check(b, gen.engine)
+    del gen
+    reset_peaks(b.device)
+    var = variants(b, m2)
+    b.summary["agreement"] = agreement(fast1, fast2, var, hf_done)
+    b.summary["rows"] = b.rows
+    b.summary["speedup"] = speedups(b, fast1, hf_done)
+    dump(b, "fast_responses.jsonl", fast1)
+    if hf_done:
+        dump(b, "hf_responses.jsonl", hf_done)
+    atomic_write_json(b.out_dir / "bench_summary.json", b.summary)
+    print_report(b)
     return 0
 
 
@@ -605,10 +659,15 @@ def score(dir_: str, data: str | None) -> int:
 
 
 def main(argv=None) -> int:
+    from sftbench.errors import UserError, exit_with_user_error
+
     args = parse_args(argv)
-    if args.score:
-        return score(args.score, args.data)
-    return run(args)
+    try:
+        if args.score:
+            return score(args.score, args.data)
+        return run(args)
+    except UserError as e:
+        exit_with_user_error(e, "bench_generate")
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def make_fake_sweep(root: Path, name: str = "run1", gpu: bool = True, followed: 
                     extra_config: dict | None = None) -> tuple[Path, Path]:
     """A fake run (root/ckpt/<name>) and its complete sweep results (root/results/<name>), sweep.csv included.
     Returns (run_dir, results_dir)."""
-    from ifeval.sweep import write_sweep_csv
+    from ifeval.results import write_sweep_csv
 
     root = Path(root)
     run_dir = make_fake_run(root / "ckpt" / name, gpu=gpu, extra=extra_config)

@@ -268,3 +268,23 @@ def test_fast_backend_matches_hf(tiny_model_dir, tmp_path, session):
     assert strip(read_jsonl(tmp_path / "fast" / "responses.jsonl")) == strip(read_jsonl(tmp_path / "hf" / "responses.jsonl"))
     # auto on CPU is hf; batch size defaults are recorded
     assert runner.resolve_backend(runner.EvalConfig(device="cpu"), __import__("torch").device("cpu"))[0] == "hf"
+
+
+def test_generator_interface_completions(tiny_model_dir, tiny_tokenizer):
+    """HFGenerator.generate -> Completions: stop token cut, counted, hit_cap; a smaller cap per call."""
+    tok = gen.load_tokenizer(str(tiny_model_dir))
+    model = gen.load_model(str(tiny_model_dir), "fp32", __import__("torch").device("cpu"))
+    spec = gen.GenSpec(max_new_tokens=6, stop_ids=[0, 2], pad_id=int(tok.pad_token_id))
+    g = gen.HFGenerator(model, tok, spec)
+    ids = gen.encode(tok, gen.render_prompts(tok, ["Say hi.", "Write a longer answer about cats."]))
+    out = g.generate(ids)
+    assert len(out) == 2
+    for c in out:
+        assert isinstance(c, gen.Completion)
+        assert not set(c.token_ids) & {0, 2}
+        assert c.generated_tokens == len(c.token_ids) + (0 if c.hit_cap else 1) <= 6
+        assert c.text == tok.decode(c.token_ids, skip_special_tokens=True)
+    short = g.generate(ids, 2)
+    assert all(c.generated_tokens <= 2 for c in short)
+    for c, s in zip(out, short):  # greedy: the shorter cap gives a prefix of the longer answer
+        assert s.token_ids == c.token_ids[: len(s.token_ids)]

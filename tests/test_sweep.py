@@ -280,3 +280,29 @@ def test_end_to_end_tiny_run_on_cpu(tmp_path, shared_dir):
     assert (res / "checkpoint-1" / "summary.json").read_text() == before
     from analysis import report
     assert report.main([str(res)]) == 0 and "smoke test" in (res / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------ run-dir discovery
+def test_rundir_list_checkpoints_one_definition(tmp_path):
+    from sftbench import rundir
+
+    run = make_fake_run(tmp_path / "run", steps=(5, 10), final_step=None)
+    fake_model_dir(run / ".checkpoint-20.tmp", 20)          # being written
+    (run / "checkpoint-30").mkdir()                          # no config.json, no weights
+    fake_model_dir(run / "checkpoint-40")                    # no trainer_state.json
+    assert [(s, p.name) for s, p in rundir.list_checkpoints(run)] == [
+        (5, "checkpoint-5"), (10, "checkpoint-10"), (40, "checkpoint-40")]
+    assert [s for s, _ in rundir.list_checkpoints(run, require=("trainer_state.json",))] == [5, 10]
+    assert rundir.list_checkpoints(tmp_path / "missing") == []
+    assert rundir.model_step(run / "checkpoint-10") == 10 and rundir.global_step(run / "checkpoint-40") is None
+    assert rundir.loss_at_step(rundir.load_metrics(run), 7) == (1.93, 7)
+
+
+def test_results_schema_defaults_come_from_eval_config():
+    from ifeval import results
+    from ifeval.config import EvalConfig
+
+    assert results.FULL_MAX_NEW_TOKENS == EvalConfig().max_new_tokens == 1280
+    assert results.CSV_COLUMNS[:6] == ["step", "checkpoint", "kind", "prompt_strict", "prompt_strict_lo",
+                                       "prompt_strict_hi"]
+    assert results.RESULT_FILES[-1] == "summary.json"

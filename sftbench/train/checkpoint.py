@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 
@@ -23,23 +22,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sftbench import rundir
 from sftbench.errors import UserError
 from sftbench.io import atomic_write_json, read_json
 
-CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
-
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints in a run dir, sorted by step: [(step, path)]."""
-    run_dir = Path(run_dir)
-    out = []
-    if not run_dir.is_dir():
-        return out
-    for p in run_dir.iterdir():
-        m = CKPT_RE.match(p.name)
-        if m and p.is_dir() and (p / "config.json").is_file() and (p / "trainer_state.json").is_file():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
+    """Complete checkpoints in a run dir with trainer state, sorted by step: [(step, path)] (sftbench.rundir's
+    one definition of a complete checkpoint: config.json + weights, plus trainer_state.json)."""
+    return rundir.list_checkpoints(run_dir, require=("trainer_state.json",))
 
 
 def resolve_resume(spec: str, output_dir: str | os.PathLike) -> Path:
