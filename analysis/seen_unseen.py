@@ -5,7 +5,7 @@
 A constraint-augmented run (`--augment_fraction`) never adds the held-out types (RUN/augment_stats.json
 "held_out", else sftbench.augment_types.HELD_OUT), so an IFEval gain that exists only on the other types is
 training to the test's phrasing, not instruction following.  `seen` = every IFEval instruction whose type is not
-held out (sftbench.augment_types.split_by_seen).  Inputs are eval_results_strict.jsonl rows only.
+held out (as sftbench.augment_types.split_by_seen splits them).  Inputs are eval_results_strict.jsonl rows only.
 
     per_checkpoint({0: rows0, 30: rows30}, held_out) -> {0: GroupAccuracy, 30: GroupAccuracy}
     markdown_table(per) ; sentence(per[0], per[30])
@@ -14,7 +14,6 @@ held out (sftbench.augment_types.split_by_seen).  Inputs are eval_results_strict
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,23 +45,21 @@ class GroupAccuracy:
 
 
 def default_held_out() -> list[str]:
-    from sftbench.augment_types import HELD_OUT
+    """sftbench.augment_types.HELD_OUT (through the run-directory library)."""
+    from sftbench.rundir import held_out_types
 
-    return list(HELD_OUT)
+    return held_out_types(None)
 
 
 def group_accuracy(rows: Iterable[Mapping], held_out: Iterable[str] | None = None) -> GroupAccuracy:
     """From eval_results_strict.jsonl rows ({"instruction_id_list", "follow_instruction_list", ...})."""
-    from sftbench.augment_types import split_by_seen
-
-    ids: list[str] = []
-    ok: list[bool] = []
+    held = set(default_held_out() if held_out is None else held_out)
+    n = {True: [0, 0], False: [0, 0]}  # held out? -> [followed, total]
     for r in rows:
-        ids.extend(r["instruction_id_list"])
-        ok.extend(bool(x) for x in r["follow_instruction_list"])
-    groups = split_by_seen(ids, default_held_out() if held_out is None else held_out)
-    s, h = groups["seen"], groups["held_out"]
-    return GroupAccuracy(sum(ok[i] for i in s), len(s), sum(ok[i] for i in h), len(h))
+        for iid, ok in zip(r["instruction_id_list"], r["follow_instruction_list"]):
+            n[iid in held][0] += bool(ok)
+            n[iid in held][1] += 1
+    return GroupAccuracy(n[False][0], n[False][1], n[True][0], n[True][1])
 
 
 def per_checkpoint(results: Mapping[int, Iterable[Mapping]], held_out: Iterable[str] | None = None) -> dict[int, GroupAccuracy]:
@@ -110,30 +107,26 @@ def sentence(start: GroupAccuracy, end: GroupAccuracy, min_points: float = MIN_P
 
 
 # ---------------------------------------------------------------------------------------------- files
-CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 def held_out_of(run_dir: str | Path | None) -> list[str]:
     """The held-out types a run recorded (RUN/augment_stats.json), else augment_types.HELD_OUT."""
-    from sftbench.io import read_json
+    from sftbench.rundir import held_out_types
 
-    f = Path(run_dir) / "augment_stats.json" if run_dir else None
-    if f is not None and f.is_file():
-        held = read_json(f).get("held_out")
-        if isinstance(held, list):
-            return [str(h) for h in held]
-    return default_held_out()
+    return held_out_types(run_dir)
 
 
 def load_results(results_dir: str | Path) -> dict[int, list[dict]]:
-    """{step: eval_results_strict.jsonl rows} of a sweep's results directory (checkpoint-<step>/)."""
+    """{step: eval_results_strict.jsonl rows} of a sweep's complete result directories (checkpoint-<step>/)."""
+    from ifeval.results import STRICT, read_summary
     from sftbench.io import read_jsonl
+    from sftbench.rundir import checkpoint_step
 
     out = {}
     for child in sorted(Path(results_dir).iterdir()):
-        m = CKPT_RE.match(child.name)
-        if m and (child / "eval_results_strict.jsonl").is_file() and (child / "summary.json").is_file():
-            out[int(m.group(1))] = read_jsonl(child / "eval_results_strict.jsonl")
+        step = checkpoint_step(child.name)
+        if step is not None and (child / STRICT).is_file() and read_summary(child) is not None:
+            out[step] = read_jsonl(child / STRICT)
     return out
 
 

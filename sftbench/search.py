@@ -163,16 +163,12 @@ def resumable(run: Path) -> bool:
 
 
 def result_steps(results: Path) -> set[int]:
-    """Steps with a complete result (checkpoint-<step>/summary.json with "complete": true)."""
-    out = set()
-    for child in results.iterdir() if results.is_dir() else []:
-        m = re.match(r"^checkpoint-(\d+)$", child.name)
-        try:
-            if m and json.loads((child / "summary.json").read_text(encoding="utf-8")).get("complete") is True:
-                out.add(int(m.group(1)))
-        except (OSError, json.JSONDecodeError, AttributeError):
-            pass
-    return out
+    """Steps with a complete result (checkpoint-<step>/summary.json, ifeval.results.read_summary)."""
+    from ifeval.results import read_summary
+    from sftbench.rundir import checkpoint_step
+
+    steps = {checkpoint_step(c.name) for c in results.iterdir()} if results.is_dir() else set()
+    return {s for s in steps if s is not None and read_summary(results / f"checkpoint-{s}") is not None}
 
 
 def run_steps(run: Path) -> set[int]:
@@ -378,9 +374,10 @@ def _now() -> str:
 # ------------------------------------------------------------------------------------------------ ranking
 def _strict_rows(result_dir: Path) -> dict[str, dict]:
     """{prompt: eval_results_strict.jsonl row} of one checkpoint's result directory."""
+    from ifeval.results import STRICT
     from sftbench.io import read_jsonl
 
-    return {r["prompt"]: r for r in read_jsonl(result_dir / "eval_results_strict.jsonl")}
+    return {r["prompt"]: r for r in read_jsonl(result_dir / STRICT)}
 
 
 def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:

@@ -68,6 +68,8 @@ def test_search_interrupted_then_resumed_without_redoing_the_first(tiny_model_di
     assert (out / "runs" / "b" / "checkpoint-1").is_dir() and not (out / "ranking.csv").exists()
     a_summary = out / "results" / "a" / "checkpoint-2" / "summary.json"
     a_time, start_time = a_summary.stat().st_mtime_ns, (out / "results" / "_start" / "checkpoint-0" / "summary.json").stat().st_mtime_ns
+    # the start was evaluated once: a's step 0 is its copy, adopted by a's sweep (not evaluated again)
+    assert (out / "results" / "a" / "checkpoint-0" / "summary.json").stat().st_mtime_ns == start_time
     plan = dict((c.name, act) for c, act in S.Search(S.load_grid(grid), out).plan())
     assert plan == {"a": "done", "b": "resume"}
 
@@ -78,6 +80,7 @@ def test_search_interrupted_then_resumed_without_redoing_the_first(tiny_model_di
     assert calls.names(calls.sweep) == ["b"]
     assert a_summary.stat().st_mtime_ns == a_time
     assert (out / "results" / "_start" / "checkpoint-0" / "summary.json").stat().st_mtime_ns == start_time
+    assert (out / "results" / "b" / "checkpoint-0" / "summary.json").stat().st_mtime_ns == start_time
     b_metrics = [json.loads(l)["step"] for l in (out / "runs" / "b" / "metrics.jsonl").read_text().splitlines()]
     assert b_metrics == [1, 2]
 

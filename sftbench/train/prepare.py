@@ -65,20 +65,12 @@ def checked_augment_config(cfg: TrainConfig, model_path: str | None = None):
     return acfg
 
 
-@functools.lru_cache(maxsize=4)
-def _prompts(ifeval_file: str | None, ifbench_file: str | None) -> dict:
-    from sftbench.contamination import benchmark_prompts
-
-    return benchmark_prompts(ifeval_file, ifbench_file, log=lambda m: print(f"[train] {m}", flush=True))
-
-
+@functools.lru_cache(maxsize=1)
 def installed_prompts() -> dict[str, dict]:
-    """{"ifeval": {key: prompt}, "ifbench": {key: prompt}} from the files shipped in ifeval/prompts/ (cached per
-    process: a recipe search trains many runs in one)."""
-    from ifeval.prompts import ifbench_path, packaged_ifeval_path
+    """sftbench.contamination.installed_prompts, once per process (a recipe search trains many runs in one)."""
+    from sftbench.contamination import installed_prompts as read
 
-    ife, ifb = packaged_ifeval_path(), ifbench_path()
-    return _prompts(str(ife) if ife else None, str(ifb) if ifb.is_file() else None)
+    return read(log=lambda m: print(f"[train] {m}", flush=True))
 
 
 def read_conversations(cfg: TrainConfig) -> tuple[list[dict], str, dict]:
