@@ -241,10 +241,16 @@ def _free_memory() -> None:
 
 class Search:
     def __init__(self, grid: Grid, out: str | Path, alpha: float = 0.05, log=print, runner=None):
-        self.grid, self.out, self.alpha, self.log = grid, Path(out), alpha, log
+        self.grid, self.out, self.alpha, self._log = grid, Path(out), alpha, log
+        self.t0 = time.monotonic()
         self.runner = runner
         self.state_file = self.out / "search.json"
         self.state = self._load_state()
+
+    def log(self, msg: str) -> None:
+        """A progress line with the seconds since the search started (msg starts with "[search] ")."""
+        self._log(msg.replace("[search]", f"[search {time.monotonic() - self.t0:.0f} s]", 1), flush=True) \
+            if self._log is print else self._log(msg)
 
     # -- state ---------------------------------------------------------------------------------------------
     def _load_state(self) -> dict:
@@ -364,7 +370,9 @@ class Search:
             if action in ("train", "resume", "restart"):
                 self.train(c, action)
             self.sweep(c, start)
-        return write_ranking(self, self.alpha)
+        res = write_ranking(self, self.alpha)
+        self.log(f"[search] done; {len(res['rows'])} checkpoints ranked")
+        return res
 
 
 def _now() -> str:
