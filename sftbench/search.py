@@ -244,6 +244,7 @@ class Search:
         self.grid, self.out, self.alpha, self._log = grid, Path(out), alpha, log
         self.t0 = time.monotonic()
         self.runner = runner
+        self.only: set[str] | None = None  # --only: run these configurations (the ranking covers every one done)
         self.state_file = self.out / "search.json"
         self.state = self._load_state()
 
@@ -360,7 +361,7 @@ class Search:
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         self._save()
-        plan = self.plan()
+        plan = [(c, a) for c, a in self.plan() if self.only is None or c.name in self.only]
         for c, action in plan:
             self.log(f"[search] {c.name}: {action}")
         start = self.evaluate_start()
@@ -548,10 +549,10 @@ def main(argv: list[str] | None = None) -> int:
             missing = sorted(set(want) - {c.name for c in grid.configs})
             if missing:
                 raise UserError(f"--only: no configuration named {', '.join(missing)} in {ns.grid}.")
-            grid.configs = [c for c in grid.configs if c.name in want]
         for c in grid.configs:
             check_trainer_flags(c, Path(ns.out) / "runs" / c.name)
         search = Search(grid, ns.out, ns.alpha, runner=None if ns.dry_run else SessionRunner())
+        search.only = set(want) if ns.only else None
         if ns.dry_run:
             for c, action in search.plan():
                 print(f"{c.name:>32}  {action:<8}  {' '.join(flag_args(c.flags))}")
