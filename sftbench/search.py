@@ -534,8 +534,8 @@ def _parse_flag_list(rest: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                epilog="Trainer flags after OUT (e.g. --data_path chat.jsonl) override the grid's base.")
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # trainer flags pass through: none may be taken for ours
     p.add_argument("grid", metavar="GRID", help="the grid (JSON; see scripts/grids/default.json)")
     p.add_argument("out", metavar="OUT", help="search directory: runs/, results/, search.json, ranking.md/.csv")
     p.add_argument("--only", default=None, help="comma-separated configuration names to run (the ranking covers all done)")
