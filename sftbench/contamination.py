@@ -145,6 +145,15 @@ def benchmark_prompts(ifeval_path: str | None = None, ifbench_path: str | None =
     return out
 
 
+def installed_prompts(log=print) -> dict[str, dict]:
+    """The prompts shipped in ifeval/prompts/ (IFEval's 541, IFBench's 294), read without any network: what the
+    trainer's start-up guard checks.  A trimmed install without the IFEval file falls back to the resolver."""
+    from ifeval.prompts import ifbench_path, packaged_ifeval_path
+
+    ife, ifb = packaged_ifeval_path(), ifbench_path()
+    return benchmark_prompts(str(ife) if ife else None, str(ifb) if ifb.is_file() else None, log=log)
+
+
 def main(argv: list[str] | None = None) -> int:
     prog = "python -m sftbench.contamination"
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])

@@ -107,3 +107,20 @@ def loss_at_step(metrics: list[dict], step: int) -> tuple[float | None, int | No
             if best is None or s >= best[1]:
                 best = (float(loss), int(s))
     return best if best else (None, None)
+
+
+def held_out_types(run_dir: str | os.PathLike | None = None) -> list[str]:
+    """The IFEval constraint types a run kept out of its constraint augmentation (--augment_hold_out_types):
+    RUN/augment_stats.json's "held_out" when the trainer wrote one, else the default, augment_types.HELD_OUT
+    (also the split to compare runs without augmentation by)."""
+    f = Path(run_dir) / "augment_stats.json" if run_dir is not None else None
+    if f is not None and f.is_file():
+        try:
+            held = json.loads(f.read_text(encoding="utf-8")).get("held_out")
+        except (json.JSONDecodeError, OSError, AttributeError):
+            held = None
+        if isinstance(held, list):
+            return [str(h) for h in held]
+    from sftbench.augment_types import HELD_OUT
+
+    return list(HELD_OUT)

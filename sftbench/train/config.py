@@ -16,6 +16,14 @@ from typing import Optional
 from sftbench.cli import HelpFormatter, add_config_arguments, config_from_namespace, setting as _f
 
 
+def _aug(name: str, **meta):
+    """A TrainConfig field `augment_<name>` with AugmentConfig's default and help (flags renamed to --augment_*)."""
+    from sftbench.augment import AugmentConfig
+
+    f = {f.name: f for f in dataclasses.fields(AugmentConfig)}[name]
+    return _f(f.default, f.metadata["help"].replace("--", "--augment_").replace("(--augment_model)", "(--model_name_or_path)"), **meta)
+
+
 @dataclass
 class TrainConfig:
     # --- what to train, on what, where to write ---
@@ -67,6 +75,22 @@ class TrainConfig:
         None, "Path to a Jinja chat template to use instead of the tokenizer's (plain ChatML is used when the tokenizer has none).")
     skip_bad_records: bool = _f(False, "Skip and count malformed records instead of stopping with an error.")
     data_cache_dir: Optional[str] = _f(None, "Where tokenised data is cached as JSONL (default ~/.cache/sftbench/tokenized; `none` disables).")
+    # issue 13: the contamination guard and on-the-fly constraint augmentation (sftbench/train/prepare.py); the
+    # augment_* defaults and help come from sftbench.augment.AugmentConfig (one source), except the fraction: off.
+    keep_contaminated: bool = _f(False, "Keep training examples whose user text shares a 13-word n-gram with an IFEval "
+                                 "or IFBench prompt (the start-up guard counts them, writes OUT/contamination.json "
+                                 "and drops them unless this is set).")
+    augment_fraction: float = _f(0.0, "Share of the conversations that get verifiable constraints added on the fly "
+                                 "(sftbench/augment.py; cached like the tokenised data; stats in OUT/augment_stats.json). "
+                                 "0 = off.")
+    augment_types: str = _aug("types")
+    augment_hold_out_types: str = _aug("hold_out_types")
+    augment_max_constraints: int = _aug("max_constraints")
+    augment_seed: int = _aug("seed")
+    augment_targets: str = _aug("targets", choices=["data", "self"])
+    augment_samples: int = _aug("samples")
+    augment_temperature: float = _aug("temperature")
+    augment_max_new_tokens: int = _aug("max_new_tokens")
 
     # --- precision, memory, speed ---
     precision: str = _f("fp32", "Autocast over fp32 master weights: `auto` (bf16 where the GPU supports it, fp16 with a "

@@ -160,14 +160,19 @@ def load_tokenizer(model_path: str, cfg: TrainConfig):
 def load_data(cfg: TrainConfig, tok, d: Dist):
     import conversation_func as cf
 
+    from sftbench.train.prepare import prepare_data
+
     cache = None if (cfg.data_cache_dir or "").lower() == "none" else (
         cfg.data_cache_dir or str(Path.home() / ".cache" / "sftbench" / "tokenized"))
     if d.enabled and not d.main:
         d.barrier()  # rank 0 tokenises (and fills the cache) first
+    prep = prepare_data(cfg, d)  # contamination guard, --augment_fraction (sftbench/train/prepare.py)
     examples, stats = cf.build_examples(
-        cfg.data_path, tok, max_length=cfg.model_max_length, max_rounds=None if cfg.max_rounds < 0 else cfg.max_rounds,
+        prep.data_path, tok, max_length=cfg.model_max_length, max_rounds=None if cfg.max_rounds < 0 else cfg.max_rounds,
         mode=cfg.masking, truncation_side=cfg.truncation_side, chat_template=None,
         on_bad_record="skip" if cfg.skip_bad_records else "error", cache_dir=cache, progress=d.main and cfg.progress)
+    prep.done()
+    stats.prepared = prep  # not a count: open_run_dir writes its reports into the run directory
     if d.enabled and d.main:
         d.barrier()
     log(d, f"data: {stats.as_dict()}")
@@ -305,6 +310,7 @@ def open_run_dir(run: Run) -> None:
     """sft_config.json, metrics.jsonl cut back to the resumed step, the start-up log, trackers, monitor, bar."""
     from sftbench.io import atomic_write_json, atomic_write_jsonl, read_jsonl
     from sftbench.memory import MemoryMonitor
+    from sftbench.train.prepare import write_reports
 
     cfg, d, out = run.cfg, run.d, run.out
     run.cfg_dict = cfg.to_dict() | {"resolved_model_path": run.model_path, "world_size": d.world,
@@ -312,6 +318,7 @@ def open_run_dir(run: Run) -> None:
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "sft_config.json", run.cfg_dict)
+        write_reports(out, getattr(run.stats, "prepared", None))  # contamination.json, augment_stats.json
         metrics_path = out / "metrics.jsonl"
         if run.resume and metrics_path.exists():  # drop rows logged after the checkpoint we resume from
             atomic_write_jsonl(metrics_path, [r for r in read_jsonl(metrics_path, tolerate_partial_tail=True)

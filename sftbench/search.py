@@ -1,0 +1,572 @@
+"""Recipe search in one command: train every configuration of a grid, sweep every checkpoint, rank them all.
+
+    python -m sftbench.search GRID.json OUT [--dry_run] [--only NAME,...] [--alpha 0.05] [TRAINER FLAGS ...]
+    bash scripts/search.sh GRID.json OUT [...]                     # the same
+
+GRID (JSON):
+    {"base":    {trainer flag: value, ...},          # every configuration's flags (TrainConfig field names)
+     "eval":    {sweep/eval flag: value, ...},       # passed to every sweep (ifeval.sweep / ifeval/run.py flags)
+     "configs": [{"name": "lr2e-5", trainer flag: value, ...}, ...],   # named overrides, and/or
+     "axes":    {trainer flag: [value, ...], ...}}   # a product (crossed with each named config, if any)
+A flag with value true/false is a boolean; null passes `none`.  TRAINER FLAGS after OUT override the grid's
+base for every configuration (e.g. --data_path, --model_name_or_path); OUT/runs/<name> is each --output_dir.
+
+Writes OUT/search.json (the grid as resolved, each configuration's state), OUT/runs/<name>/ (training),
+OUT/results/<name>/ (its sweep; checkpoint-0 = the starting model, evaluated once in OUT/results/_start/ and
+copied), OUT/ranking.csv and OUT/ranking.md: every (configuration, checkpoint) with prompt-level strict accuracy,
+the change from the start in points, the exact McNemar p-value against the start, Holm-corrected over every
+checkpoint compared, and the verdict.  Resumable and idempotent: a configuration whose training and sweep are
+complete is skipped; a half-trained one resumes from its newest checkpoint (restarts when it has none); a
+configuration whose flags changed since it was trained is an error (rename it or use a new OUT).  Everything runs
+in this one process (train_hw_parallel.main, ifeval.sweep.main), which reuses the evaluation session (scorer,
+compiled generator) across configurations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import itertools
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sftbench.errors import UserError, exit_with_user_error
+
+PROG = "python -m sftbench.search"
+START = "_start"
+RESERVED = ("output_dir", "resume_from_checkpoint")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+@dataclasses.dataclass
+class Config:
+    name: str
+    flags: dict[str, Any]  # trainer flags (base + overrides), output_dir excluded
+
+
+@dataclasses.dataclass
+class Grid:
+    path: str
+    configs: list[Config]
+    eval: dict[str, Any]
+
+
+def flag_args(flags: dict[str, Any]) -> list[str]:
+    """{"learning_rate": 2e-5, "bf16": True, "x": None} -> ["--learning_rate", "2e-05", "--bf16", "True", "--x", "none"]."""
+    out = []
+    for k, v in flags.items():
+        out += [f"--{k}", "none" if v is None else str(v)]
+    return out
+
+
+def _short(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _product_names(axes: dict[str, list]) -> list[tuple[str, dict]]:
+    keys = list(axes)
+    return [("_".join(f"{k}={_short(v)}" for k, v in zip(keys, combo)), dict(zip(keys, combo)))
+            for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def load_grid(path: str | Path, cli_flags: dict[str, Any] | None = None) -> Grid:
+    """Read and validate a grid file (UserError naming the file and the entry)."""
+    from sftbench.io import read_json
+    from sftbench.train.config import TrainConfig
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: grid file not found. Give a JSON file with \"base\" flags and \"configs\" and/or \"axes\".")
+    g = read_json(p)
+    if not isinstance(g, dict) or not ({"configs", "axes"} & set(g)):
+        raise UserError(f"{p}: a grid is a JSON object with \"base\" (trainer flags), \"eval\" (sweep flags) and "
+                        f"\"configs\" (a list of named overrides) and/or \"axes\" ({{flag: [values]}}).")
+    unknown = set(g) - {"base", "eval", "configs", "axes", "description"}
+    if unknown:
+        raise UserError(f"{p}: unknown top-level key(s) {sorted(unknown)}; use base, eval, configs, axes, description.")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+
+    def check_flags(d: Any, where: str) -> dict:
+        if not isinstance(d, dict):
+            raise UserError(f"{p}: {where} must be an object of trainer flags.")
+        bad = [k for k in d if k not in fields or k in RESERVED]
+        if bad:
+            why = [f"{k} (set by the search)" if k in RESERVED else k for k in bad]
+            raise UserError(f"{p}: {where}: not a trainer flag: {', '.join(why)}. See python train_hw_parallel.py --help.")
+        return dict(d)
+
+    base = check_flags(g.get("base", {}), "\"base\"")
+    base.update(cli_flags or {})
+    named: list[tuple[str, dict]] = []
+    for i, c in enumerate(g.get("configs") or []):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+            raise UserError(f"{p}: configs[{i}] must be an object with a \"name\" and trainer flags.")
+        named.append((c["name"], check_flags({k: v for k, v in c.items() if k != "name"}, f"configs[{i}] ({c['name']})")))
+    axes = g.get("axes") or {}
+    if axes:
+        check_flags(axes, "\"axes\"")
+        if not all(isinstance(v, list) and v for v in axes.values()):
+            raise UserError(f"{p}: \"axes\": every axis must be a non-empty list of values.")
+        prod = _product_names(axes)
+        named = [(f"{n}_{pn}" if n else pn, {**o, **po}) for n, o in (named or [("", {})]) for pn, po in prod]
+    configs = [Config(n, {**base, **o}) for n, o in named]
+    seen: set[str] = set()
+    for c in configs:
+        if not NAME_RE.match(c.name) or c.name == START:
+            raise UserError(f"{p}: configuration name {c.name!r}: use letters, digits and . _ = + - (not {START}).")
+        if c.name in seen:
+            raise UserError(f"{p}: two configurations are named {c.name!r}; names must be unique.")
+        seen.add(c.name)
+    ev = g.get("eval", {})
+    if not isinstance(ev, dict):
+        raise UserError(f"{p}: \"eval\" must be an object of sweep flags (e.g. {{\"limit\": 50}}).")
+    return Grid(str(p), configs, dict(ev))
+
+
+def check_trainer_flags(c: Config, out_dir: Path) -> None:
+    """Parse the configuration's trainer command line now, so a bad value stops the search before any work."""
+    from sftbench.train.config import parse_train_config
+
+    try:
+        cfg = parse_train_config(flag_args(c.flags) + ["--output_dir", str(out_dir)], prog=f"{PROG} ({c.name})")
+    except SystemExit:
+        raise UserError(f"configuration {c.name}: its trainer flags are invalid (see the message above).") from None
+    if cfg.augment_fraction > 0:
+        from sftbench.train.prepare import checked_augment_config
+
+        checked_augment_config(cfg, model_path="-")
+
+
+# ------------------------------------------------------------------------------------- what is done already
+def run_complete(run: Path) -> bool:
+    """The trainer wrote its final model (root trainer_state.json with "final": true)."""
+    f = run / "trainer_state.json"
+    if not ((run / "config.json").is_file() and f.is_file()):
+        return False
+    try:
+        return json.loads(f.read_text(encoding="utf-8")).get("final") is True
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return False
+
+
+def resumable(run: Path) -> bool:
+    from sftbench.train.checkpoint import list_checkpoints
+
+    return any((p / "training_state" / "optimizer.safetensors").is_file() for _, p in list_checkpoints(run))
+
+
+def result_steps(results: Path) -> set[int]:
+    """Steps with a complete result (checkpoint-<step>/summary.json, ifeval.results.read_summary)."""
+    from ifeval.results import read_summary
+    from sftbench.rundir import checkpoint_step
+
+    steps = {checkpoint_step(c.name) for c in results.iterdir()} if results.is_dir() else set()
+    return {s for s in steps if s is not None and read_summary(results / f"checkpoint-{s}") is not None}
+
+
+def run_steps(run: Path) -> set[int]:
+    """Steps a sweep of this run evaluates (checkpoints and the final model), plus 0 (the start)."""
+    from sftbench.train.checkpoint import list_checkpoints
+
+    steps = {s for s, _ in list_checkpoints(run)} | {0}
+    if run_complete(run):
+        steps.add(int(json.loads((run / "trainer_state.json").read_text())["global_step"]))
+    return steps
+
+
+# ------------------------------------------------------------------------------------------- the work
+def _train(argv: list[str]) -> int:
+    """The trainer's CLI entry, in this process (tests wrap it)."""
+    import train_hw_parallel
+
+    return train_hw_parallel.main(argv)
+
+
+def _sweep(argv: list[str], runner=None) -> int:
+    """The sweep's CLI entry, in this process (tests wrap it)."""
+    from ifeval import sweep
+
+    return sweep.main(argv, runner=runner) if runner is not None else sweep.main(argv)
+
+
+class SessionRunner:
+    """ifeval.run as the sweep sees it, except that EvalSession is built once per settings and kept: the scorer
+    and the compiled generator then serve every configuration of the search."""
+
+    def __init__(self):
+        from ifeval import run as runner
+
+        self._runner = runner
+        self._sessions: dict[str, Any] = {}
+        if hasattr(runner, "EvalSession"):
+            self.EvalSession = self._session
+
+    def _session(self, *args, **kw):
+        key = repr((args, sorted(kw.items())))
+        if key not in self._sessions:
+            self._sessions[key] = self._runner.EvalSession(*args, **kw)
+        return self._sessions[key]
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+
+def _call(what: str, fn, argv: list[str], *a) -> None:
+    try:
+        rc = fn(argv, *a)
+    except SystemExit as e:  # a CLI's user error: it has printed `prog: error: ...`
+        rc = e.code if isinstance(e.code, int) else 2
+    if rc:
+        raise UserError(f"{what} stopped (exit status {rc}); fix the cause above and rerun the same command: "
+                        f"finished configurations are kept and skipped.")
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class Search:
+    def __init__(self, grid: Grid, out: str | Path, alpha: float = 0.05, log=print, runner=None):
+        self.grid, self.out, self.alpha, self._log = grid, Path(out), alpha, log
+        self.t0 = time.monotonic()
+        self.runner = runner
+        self.only: set[str] | None = None  # --only: run these configurations (the ranking covers every one done)
+        self.state_file = self.out / "search.json"
+        self.state = self._load_state()
+
+    def log(self, msg: str) -> None:
+        """A progress line with the seconds since the search started (msg starts with "[search] ")."""
+        self._log(msg.replace("[search]", f"[search {time.monotonic() - self.t0:.0f} s]", 1), flush=True) \
+            if self._log is print else self._log(msg)
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def _load_state(self) -> dict:
+        from sftbench.io import read_json
+
+        old = read_json(self.state_file) if self.state_file.is_file() else {}
+        state = {"grid": self.grid.path, "eval": self.grid.eval, "configs": old.get("configs", {})}
+        if old and old.get("eval") != self.grid.eval and any(c.get("swept") for c in state["configs"].values()):
+            raise UserError(f"{self.out}: was searched with other eval settings ({old.get('eval')} there, "
+                            f"{self.grid.eval} now). Use a new OUT: results with different settings must not be mixed.")
+        for c in self.grid.configs:
+            rec = state["configs"].get(c.name)
+            if rec and rec.get("flags") != c.flags and (self.run_dir(c.name).exists() or rec.get("swept")):
+                old_f = rec.get("flags") or {}
+                diff = [f"--{k} {old_f.get(k)!r} -> {c.flags.get(k)!r}" for k in sorted(set(old_f) | set(c.flags))
+                        if old_f.get(k) != c.flags.get(k)]
+                raise UserError(f"{self.out}: configuration {c.name} was trained with other flags ({'; '.join(diff[:6])}). "
+                                f"Rename it in the grid, or use a new OUT.")
+        return state
+
+    def _save(self) -> None:
+        from sftbench.io import atomic_write_json
+
+        atomic_write_json(self.state_file, self.state)
+
+    def run_dir(self, name: str) -> Path:
+        return self.out / "runs" / name
+
+    def results_dir(self, name: str) -> Path:
+        return self.out / "results" / name
+
+    def start_model(self) -> str:
+        from sftbench.cli import config_defaults
+        from sftbench.train.config import TrainConfig
+
+        flags = self.grid.configs[0].flags
+        return str(flags.get("model_name_or_path", config_defaults(TrainConfig)["model_name_or_path"]))
+
+    def eval_args(self) -> list[str]:
+        out = []
+        for k, v in self.grid.eval.items():
+            if isinstance(v, bool):
+                out += [f"--{k}"] if v else []
+            else:
+                out += [f"--{k}", "none" if v is None else str(v)]
+        return out
+
+    # -- the steps -----------------------------------------------------------------------------------------
+    def plan(self) -> list[tuple[Config, str]]:
+        """[(configuration, "done" | "sweep" | "resume" | "restart" | "train")]."""
+        out = []
+        for c in self.grid.configs:
+            run, res = self.run_dir(c.name), self.results_dir(c.name)
+            rec = self.state["configs"].get(c.name) or {}
+            if run_complete(run):
+                done = rec.get("swept") and run_steps(run) <= result_steps(res)
+                out.append((c, "done" if done else "sweep"))
+            elif run.exists():
+                out.append((c, "resume" if resumable(run) else "restart"))
+            else:
+                out.append((c, "train"))
+        return out
+
+    def evaluate_start(self) -> Path:
+        """OUT/results/_start/checkpoint-0: the starting model, evaluated once for every configuration."""
+        empty, res = self.run_dir(START), self.results_dir(START)
+        if 0 not in result_steps(res):
+            empty.mkdir(parents=True, exist_ok=True)
+            self.log(f"[search] evaluating the starting model {self.start_model()} once (step 0 of every configuration)")
+            _call("the sweep of the starting model", _sweep,
+                  [str(empty), str(res), "--include_base", self.start_model(), *self.eval_args()], self.runner)
+        return res / "checkpoint-0"
+
+    def train(self, c: Config, action: str) -> None:
+        run = self.run_dir(c.name)
+        argv = flag_args(c.flags) + ["--output_dir", str(run)]
+        if action == "restart":
+            self.log(f"[search] {c.name}: {run} holds no resumable checkpoint; starting it again")
+            shutil.rmtree(run)
+        if action == "resume":
+            argv += ["--resume_from_checkpoint", "latest"]
+        self.state["configs"][c.name] = {"flags": c.flags, "swept": False, "started": _now()}
+        self._save()
+        self.log(f"[search] {c.name}: training ({'resuming' if action == 'resume' else 'from the start'}): "
+                 f"{' '.join(flag_args({k: v for k, v in c.flags.items() if k not in self.common()}))}")
+        _call(f"training of {c.name}", _train, argv)
+        _free_memory()
+
+    def sweep(self, c: Config, start_result: Path) -> None:
+        run, res = self.run_dir(c.name), self.results_dir(c.name)
+        res.mkdir(parents=True, exist_ok=True)
+        if not (res / "checkpoint-0").exists():  # the start's result, shared (the sweep adopts it: same settings)
+            shutil.copytree(start_result, res / ".checkpoint-0.tmp", dirs_exist_ok=True)
+            (res / ".checkpoint-0.tmp").rename(res / "checkpoint-0")
+        _call(f"the sweep of {c.name}", _sweep,
+              [str(run), str(res), "--include_base", self.start_model(), *self.eval_args()], self.runner)
+        rec = self.state["configs"].setdefault(c.name, {"flags": c.flags})
+        rec.update({"swept": True, "finished": _now()})
+        self._save()
+        _free_memory()
+
+    def common(self) -> set[str]:
+        """Flags every configuration shares (left out of the log lines and the ranking's config column)."""
+        cs = self.grid.configs
+        return {k for k, v in cs[0].flags.items() if all(c.flags.get(k, object()) == v for c in cs)} if len(cs) > 1 else set()
+
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._save()
+        plan = [(c, a) for c, a in self.plan() if self.only is None or c.name in self.only]
+        for c, action in plan:
+            self.log(f"[search] {c.name}: {action}")
+        start = self.evaluate_start()
+        for c, action in plan:
+            if action == "done":
+                continue
+            if action in ("train", "resume", "restart"):
+                self.train(c, action)
+            self.sweep(c, start)
+        res = write_ranking(self, self.alpha)
+        self.log(f"[search] done; {len(res['rows'])} checkpoints ranked")
+        return res
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# ------------------------------------------------------------------------------------------------ ranking
+def _strict_rows(result_dir: Path) -> dict[str, dict]:
+    """{prompt: eval_results_strict.jsonl row} of one checkpoint's result directory."""
+    from ifeval.results import STRICT
+    from sftbench.io import read_jsonl
+
+    return {r["prompt"]: r for r in read_jsonl(result_dir / STRICT)}
+
+
+def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:
+    """Every (configuration, trained checkpoint) vs the start: accuracy, delta, exact McNemar p, Holm over all."""
+    from analysis.paired_stats import holm, mcnemar_exact
+    from analysis.seen_unseen import group_accuracy, held_out_of
+
+    start_dir = search.results_dir(START) / "checkpoint-0"
+    start = _strict_rows(start_dir)
+    prompts = list(start)
+    common = search.common()
+    rows: list[dict] = []
+    for c in search.grid.configs:
+        res = search.results_dir(c.name)
+        held = held_out_of(search.run_dir(c.name))
+        for step in sorted(result_steps(res) - {0}):
+            got = _strict_rows(res / f"checkpoint-{step}")
+            if set(got) != set(prompts):
+                raise UserError(f"{res}/checkpoint-{step}: scored on other prompts than the start "
+                                f"({len(got)} vs {len(prompts)}); results with different settings cannot be paired.")
+            a = [bool(start[p]["follow_all_instructions"]) for p in prompts]
+            b = [bool(got[p]["follow_all_instructions"]) for p in prompts]
+            start_only, ckpt_only = sum(x and not y for x, y in zip(a, b)), sum(y and not x for x, y in zip(a, b))
+            ga = group_accuracy(got.values(), held)
+            rows.append({"config": c.name, "step": step, "checkpoint": f"checkpoint-{step}",
+                         "prompt_strict": sum(b) / len(b), "start_prompt_strict": sum(a) / len(a),
+                         "delta_points": round(100 * (sum(b) - sum(a)) / len(b), 2),
+                         "ckpt_only": ckpt_only, "start_only": start_only,
+                         "p_mcnemar": mcnemar_exact(start_only, ckpt_only),
+                         "inst_seen": ga.seen, "inst_held_out": ga.held_out, "n_prompts": len(b),
+                         "overrides": json.dumps({k: v for k, v in c.flags.items() if k not in common}, sort_keys=True),
+                         "result_dir": str(res / f"checkpoint-{step}")})
+    for r, adj in zip(rows, holm([r["p_mcnemar"] for r in rows])):
+        r["p_holm"] = adj
+        sig = adj < alpha
+        r["verdict"] = ("better than start" if sig and r["delta_points"] > 0 else
+                        "worse than start" if sig and r["delta_points"] < 0 else "no significant change")
+    rows.sort(key=lambda r: (-r["prompt_strict"], r["p_holm"] if r["delta_points"] > 0 else -r["p_holm"],
+                             r["config"], r["step"]))
+    for i, r in enumerate(rows, start=1):
+        r["rank"] = i
+    return rows
+
+
+CSV_COLUMNS = ("rank", "config", "step", "checkpoint", "prompt_strict", "delta_points", "ckpt_only", "start_only",
+               "p_mcnemar", "p_holm", "verdict", "inst_seen", "inst_held_out", "n_prompts", "overrides", "result_dir")
+
+
+def headline(rows: list[dict], start_acc: float, alpha: float) -> str:
+    """The search's verdict in one or two sentences."""
+    k = len(rows)
+    how = f"exact McNemar test against the start, Holm-corrected over {k} checkpoint{'s' if k != 1 else ''}, alpha {alpha}"
+    better = [r for r in rows if r["verdict"] == "better than start"]
+    worse = [r for r in rows if r["verdict"] == "worse than start"]
+    b = rows[0]
+    if better:
+        w = better[0]
+        return (f"Training helped: {w['config']} {w['checkpoint']} follows {100 * w['prompt_strict']:.1f}% of the "
+                f"prompts (prompt-level strict) against {100 * start_acc:.1f}% for the starting model, "
+                f"{w['delta_points']:+.1f} points, p = {w['p_holm']:.3g} ({how}); {len(better)} of {k} checkpoints "
+                f"are significantly better.")
+    tail = f" {len(worse)} of {k} checkpoints are significantly worse than the start." if worse else ""
+    if b["delta_points"] > 0 or not worse:
+        return (f"No configuration is significantly better than the starting model ({100 * start_acc:.1f}%, "
+                f"prompt-level strict); the best, {b['config']} {b['checkpoint']}, is {b['delta_points']:+.1f} "
+                f"points from it, p = {b['p_holm']:.3g} ({how}). Keep the starting model.{tail}")
+    return (f"Training hurt: every checkpoint is below the starting model ({100 * start_acc:.1f}%, prompt-level "
+            f"strict); the best, {b['config']} {b['checkpoint']}, is {b['delta_points']:+.1f} points, "
+            f"p = {b['p_holm']:.3g} ({how}). Keep the starting model.{tail}")
+
+
+def _fmt(v, kind: str) -> str:
+    if v is None:
+        return ""
+    if kind == "pct":
+        return f"{100 * v:.1f}"
+    if kind == "p":
+        return f"{v:.3g}"
+    if kind == "pts":
+        return f"{v:+.1f}"
+    return str(v)
+
+
+def write_ranking(search: Search, alpha: float = 0.05) -> dict:
+    """OUT/ranking.csv and OUT/ranking.md; returns {"rows", "headline", "start"}."""
+    import csv
+    import io
+
+    from sftbench.io import atomic_write_text
+
+    rows = ranking_rows(search, alpha)
+    start = _strict_rows(search.results_dir(START) / "checkpoint-0")
+    start_acc = sum(bool(r["follow_all_instructions"]) for r in start.values()) / len(start)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in CSV_COLUMNS})
+    atomic_write_text(search.out / "ranking.csv", buf.getvalue())
+    text = headline(rows, start_acc, alpha) if rows else "No trained checkpoint has results yet."
+    lines = [f"# Recipe search: {search.grid.path}", "", text, "",
+             f"Starting model: {search.start_model()}, prompt-level strict {100 * start_acc:.1f}% over {len(start)} "
+             f"prompts (step 0 of every configuration). Shared flags: "
+             f"{' '.join(flag_args({k: search.grid.configs[0].flags[k] for k in sorted(search.common())})) or 'none'}.",
+             "", "| rank | config | checkpoint | prompt strict % | Δ vs start (points) | ckpt-only / start-only | "
+                 "McNemar p | Holm p | verdict | inst. seen % | inst. held-out % |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['rank']} | {r['config']} | {r['checkpoint']} | {_fmt(r['prompt_strict'], 'pct')} | "
+                     f"{_fmt(r['delta_points'], 'pts')} | {r['ckpt_only']} / {r['start_only']} | "
+                     f"{_fmt(r['p_mcnemar'], 'p')} | {_fmt(r['p_holm'], 'p')} | {r['verdict']} | "
+                     f"{_fmt(r['inst_seen'], 'pct')} | {_fmt(r['inst_held_out'], 'pct')} |")
+    lines += ["", "Configurations (flags that differ):", ""]
+    common = search.common()
+    lines += [f"- {c.name}: {' '.join(flag_args({k: v for k, v in c.flags.items() if k not in common})) or '(base)'}"
+              for c in search.grid.configs]
+    lines += ["", f"Paired on the same prompts; ckpt-only / start-only: prompts only the checkpoint / only the start "
+                  f"follows fully. Holm over all {len(rows)} (configuration, checkpoint) pairs compared with the "
+                  f"start, alpha {alpha}. Instruction-level accuracy on the constraint types seen in training and on "
+                  f"the held-out ones: analysis/seen_unseen.py."]
+    atomic_write_text(search.out / "ranking.md", "\n".join(lines) + "\n")
+    return {"rows": rows, "headline": text, "start": start_acc}
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def _parse_flag_list(rest: list[str]) -> dict[str, Any]:
+    """`--name value` pairs (and a bare `--name` = True) after OUT, for the trainer."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if not a.startswith("--"):
+            raise UserError(f"{a!r}: expected a trainer flag (--name value) after GRID OUT.")
+        name, eq, val = a[2:].partition("=")
+        if eq:
+            out[name] = val
+            i += 1
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            out[name] = rest[i + 1]
+            i += 2
+        else:
+            out[name] = True
+            i += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # trainer flags pass through: none may be taken for ours
+    p.add_argument("grid", metavar="GRID", help="the grid (JSON; see scripts/grids/default.json)")
+    p.add_argument("out", metavar="OUT", help="search directory: runs/, results/, search.json, ranking.md/.csv")
+    p.add_argument("--only", default=None, help="comma-separated configuration names to run (the ranking covers all done)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the Holm-corrected tests")
+    p.add_argument("--dry_run", action="store_true", help="list the configurations and what would be done, then exit")
+    ns, rest = p.parse_known_args(argv)
+    try:
+        grid = load_grid(ns.grid, _parse_flag_list(rest))
+        if ns.only:
+            want = [s.strip() for s in ns.only.split(",") if s.strip()]
+            missing = sorted(set(want) - {c.name for c in grid.configs})
+            if missing:
+                raise UserError(f"--only: no configuration named {', '.join(missing)} in {ns.grid}.")
+        for c in grid.configs:
+            check_trainer_flags(c, Path(ns.out) / "runs" / c.name)
+        search = Search(grid, ns.out, ns.alpha, runner=None if ns.dry_run else SessionRunner())
+        search.only = set(want) if ns.only else None
+        if ns.dry_run:
+            for c, action in search.plan():
+                print(f"{c.name:>32}  {action:<8}  {' '.join(flag_args(c.flags))}")
+            return 0
+        res = search.run()
+    except UserError as e:
+        exit_with_user_error(e, PROG)
+    except KeyboardInterrupt:
+        print(f"[search] interrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
+    print(res["headline"])
+    print(f"[search] wrote {Path(ns.out) / 'ranking.md'} and ranking.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

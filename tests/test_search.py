@@ -1,0 +1,180 @@
+"""sftbench.search on CPU: a two-configuration grid on the tiny model with a --limit'ed eval, interrupted in the
+second configuration's training and resumed without redoing the first; the grid's validation; the default grid."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from sftbench import search as S
+from sftbench.demo_data import make_conversations
+from sftbench.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+IFEVAL = ROOT / "ifeval" / "prompts" / "ifeval_input_data.jsonl"
+
+
+def grid_file(tmp_path: Path, model_dir: Path, data: Path) -> Path:
+    g = {"base": {"model_name_or_path": str(model_dir), "data_path": str(data), "max_steps": 2, "save_steps": 1,
+                  "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "model_max_length": 128,
+                  "data_cache_dir": "none", "progress": False, "loss_chunk_size": 64, "seed": 7},
+         "eval": {"limit": 2, "max_new_tokens": 4, "device": "cpu", "batch_size": 2, "data": str(IFEVAL)},
+         "configs": [{"name": "a", "learning_rate": 1e-3}, {"name": "b", "learning_rate": 3e-3}]}
+    p = tmp_path / "grid.json"
+    p.write_text(json.dumps(g))
+    return p
+
+
+class Calls:
+    """Counts the search's calls into the trainer and the sweep; interrupts b's training after its checkpoint-1."""
+
+    def __init__(self, monkeypatch, interrupt: bool):
+        self.train: list[list[str]] = []
+        self.sweep: list[list[str]] = []
+        real_train, real_sweep = S._train, S._sweep
+        monkeypatch.setattr(S, "_train", lambda argv: (self.train.append(argv), real_train(argv))[1])
+        monkeypatch.setattr(S, "_sweep", lambda argv, runner=None: (self.sweep.append(argv), real_sweep(argv, runner))[1])
+        if interrupt:
+            import sftbench.train.loop as loop
+
+            real_save = loop.save_step
+
+            def save(run, step):
+                real_save(run, step)
+                if run.out.name == "b" and step == 1:
+                    raise RuntimeError("simulated interruption")
+
+            monkeypatch.setattr(loop, "save_step", save)
+
+    def names(self, which: list[list[str]]) -> list[str]:
+        return [Path(a[a.index("--output_dir") + 1]).name if "--output_dir" in a else Path(a[0]).name for a in which]
+
+
+def test_search_interrupted_then_resumed_without_redoing_the_first(tiny_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in make_conversations(16, seed=1)))
+    grid, out = grid_file(tmp_path, tiny_model_dir, data), tmp_path / "search"
+
+    calls = Calls(monkeypatch, interrupt=True)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        S.main([str(grid), str(out)])
+    assert calls.names(calls.train) == ["a", "b"] and calls.names(calls.sweep) == ["_start", "a"]
+    assert sorted(p.name for p in (out / "results" / "a").glob("checkpoint-*")) == ["checkpoint-0", "checkpoint-1",
+                                                                                     "checkpoint-2"]
+    assert (out / "runs" / "b" / "checkpoint-1").is_dir() and not (out / "ranking.csv").exists()
+    a_summary = out / "results" / "a" / "checkpoint-2" / "summary.json"
+    a_time, start_time = a_summary.stat().st_mtime_ns, (out / "results" / "_start" / "checkpoint-0" / "summary.json").stat().st_mtime_ns
+    # the start was evaluated once: a's step 0 is its copy, adopted by a's sweep (not evaluated again)
+    assert (out / "results" / "a" / "checkpoint-0" / "summary.json").stat().st_mtime_ns == start_time
+    plan = dict((c.name, act) for c, act in S.Search(S.load_grid(grid), out).plan())
+    assert plan == {"a": "done", "b": "resume"}
+
+    monkeypatch.undo()
+    calls = Calls(monkeypatch, interrupt=False)
+    assert S.main([str(grid), str(out)]) == 0
+    assert calls.names(calls.train) == ["b"] and calls.train[0][-2:] == ["--resume_from_checkpoint", "latest"]
+    assert calls.names(calls.sweep) == ["b"]
+    assert a_summary.stat().st_mtime_ns == a_time
+    assert (out / "results" / "_start" / "checkpoint-0" / "summary.json").stat().st_mtime_ns == start_time
+    assert (out / "results" / "b" / "checkpoint-0" / "summary.json").stat().st_mtime_ns == start_time
+    b_metrics = [json.loads(l)["step"] for l in (out / "runs" / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert b_metrics == [1, 2]
+
+    rows = list(csv.DictReader(open(out / "ranking.csv")))
+    assert sorted((r["config"], r["step"]) for r in rows) == [("a", "1"), ("a", "2"), ("b", "1"), ("b", "2")]
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
+    for r in rows:
+        assert r["n_prompts"] == "2" and r["verdict"] == "no significant change"
+        assert float(r["p_holm"]) >= float(r["p_mcnemar"]) and r["overrides"] in ('{"learning_rate": 0.001}',
+                                                                                 '{"learning_rate": 0.003}')
+    md = (out / "ranking.md").read_text()
+    assert "Holm-corrected over 4 checkpoints" in md and "| 1 | " in md and "- b: --learning_rate 0.003" in md
+
+    # everything done: nothing is trained or evaluated again, the ranking is rewritten the same
+    monkeypatch.undo()
+    calls = Calls(monkeypatch, interrupt=False)
+    before = (out / "ranking.csv").read_text()
+    assert S.main([str(grid), str(out)]) == 0
+    assert calls.train == [] and calls.sweep == []
+    assert (out / "ranking.csv").read_text() == before
+
+
+def test_grid_product_names_and_validation(tmp_path):
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps({"base": {"max_steps": 3}, "axes": {"learning_rate": [1e-5, 2e-5], "augment_fraction": [0, 0.5]}}))
+    g = S.load_grid(p, {"data_path": "x.jsonl"})
+    assert [c.name for c in g.configs] == ["learning_rate=1e-05_augment_fraction=0", "learning_rate=1e-05_augment_fraction=0.5",
+                                           "learning_rate=2e-05_augment_fraction=0", "learning_rate=2e-05_augment_fraction=0.5"]
+    assert g.configs[1].flags == {"max_steps": 3, "data_path": "x.jsonl", "learning_rate": 1e-5, "augment_fraction": 0.5}
+    p.write_text(json.dumps({"base": {"lerning_rate": 1}, "configs": [{"name": "a"}]}))
+    with pytest.raises(UserError, match=r"g.json: \"base\": not a trainer flag: lerning_rate"):
+        S.load_grid(p)
+    p.write_text(json.dumps({"configs": [{"name": "a", "output_dir": "x"}]}))
+    with pytest.raises(UserError, match=r"output_dir \(set by the search\)"):
+        S.load_grid(p)
+    p.write_text(json.dumps({"configs": [{"name": "a"}, {"name": "a"}]}))
+    with pytest.raises(UserError, match="two configurations are named 'a'"):
+        S.load_grid(p)
+    assert S.flag_args({"lr": 2e-5, "bf16": True, "x": None}) == ["--lr", "2e-05", "--bf16", "True", "--x", "none"]
+
+
+def test_cli_bad_grid_exits_2_before_any_work(tmp_path, capsys):
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps({"configs": [{"name": "a", "learning_rate": "fast"}]}))
+    with pytest.raises(SystemExit) as e:
+        S.main([str(p), str(tmp_path / "out")])
+    assert e.value.code == 2 and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as e:
+        S.main([str(tmp_path / "missing.json"), str(tmp_path / "out")])
+    assert e.value.code == 2 and "missing.json: grid file not found" in capsys.readouterr().err
+
+
+def test_default_grid_has_six_configurations_that_parse(tmp_path):
+    g = S.load_grid(ROOT / "scripts" / "grids" / "default.json", {"data_path": "chat.jsonl"})
+    assert len(g.configs) >= 6
+    assert {c.flags["learning_rate"] for c in g.configs} == {1e-5, 2e-5, 4e-5}
+    assert {c.flags.get("augment_fraction", 0) for c in g.configs} == {0, 0.5, 1.0}
+    for c in g.configs:
+        S.check_trainer_flags(c, tmp_path / c.name)
+        assert c.flags.get("augment_targets", "data") == "data"
+
+
+def _result(d: Path, follows: list[bool]) -> None:
+    d.mkdir(parents=True)
+    rows = [{"prompt": f"p{i}", "instruction_id_list": ["punctuation:no_comma", "startend:quotation"],
+             "follow_instruction_list": [True, f and i % 2 == 0], "follow_all_instructions": f}
+            for i, f in enumerate(follows)]
+    (d / "eval_results_strict.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "summary.json").write_text(json.dumps({"complete": True}))
+
+
+def test_ranking_exact_numbers_holm_and_headline(tmp_path):
+    """20 prompts.  Start: 5 followed (i % 4 == 0); a step 5: all 20 (ckpt-only 15, start-only 0); b step 5: the
+    start's minus prompt 0 (start-only 1)."""
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps({"configs": [{"name": "a", "learning_rate": 1e-5}, {"name": "b", "learning_rate": 4e-5}]}))
+    search = S.Search(S.load_grid(p), tmp_path / "out")
+    start = [i % 4 == 0 for i in range(20)]
+    _result(search.results_dir(S.START) / "checkpoint-0", start)
+    _result(search.results_dir("a") / "checkpoint-5", [True] * 20)
+    _result(search.results_dir("b") / "checkpoint-5", [s and i != 0 for i, s in enumerate(start)])
+    _result(search.results_dir("b") / "checkpoint-0", start)  # the start's copy: not ranked
+    res = S.write_ranking(search)
+    a, b = res["rows"]
+    assert (a["config"], a["rank"], a["prompt_strict"], a["delta_points"], a["ckpt_only"], a["start_only"]) == \
+        ("a", 1, 1.0, 75.0, 15, 0)
+    assert a["p_mcnemar"] == 2 / 2**15 and a["p_holm"] == 4 / 2**15 and a["verdict"] == "better than start"
+    assert (b["config"], b["rank"], b["prompt_strict"], b["delta_points"], b["p_mcnemar"], b["p_holm"], b["verdict"]) == \
+        ("b", 2, 0.2, -5.0, 1.0, 1.0, "no significant change")
+    assert (a["inst_seen"], a["inst_held_out"]) == (1.0, 0.5)
+    assert res["headline"] == ("Training helped: a checkpoint-5 follows 100.0% of the prompts (prompt-level strict) "
+                               "against 25.0% for the starting model, +75.0 points, p = 0.000122 (exact McNemar test "
+                               "against the start, Holm-corrected over 2 checkpoints, alpha 0.05); 1 of 2 checkpoints "
+                               "are significantly better.")
+    md = (tmp_path / "out" / "ranking.md").read_text()
+    assert "| 1 | a | checkpoint-5 | 100.0 | +75.0 | 15 / 0 | 6.1e-05 | 0.000122 | better than start | 100.0 | 50.0 |" in md
+    assert "| 2 | b | checkpoint-5 | 20.0 | -5.0 | 0 / 1 | 1 | 1 | no significant change | 100.0 | 20.0 |" in md
