@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis import seen_unseen
 from analysis import verdict as V
 from analysis.paired_stats import compare, holm
 from analysis.verdict import Verdict
 from ifeval import results
-from ifeval.ifbench import N_PROMPTS as IFBENCH_PROMPTS
-from ifeval.results import FULL_MAX_NEW_TOKENS, FULL_PROMPTS, METRICS
+from ifeval.results import FULL_MAX_NEW_TOKENS, FULL_PROMPTS, IFBENCH_DIR, IFBENCH_PROMPTS, METRICS
 from sftbench.cli import HelpFormatter
 from sftbench.errors import UserError, exit_with_user_error
 from sftbench.io import atomic_write_text, read_json
@@ -131,7 +131,6 @@ def settings_note(sweep: SweepData) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ verdict
-IFBENCH_DIR = "ifbench"  # RESULTS/ifbench/: IFBench results, the same layout as IFEval's (ifeval/sweep.py)
 BENCHMARKS = {"ifeval": "IFEval", "ifbench": "IFBench"}
 IFBENCH_NOTE = ("IFBench measures out-of-distribution instruction following: its 58 constraint types are not "
                 "IFEval's, so it shows whether what training did on IFEval's constraint types transfers to new ones.")
@@ -632,6 +631,22 @@ def ifbench_section(doc: Doc, sweep: SweepData) -> tuple[SweepData | None, Verdi
     return ifb, vr
 
 
+def seen_unseen_section(doc: Doc, sweep: SweepData) -> None:
+    """Instruction-level strict accuracy on the constraint types seen in training vs held out of it (issue 13):
+    a gain only on seen types is fitting the augmentation, not instruction following."""
+    held = seen_unseen.held_out_of(sweep.run_dir)
+    per = seen_unseen.per_checkpoint(seen_unseen.load_results(sweep.results_dir), held)
+    if not per:
+        return
+    steps = sorted(per)
+    doc.h(2, "Seen and held-out constraint types")
+    doc.p("Instruction-level strict accuracy, split by whether a type can be trained by the augmentation "
+          f"(`--augment_*`); held out of training: {', '.join(f'`{h}`' for h in held) or 'none'}.")
+    doc.table(*seen_unseen.table(per, 0 if 0 in per else None))
+    if 0 in per and steps[-1] != 0:
+        doc.p(f"From the start to step {steps[-1]}: {seen_unseen.sentence(per[0], per[steps[-1]])}")
+
+
 def single_report(sweep: SweepData, out_dir: Path | None = None) -> dict:
     """Write report.md, report.html and PNGs for one sweep.  Returns {"md", "html", "verdict", "ifbench"}."""
     out = Path(out_dir or sweep.results_dir)
@@ -643,7 +658,7 @@ def single_report(sweep: SweepData, out_dir: Path | None = None) -> dict:
     doc.h(2, f"Did training help? ({bench}: the starting model against every checkpoint)")
     verdict_section(doc, vr)
     ifb, ifb_vr = ifbench_section(doc, sweep)
-    # Seen vs unseen constraint types (analysis/seen_unseen.py) goes here, as its own "## " section.
+    seen_unseen_section(doc, sweep)
     doc.h(2, "Checkpoints")
     doc.p("Accuracies in % with 95% confidence intervals in brackets. Unpaired intervals overlap even when a "
           "paired test (above) finds a difference: compare checkpoints with the paired test, not the intervals.")

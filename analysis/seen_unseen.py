@@ -75,17 +75,25 @@ def _delta(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(100 * (b - a), 1)
 
 
-def markdown_table(per: Mapping[int, GroupAccuracy], start: int | None = 0) -> str:
-    """One row per checkpoint: seen / held-out accuracy (%, followed/total) and the change vs `start` (points)."""
+def table(per: Mapping[int, GroupAccuracy], start: int | None = 0) -> tuple[list[str], list[list[str]]]:
+    """(head, rows): per checkpoint seen / held-out accuracy (%, followed/total) and the change vs `start` (points)."""
     base = per.get(start) if start is not None else None
-    lines = ["| step | seen types | held-out types | seen Δ vs start | held-out Δ vs start |",
-             "|---:|---:|---:|---:|---:|"]
+    head = ["step", "seen types", "held-out types", "seen Δ vs start", "held-out Δ vs start"]
+    rows = []
     for step, g in sorted(per.items()):
         ds = _delta(base.seen, g.seen) if base else None
         dh = _delta(base.held_out, g.held_out) if base else None
-        lines.append(f"| {step} | {_pct(g.seen)} ({g.seen_followed}/{g.seen_total}) | {_pct(g.held_out)} "
-                     f"({g.held_out_followed}/{g.held_out_total}) | {'' if ds is None else f'{ds:+.1f}'} | "
-                     f"{'' if dh is None else f'{dh:+.1f}'} |")
+        rows.append([str(step), f"{_pct(g.seen)} ({g.seen_followed}/{g.seen_total})",
+                     f"{_pct(g.held_out)} ({g.held_out_followed}/{g.held_out_total})",
+                     "" if ds is None else f"{ds:+.1f}", "" if dh is None else f"{dh:+.1f}"])
+    return head, rows
+
+
+def markdown_table(per: Mapping[int, GroupAccuracy], start: int | None = 0) -> str:
+    """The table() as markdown."""
+    head, rows = table(per, start)
+    lines = ["| " + " | ".join(head) + " |", "|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

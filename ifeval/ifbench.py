@@ -45,7 +45,7 @@ from ifeval.prompts import IFBENCH_SHA256  # noqa: F401  (re-exported: the packa
 
 HERE = Path(__file__).resolve().parent
 ENV_VAR = "SFTBENCH_IFBENCH_DATA"
-N_PROMPTS = 294
+from ifeval.results import IFBENCH_PROMPTS as N_PROMPTS  # noqa: E402  (the schema states it once)
 # NLTK resources the checkers read at scoring time: resource path -> the instruction ids that need it.
 NLTK_NEEDS = {
     "tokenizers/punkt_tab/english/": None,  # word_tokenize / sent_tokenize: many checkers

@@ -50,6 +50,9 @@ MEMORY_FIELDS = ("torch_peak_allocated_gib", "torch_peak_reserved_gib", "nvml_pe
                  "gpu_name", "gpu_total_gib")
 # The full benchmark: every IFEval prompt at EvalConfig's default cap (a report flags anything less).
 FULL_PROMPTS = 541
+# IFBench results of a sweep live in RESULTS/ifbench/, the same layout; its full test set has 294 prompts.
+IFBENCH_DIR = "ifbench"
+IFBENCH_PROMPTS = 294
 FULL_MAX_NEW_TOKENS = config_defaults(EvalConfig)["max_new_tokens"]
 
 
