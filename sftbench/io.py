@@ -103,7 +103,7 @@ def iter_jsonl(path: str | os.PathLike, tolerate_partial_tail: bool = False) -> 
         if not line.strip():
             continue
         try:
-            yield i, json.loads(line)
+            yield i, json.loads(line.rstrip("\r\n"))  # else an unterminated string is an "invalid control character"
         except json.JSONDecodeError as e:
             if tolerate_partial_tail and i == len(lines) and not line.endswith(("\n", "\r")):
                 return

@@ -192,7 +192,7 @@ def build_examples(
     With cache_dir, the result is stored as JSONL keyed by a sha256 of everything that determines it.
     """
     check_options(mode, truncation_side, on_bad_record, max_length, special_tokens)
-    loaded = read_records(data_path, lenient=on_bad_record == "skip")
+    loaded = read_records(data_path, lenient=True)  # every bad line is counted; the policy decides below
     template = masking.resolve_template(tokenizer, chat_template, mode)
     path = key = None
     if cache_dir:

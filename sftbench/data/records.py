@@ -77,7 +77,7 @@ def iter_jsonl_lenient(path: Path, bad: list[BadRecord]) -> Iterable[tuple[int, 
         if not line.strip():
             continue
         try:
-            yield i, json.loads(line)
+            yield i, json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as e:
             bad.append(BadRecord(f"{path}:{i}: {json_error_text(e)}. Fix or remove that line.", "malformed_json"))
 
