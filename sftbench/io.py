@@ -58,27 +58,56 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def json_error_text(e: json.JSONDecodeError) -> str:
+    """'malformed JSON at column N: what' (json's messages such as "Unterminated string starting at" end in "at")."""
+    what = e.msg[:-3] if e.msg.endswith(" at") else e.msg
+    return f"malformed JSON at column {e.colno}: {what}"
+
+
+def utf8_error_text(path, line_no: int, line_start: int, e: UnicodeDecodeError) -> str:
+    """'FILE:LINE: not valid UTF-8 (byte 0xff at byte offset N of the file, column C of the line). ...'"""
+    bad = e.object[e.start:e.start + 1].hex()
+    return (f"{path}:{line_no}: not valid UTF-8 (byte 0x{bad} at byte offset {line_start + e.start} of the file, "
+            f"byte {e.start + 1} of the line). Save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or "
+            f"remove that line.")
+
+
+def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes]]:
+    """(1-based line number, byte offset of the line in the file, the line's bytes) for each line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    for i, line in enumerate(data.splitlines(keepends=True), start=1):
+        yield i, pos, line
+        pos += len(line)
+
+
 def iter_jsonl(path: str | os.PathLike, tolerate_partial_tail: bool = False) -> Iterator[tuple[int, Any]]:
     """Yield (line_number, parsed_object) for each non-blank line; 1-based line numbers.
 
-    Raises UserError naming the file and line on malformed JSON.  With
-    `tolerate_partial_tail`, a malformed *last* line without a trailing newline (a write cut
+    Raises UserError naming the file and line on malformed JSON or bytes that are not UTF-8 (with the byte
+    offset).  With `tolerate_partial_tail`, a malformed *last* line without a trailing newline (a write cut
     off by a crash) is dropped silently instead.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found.")
-    with open(path, "r", encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines, start=1):
+    lines = list(iter_jsonl_lines(path))
+    for i, start, raw in lines:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if tolerate_partial_tail and i == len(lines) and not raw.endswith((b"\n", b"\r")):
+                return
+            raise UserError(utf8_error_text(path, i, start, e)) from None
         if not line.strip():
             continue
         try:
-            yield i, json.loads(line)
+            yield i, json.loads(line.rstrip("\r\n"))  # else an unterminated string is an "invalid control character"
         except json.JSONDecodeError as e:
-            if tolerate_partial_tail and i == len(lines) and not line.endswith("\n"):
+            if tolerate_partial_tail and i == len(lines) and not line.endswith(("\n", "\r")):
                 return
-            raise UserError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno}). Fix or remove that line.") from None
+            raise UserError(f"{path}:{i}: {json_error_text(e)}. Fix or remove that line.") from None
 
 
 def read_jsonl(path: str | os.PathLike, tolerate_partial_tail: bool = False) -> list[Any]:
@@ -86,14 +115,21 @@ def read_jsonl(path: str | os.PathLike, tolerate_partial_tail: bool = False) -> 
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; UserError naming file:line on malformed JSON or bytes that are not UTF-8."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found.")
+    data = path.read_bytes()
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        e2 = UnicodeDecodeError(e.encoding, data[line_start:], e.start - line_start, e.end - line_start, e.reason)
+        raise UserError(utf8_error_text(path, data.count(b"\n", 0, e.start) + 1, line_start, e2)) from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno}).") from None
+        raise UserError(f"{path}:{e.lineno}: {json_error_text(e)}.") from None
 
 
 def atomic_replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:

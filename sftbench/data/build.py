@@ -27,6 +27,10 @@ class DataStats:
     dropped_no_target: examples with no trainable token left after truncation (not returned).
     truncated: examples longer than max_length (cut).  rounds_cut: conversations shortened by max_rounds.
     skipped_bad: bad records skipped (on_bad_record="skip"), by reason.
+    normalised: conversations trained after a documented adjustment, by kind (docs/GUARANTEES.md):
+      "merged_user_turns" (consecutive user turns merged into one), "special_token_text" (a content holds a
+      special token's text, such as "<|im_end|>", and was tokenised as plain text).  Left out of as_dict() when
+      empty.
     """
 
     records: int = 0
@@ -35,27 +39,54 @@ class DataStats:
     truncated: int = 0
     rounds_cut: int = 0
     skipped_bad: dict[str, int] = field(default_factory=dict)
+    normalised: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["normalised"]:
+            del d["normalised"]
+        return d
 
 
-def check_options(mode: str, truncation_side: str, on_bad_record: str, max_length: int | None) -> None:
+def check_options(mode: str, truncation_side: str, on_bad_record: str, max_length: int | None,
+                  special_tokens: str = "text") -> None:
     """UserError for a setting no data could satisfy (before anything is read)."""
     masking.check_mode(mode)
+    masking.check_special_token_policy(special_tokens)
     masking.check_truncation_side(truncation_side)
     check_bad_record_policy(on_bad_record)
     if max_length is None or max_length <= 1:
         raise UserError(f"max_length must be at least 2, got {max_length}.")
 
 
-def normalise_all(loaded: Loaded, on_bad_record: str, stats: DataStats) -> list[list[dict]]:
-    """Every record's messages; bad records raise (on_bad_record="error") or are counted in stats.skipped_bad."""
+def check_special_text(msgs: list[dict], where: str, specials: list[str], policy: str, stats: DataStats) -> None:
+    """A content holding a special token's text: BadRecord (policy "refuse"), else counted (tokenised as text)."""
+    hit = masking.special_in_content(msgs, specials)
+    if hit is None:
+        return
+    if policy == "refuse":
+        raise BadRecord(f"{where}: turn {hit[0]} ({msgs[hit[0] - 1]['role']}) contains the text {hit[1]!r} of a special "
+                        f"token. Remove it, or pass --special_tokens_in_content text to train it as plain text.",
+                        "special_token_in_content")
+    stats.normalised["special_token_text"] = stats.normalised.get("special_token_text", 0) + 1
+
+
+def normalise_all(loaded: Loaded, on_bad_record: str, stats: DataStats, specials: list[str] | None = None,
+                  special_tokens: str = "text") -> list[list[dict]]:
+    """Every record's messages; bad records raise (on_bad_record="error") or are counted in stats.skipped_bad.
+
+    Conversations adjusted on the way (merged user turns, special-token text) are counted in stats.normalised."""
     bad = list(loaded.bad)
     convs: list[list[dict]] = []
     for source, idx, rec in loaded.records:
+        where = where_of(source, idx)
         try:
-            convs.append(normalize_messages(rec, where_of(source, idx)))
+            counts: dict[str, int] = {}
+            msgs = normalize_messages(rec, where, counts)
+            check_special_text(msgs, where, specials or [], special_tokens, stats)
+            convs.append(msgs)
+            for k, v in counts.items():
+                stats.normalised[k] = stats.normalised.get(k, 0) + v
         except BadRecord as e:
             bad.append(e)
     stats.skipped_bad.update(apply_bad_record_policy(bad, on_bad_record))
@@ -80,7 +111,8 @@ class _Masker:
             stats.rounds_cut += len(cut) < len(msgs)
             chunk.append(cut)
         rendered = [masking.char_spans(m, self.tokenizer, self.template, self.mode) for m in chunk]
-        encoded = masking.encode(self.tokenizer, [text for text, _ in rendered])
+        literal = [masking.literal_spans(text, m, self.tokenizer, self.template) for m, (text, _) in zip(chunk, rendered)]
+        encoded = masking.encode(self.tokenizer, [text for text, _ in rendered], literal)
         out = []
         for msgs, (_, spans), (ids, offs) in zip(chunk, rendered, encoded):
             ex = self.fit(msgs, ids, masking.labels_from_offsets(ids, offs, spans), stats)
@@ -141,6 +173,7 @@ def build_examples(
     truncation_side: str = "right",
     chat_template: str | None = None,
     on_bad_record: str = "error",
+    special_tokens: str = "text",
     cache_dir: str | None = None,
     progress: bool = True,
 ) -> tuple[list[dict], DataStats]:
@@ -152,23 +185,27 @@ def build_examples(
     are); "skip" counts them in stats.skipped_bad[reason].
     truncation_side: "right" (keep the start), "left" (keep the end), or "rounds" (drop whole trailing rounds
     until the conversation fits; cut on the right only when even the first round is too long).
+    special_tokens: a content holding a special token's text ("<|im_end|>", ...) is tokenised as plain text
+    ("text", counted in stats.normalised["special_token_text"]) or is a bad record ("refuse").
+    Consecutive user turns are merged (counted); a system message after the first turn, or an assistant turn
+    before any user turn, is a bad record (normalise.check_order).
     With cache_dir, the result is stored as JSONL keyed by a sha256 of everything that determines it.
     """
-    check_options(mode, truncation_side, on_bad_record, max_length)
-    loaded = read_records(data_path, lenient=on_bad_record == "skip")
+    check_options(mode, truncation_side, on_bad_record, max_length, special_tokens)
+    loaded = read_records(data_path, lenient=True)  # every bad line is counted; the policy decides below
     template = masking.resolve_template(tokenizer, chat_template, mode)
     path = key = None
     if cache_dir:
         key = _cache.cache_key(
             loaded.fingerprint, tokenizer, template, max_length=max_length, max_rounds=rounds_limit(max_rounds),
-            mode=mode, truncation_side=truncation_side, on_bad_record=on_bad_record,
+            mode=mode, truncation_side=truncation_side, on_bad_record=on_bad_record, special_tokens=special_tokens,
         )
         path = _cache.cache_path(cache_dir, key)
         hit = _cached(path, key)
         if hit is not None:
             return hit
     stats = DataStats(records=len(loaded.records) + len(loaded.bad))
-    convs = normalise_all(loaded, on_bad_record, stats)
+    convs = normalise_all(loaded, on_bad_record, stats, masking.special_strings(tokenizer), special_tokens)
     masker = _Masker(tokenizer, template, mode, max_length, truncation_side, max_rounds)
     examples = mask_all(convs, masker, stats, progress)
     stats.examples = len(examples)

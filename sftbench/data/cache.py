@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 # Bump when the masking/truncation logic changes, so that cached examples built by older code are not reused.
-MASKING_VERSION = 1
+MASKING_VERSION = 2  # 2: special-token text in contents tokenised as text; odd conversation orders
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -46,6 +46,7 @@ class InspectConfig:
         "chat_template", "`model` or none (the tokenizer's own; plain ChatML when it has none), `plain` (ChatML, "
         "no system prompt), `homework` (the homework's), or a Jinja template file.")
     skip_bad_records: bool = _shared("skip_bad_records")
+    special_tokens_in_content: str = _shared("special_tokens_in_content")
     show: int = setting(1, "How many examples to print with the mask highlighted.")
     index: int = setting(0, "Index of the first example to show.")
 
@@ -92,7 +93,7 @@ def inspect(cfg: InspectConfig) -> int:
     examples, stats = build_examples(
         cfg.data_path, tok, max_length=cfg.model_max_length, max_rounds=cfg.max_rounds, mode=cfg.masking,
         truncation_side=cfg.truncation_side, chat_template=template,
-        on_bad_record="skip" if cfg.skip_bad_records else "error",
+        on_bad_record="skip" if cfg.skip_bad_records else "error", special_tokens=cfg.special_tokens_in_content,
     )
     if stats.records == 0:
         raise UserError(f"{cfg.data_path}: no records (an empty file?). Each line should hold one "

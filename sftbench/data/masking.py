@@ -166,10 +166,89 @@ def labels_from_offsets(input_ids: list[int], offsets: list[tuple[int, int]], sp
     return labels
 
 
-def encode(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """Tokenise rendered texts (no added special tokens): [(input_ids, character offsets)] per text."""
+SPECIAL_TOKEN_POLICIES = ("text", "refuse")
+
+
+def check_special_token_policy(policy: str) -> None:
+    if policy not in SPECIAL_TOKEN_POLICIES:
+        raise UserError(f"unknown special_tokens_in_content {policy!r}; choose one of {', '.join(SPECIAL_TOKEN_POLICIES)}.")
+
+
+def special_in_content(messages: list[dict], specials: list[str]) -> tuple[int, str] | None:
+    """(1-based turn, special token text) of the first content that holds a special token's text, else None."""
+    for t_i, m in enumerate(messages, start=1):
+        for s in specials:
+            if s in m["content"]:
+                return t_i, s
+    return None
+
+
+def content_spans(full: str, messages: list[dict], tokenizer, template: str) -> list[tuple[int, int]]:
+    """Where each message's content lies in the rendered `full`: [(start, stop)] in message order.
+
+    Rendered once more with each content replaced by a sentinel, so the template's own text is known exactly;
+    when putting the contents back does not give `full` (a template that rewrites contents), each content is
+    searched for in order instead."""
+    sentinels = [f"\x00{k}\x00" for k in range(len(messages))]
+    skeleton = render(tokenizer, [dict(m, content=x) for m, x in zip(messages, sentinels)], template)
+    spans, pos, shift, parts = [], 0, 0, []
+    for m, x in zip(messages, sentinels):
+        at = skeleton.find(x, pos)
+        if at < 0:
+            break
+        spans.append((at + shift, at + shift + len(m["content"])))
+        parts += [skeleton[pos:at], m["content"]]
+        shift += len(m["content"]) - len(x)
+        pos = at + len(x)
+    if len(spans) == len(messages) and "".join(parts) + skeleton[pos:] == full:
+        return spans
+    spans, cursor = [], 0
+    for m in messages:
+        at = full.find(m["content"], cursor)
+        spans.append((at, at + len(m["content"])) if at >= 0 else (cursor, cursor))
+        cursor = at + len(m["content"]) if at >= 0 else cursor
+    return spans
+
+
+def literal_spans(full: str, messages: list[dict], tokenizer, template: str) -> list[tuple[int, int]]:
+    """The contents (character spans of `full`) that hold a special token's text: to be tokenised as plain text."""
+    specials = special_strings(tokenizer)
+    if special_in_content(messages, specials) is None:
+        return []
+    spans = content_spans(full, messages, tokenizer, template)
+    return [(a, b) for m, (a, b) in zip(messages, spans) if b > a and any(s in full[a:b] for s in specials)]
+
+
+def _encode_pieces(tokenizer, text: str, literal: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Tokenise `text` with the `literal` spans as plain text (no special-token parsing there)."""
+    ids: list[int] = []
+    offs: list[tuple[int, int]] = []
+    pieces, pos = [], 0
+    for a, b in sorted(literal):
+        pieces += [(pos, a, False), (a, b, True)]
+        pos = b
+    pieces.append((pos, len(text), False))
+    for a, b, lit in pieces:
+        if b <= a:
+            continue
+        enc = tokenizer(text[a:b], add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=lit)
+        ids += list(enc["input_ids"])
+        offs += [(x + a, y + a) for x, y in enc["offset_mapping"]]
+    return ids, offs
+
+
+def encode(tokenizer, texts: list[str], literal: list[list[tuple[int, int]]] | None = None
+           ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Tokenise rendered texts (no added special tokens): [(input_ids, character offsets)] per text.
+
+    literal[i]: character spans of texts[i] (contents holding a special token's text) tokenised as plain text,
+    so that a content's "<|im_end|>" is never the end-of-turn control token."""
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return [(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(enc["input_ids"], enc["offset_mapping"])]
+    out = [(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(enc["input_ids"], enc["offset_mapping"])]
+    for i, spans in enumerate(literal or []):
+        if spans:
+            out[i] = _encode_pieces(tokenizer, texts[i], spans)
+    return out
 
 
 def render_and_mask(messages: list[dict], tokenizer, *, mode: str = "assistant", chat_template: str | None = None) -> tuple[list[int], list[int]]:
@@ -177,11 +256,12 @@ def render_and_mask(messages: list[dict], tokenizer, *, mode: str = "assistant",
 
     labels[t] = input_ids[t] for supervised tokens, -100 elsewhere (the loss shifts: logits[t] predict labels[t+1]).
     Template: `chat_template`, else (homework mode) HOMEWORK_CHATML, else the tokenizer's, else PLAIN_CHATML.
+    Contents are text: a special token's text inside a content is tokenised as plain characters.
     """
     check_mode(mode)
     template = resolve_template(tokenizer, chat_template, mode)
     text, spans = char_spans(messages, tokenizer, template, mode)
-    (ids, offs), = encode(tokenizer, [text])
+    (ids, offs), = encode(tokenizer, [text], [literal_spans(text, messages, tokenizer, template)])
     return ids, labels_from_offsets(ids, offs, spans)
 
 

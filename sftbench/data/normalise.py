@@ -70,17 +70,51 @@ def normalize_turn(turn, where: str, t_i: int) -> dict:
     return {"role": role, "content": content}
 
 
-def normalize_messages(record: dict, where: str) -> list[dict]:
+def normalize_messages(record: dict, where: str, counts: dict[str, int] | None = None) -> list[dict]:
     """Validate one record and return [{"role": "system"|"user"|"assistant", "content": str}].
 
     The conversation is under "messages" or "conversations"; each turn is {"role", "content"} (OpenAI style)
     or {"from", "value"} (ShareGPT).  Roles are mapped through ROLE_ALIASES (case-insensitive).  Raises
     BadRecord (a UserError) naming `where` for: no conversation key, unknown role, empty or non-string
-    content, no assistant turn.
+    content, no assistant turn, and the odd orders of `check_order` (a system message after the first turn,
+    an assistant turn before any user turn).  Consecutive user turns are merged into one (joined by a blank
+    line) and counted in counts["merged_user_turns"] (one per conversation).
     """
     out = [normalize_turn(turn, where, t_i) for t_i, turn in enumerate(_turns(record, where), start=1)]
     if not any(m["role"] == "assistant" for m in out):
         raise BadRecord(f"{where}: no assistant turn, so nothing to train on. Each conversation needs at least one assistant reply.", "no_assistant_turn")
+    check_order(out, where)
+    merged = merge_user_turns(out)
+    if len(merged) < len(out) and counts is not None:
+        counts["merged_user_turns"] = counts.get("merged_user_turns", 0) + 1
+    return merged
+
+
+def check_order(messages: list[dict], where: str) -> None:
+    """BadRecord for a system message that is not the first turn, or an assistant turn before any user turn.
+
+    Both are refused rather than guessed at: chat templates place (or reject) a mid-conversation system
+    message differently, and a reply with no prompt teaches the model to talk unprompted."""
+    for t_i, m in enumerate(messages, start=1):
+        if m["role"] == "system" and t_i > 1:
+            raise BadRecord(f"{where}: turn {t_i} is a system message after the first turn; a system message may only "
+                            f"open a conversation. Move it to the start (or merge it into the first one), or remove the "
+                            f"record.", "system_not_first")
+    first = next(m for m in messages if m["role"] != "system")
+    if first["role"] == "assistant":
+        t_i = messages.index(first) + 1
+        raise BadRecord(f"{where}: turn {t_i} is an assistant turn before any user turn (a reply with no prompt). "
+                        f"Add the user turn it answers, or remove the record.", "starts_with_assistant")
+
+
+def merge_user_turns(messages: list[dict]) -> list[dict]:
+    """Consecutive user turns -> one user turn, contents joined by a blank line (a new list)."""
+    out: list[dict] = []
+    for m in messages:
+        if out and m["role"] == "user" and out[-1]["role"] == "user":
+            out[-1] = {"role": "user", "content": out[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            out.append(dict(m))
     return out
 
 

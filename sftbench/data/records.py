@@ -64,15 +64,22 @@ def data_files(data_path: str) -> list[Path]:
 
 
 def iter_jsonl_lenient(path: Path, bad: list[BadRecord]) -> Iterable[tuple[int, Any]]:
-    """Like sftbench.io.iter_jsonl, but collects malformed lines instead of stopping at the first."""
-    with open(path, "r", encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield i, json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.append(BadRecord(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno}). Fix or remove that line.", "malformed_json"))
+    """Like sftbench.io.iter_jsonl, but collects malformed lines (bad JSON, bytes that are not UTF-8) instead of
+    stopping at the first."""
+    from sftbench.io import iter_jsonl_lines, json_error_text, utf8_error_text
+
+    for i, start, raw in iter_jsonl_lines(path):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad.append(BadRecord(utf8_error_text(path, i, start, e), "invalid_utf8"))
+            continue
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as e:
+            bad.append(BadRecord(f"{path}:{i}: {json_error_text(e)}. Fix or remove that line.", "malformed_json"))
 
 
 def read_json_records(path: Path) -> list[Any]:
@@ -125,13 +132,22 @@ def read_records(data_path: str, lenient: bool = False) -> Loaded:
     p = Path(data_path).expanduser()
     if not p.exists() and looks_like_hub_id(data_path):
         return load_hub_dataset(data_path)
-    h = hashlib.sha256()
     out = Loaded([])
     for f in data_files(data_path):
-        h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
         out.records.extend(_read_file(f, lenient, out.bad))
-    out.fingerprint = "files:" + h.hexdigest()
+    out.fingerprint = data_fingerprint(data_path)
     return out
+
+
+def data_fingerprint(data_path: str) -> str:
+    """'files:<sha256 of the files' names and bytes>' for a local path; 'hf:<id>' for a hub dataset id."""
+    p = Path(data_path).expanduser()
+    if not p.exists() and looks_like_hub_id(data_path):
+        return f"hf:{data_path}"
+    h = hashlib.sha256()
+    for f in data_files(data_path):
+        h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return "files:" + h.hexdigest()
 
 
 def load_records(data_path: str) -> list[Record]:

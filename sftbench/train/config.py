@@ -39,6 +39,12 @@ class TrainConfig:
     output_dir: str = _f("runs/demo", "Run directory: checkpoints, metrics.jsonl, the final model. Must be new or empty unless resuming.")
     resume_from_checkpoint: Optional[str] = _f(
         None, "Resume exactly from a checkpoint: a path, or `latest` for the newest complete checkpoint in --output_dir.")
+    start_over: bool = _f(
+        False, "Start over a run in --output_dir that stopped before its first checkpoint (its metrics.jsonl and "
+        "sft_config.json are replaced; the restart is noted in config_history.jsonl). Refused when the directory holds a checkpoint.")
+    allow_changed_settings: bool = _f(
+        False, "On resume, accept settings that differ from the checkpoint's and break exact resume (data, seed, "
+        "learning rate, schedule, masking, effective batch, ...). Every change is appended to OUT/config_history.jsonl.")
 
     # --- schedule ---
     num_train_epochs: float = _f(5.0, "Passes over the data (fractional values allowed).")
@@ -75,6 +81,10 @@ class TrainConfig:
         None, "Path to a Jinja chat template to use instead of the tokenizer's (plain ChatML is used when the tokenizer has none).")
     skip_bad_records: bool = _f(False, "Skip and count malformed records instead of stopping with an error.")
     data_cache_dir: Optional[str] = _f(None, "Where tokenised data is cached as JSONL (default ~/.cache/sftbench/tokenized; `none` disables).")
+    special_tokens_in_content: str = _f(
+        "text", "A message content holding a special token's text (e.g. `<|im_end|>`): `text` tokenises it as plain "
+        "characters, never as the control token (counted in the data stats), `refuse` makes it a bad record (an error, "
+        "or skipped and counted with --skip_bad_records).", choices=["text", "refuse"])
     # issue 13: the contamination guard and on-the-fly constraint augmentation (sftbench/train/prepare.py); the
     # augment_* defaults and help come from sftbench.augment.AugmentConfig (one source), except the fraction: off.
     keep_contaminated: bool = _f(False, "Keep training examples whose user text shares a 13-word n-gram with an IFEval "

@@ -4,7 +4,7 @@
     ce_sum, real_tokens = engine.window(micro_batches, n_window, seed)         # one accumulation window
 
 `window` runs this rank's share of one optimizer step's conversations (`micro_batches`: lists of examples
-from conversation_func.build_examples) forward and backward.  Every micro-batch's CE *sum* is divided by
+from sftbench.data.build.build_examples) forward and backward.  Every micro-batch's CE *sum* is divided by
 `n_window`, the target tokens of the whole window over all ranks (sftbench.loss), so the gradient does not
 depend on the micro-batch / accumulation / GPU split; when it returns, the gradients are summed over ranks.
 It returns (this rank's CE sum as a 0-dim float64 tensor, this rank's real input tokens).  The caller
@@ -52,12 +52,12 @@ class ReferenceEngine(Engine):
                 self.loss_mod, device_ids=[device.index] if device.type == "cuda" else None)
 
     def window(self, micro_batches, n_window, seed):
-        import conversation_func as cf
+        from sftbench.data.collate import collate
 
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         real = 0
         for j, exs in enumerate(micro_batches):
-            cpu = cf.collate(exs, self.pad_id)
+            cpu = collate(exs, self.pad_id)
             real += int(cpu["attention_mask"].sum())  # counted on the CPU: no device sync
             batch = {k: v.to(self.device) for k, v in cpu.items()}
             last = j == len(micro_batches) - 1

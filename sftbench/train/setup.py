@@ -53,6 +53,9 @@ class Run:
     t_start: float = 0.0
     model_path: str = ""
     cap_msg: str | None = None
+    starting_over: bool = False  # --start_over of a run that stopped before its first checkpoint
+    data_fingerprint: str = ""
+    changes: dict = field(default_factory=dict)  # settings changed on resume: {name: {"from", "to"}}
 
 
 @functools.lru_cache(maxsize=2)
@@ -91,8 +94,9 @@ def start(cfg: TrainConfig) -> Run:
         cfg.precision, cfg.bf16, cfg.fp16 = prec.name, prec.name == "bf16", prec.name == "fp16"
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    check_output_dir(out, resuming=bool(cfg.resume_from_checkpoint))
-    resume = ck.resolve_resume(cfg.resume_from_checkpoint, out) if cfg.resume_from_checkpoint else None
+    starting_over = check_output_dir(out, resuming=bool(cfg.resume_from_checkpoint), start_over=cfg.start_over)
+    resume = (ck.resolve_resume(cfg.resume_from_checkpoint, out)
+              if cfg.resume_from_checkpoint and not (starting_over and cfg.resume_from_checkpoint == "latest") else None)
     resolve_accumulation(cfg, d.world)
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "model_max_length", "save_steps", "logging_steps"):
         if getattr(cfg, name) < 1:
@@ -100,14 +104,19 @@ def start(cfg: TrainConfig) -> Run:
     if cfg.engine == "fast" and cfg.method == "lora":
         raise UserError("--engine fast trains full weights only; use --engine reference with --method lora.")
     model_path = resolve_model_path(cfg.model_name_or_path)
-    tok = load_tokenizer(model_path, cfg)
+    from sftbench.data.tokenizer import load_tokenizer  # the data stage's one loader (template, pad token)
+
+    tok = load_tokenizer(model_path, cfg.chat_template)
     if cfg.auto_batch:
         auto_batch(cfg, device, d)
+    from sftbench.data.records import data_fingerprint
+
+    fingerprint = data_fingerprint(cfg.data_path)
+    changes = check_resume_settings(cfg, resume, out, d.world, prec.name, tok.chat_template, fingerprint) if resume else {}
     examples, stats = load_data(cfg, tok, d)
     window = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * d.world
     if not examples:
-        raise UserError(f"{cfg.data_path}: no trainable conversation ({stats.records} records read; an empty file, or every "
-                        f"record lost its assistant tokens to --model_max_length / --max_rounds). Point --data_path at chat data.")
+        raise UserError(no_examples_message(cfg, stats))
     if len(examples) < window:
         raise UserError(f"{cfg.data_path}: {len(examples)} trainable conversations, fewer than one optimizer step's "
                         f"effective batch ({window}). Lower --gradient_accumulation_steps or add data.")
@@ -115,51 +124,131 @@ def start(cfg: TrainConfig) -> Run:
     n_targets = [sum(1 for x in ex["labels"][1:] if x != -100) for ex in examples]  # shifted targets, once
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     return Run(cfg, d, device, prec, out, resume, tok, examples, stats, n_targets, window, steps_per_epoch, total_steps,
-               model_path=model_path)
+               model_path=model_path, starting_over=starting_over, data_fingerprint=fingerprint, changes=changes)
 
 
-def check_output_dir(out: Path, resuming: bool) -> None:
+def no_examples_message(cfg: TrainConfig, stats) -> str:
+    """Why no conversation is left to train on, from the data counts (not a guess)."""
+    bad = sum(stats.skipped_bad.values())
+    if stats.records == 0:
+        why = "it holds no records (an empty file?)"
+    elif bad == stats.records:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(stats.skipped_bad.items()))
+        why = (f"all {stats.records} records are bad and were skipped by --skip_bad_records ({reasons}); run without "
+               f"--skip_bad_records to see the first one with its file and line")
+    else:
+        why = (f"{stats.records} records: {bad} bad and skipped, {stats.dropped_no_target} lost every assistant token to "
+               f"--model_max_length {cfg.model_max_length} / --max_rounds {cfg.max_rounds} (--truncation_side "
+               f"{cfg.truncation_side})")
+    return (f"{cfg.data_path}: no trainable conversation: {why}. Nothing was written. Point --data_path at chat data "
+            f"(one {{\"messages\": [...]}} object per line).")
+
+
+# What the trainer writes into --output_dir (besides checkpoint-N/ and the final model's files, which come with
+# sft_config.json): a directory holding anything else, and no run, is not ours to write into.
+RUN_MARKERS = ("sft_config.json", "metrics.jsonl", "trainer_state.json")
+OWN_FILES = ("config_history.jsonl", "memory_samples.jsonl", "tensorboard", "wandb")
+MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
+def _own(name: str) -> bool:
+    """A name the trainer may have left (hidden temporaries, the OOM retry's moved-aside logs)."""
+    return (name.startswith(".") or name in OWN_FILES or name.startswith(("metrics.jsonl.oom-", "sft_config.json.oom-")))
+
+
+def check_output_dir(out: Path, resuming: bool, start_over: bool = False) -> bool:
+    """UserError unless --output_dir may be written; True when a run with no checkpoint is to be started over.
+
+    Refused: a file; a directory with files the trainer did not write and no run (a model directory, say); a run
+    (fresh start); a run that stopped before its first checkpoint, unless --start_over."""
+    from sftbench.train.checkpoint import CKPT_RE
+
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out}: exists and is a file.")
-    if out.is_dir() and not resuming:
-        markers = [p.name for p in out.iterdir() if p.name in ("sft_config.json", "metrics.jsonl", "trainer_state.json")
-                   or p.name.startswith("checkpoint-")]
-        if markers:
+    if not out.is_dir():
+        return False
+    names = sorted(p.name for p in out.iterdir())
+    ckpts = [n for n in names if CKPT_RE.match(n)]
+    markers = [n for n in names if n in RUN_MARKERS] + ckpts
+    if not markers:
+        foreign = [n for n in names if not _own(n)]
+        if foreign:
+            weights = [n for n in foreign if n in MODEL_FILES]
+            what = f"a model directory ({', '.join(weights)})" if weights else "files the trainer did not write"
             raise UserError(
-                f"--output_dir {out} already holds a run ({', '.join(sorted(markers)[:4])}). Nothing was overwritten. "
-                f"Continue it with --resume_from_checkpoint latest, or choose a new --output_dir.")
+                f"--output_dir {out} holds {what}: {', '.join(foreign[:6])}{' ...' if len(foreign) > 6 else ''}. "
+                f"Training writes checkpoints and its final model there and would overwrite them. Nothing was "
+                f"written. Choose a new or empty --output_dir (the model to start from is --model_name_or_path).")
+        return False
+    if not ckpts and "trainer_state.json" not in names:  # killed before its first checkpoint
+        if start_over:
+            return True
+        raise UserError(
+            f"--output_dir {out} holds a run that stopped before its first checkpoint ({', '.join(markers)}; no "
+            f"checkpoint-N/), so there is nothing to resume. Nothing was written. Start it over with --start_over True "
+            f"(its metrics.jsonl and sft_config.json are replaced), or choose a new --output_dir.")
+    if start_over:
+        raise UserError(f"--start_over: {out} holds checkpoints ({', '.join(ckpts[:4])}); only a run with none is started "
+                        f"over. Nothing was written. Resume it with --resume_from_checkpoint latest, or choose a new --output_dir.")
+    if not resuming:
+        raise UserError(
+            f"--output_dir {out} already holds a run ({', '.join(sorted(markers)[:4])}). Nothing was overwritten. "
+            f"Continue it with --resume_from_checkpoint latest, or choose a new --output_dir.")
+    return False
 
 
-def load_tokenizer(model_path: str, cfg: TrainConfig):
-    from transformers import AutoTokenizer
+# Settings that determine the losses of every step: changing one on resume breaks "resumed == uninterrupted".
+# Not here (free to change): the run's length (--max_steps / --num_train_epochs, extending a finished run),
+# checkpoint/log cadence, engine and memory knobs, the micro-batch / accumulation split of the same effective batch.
+EXACT_RESUME_SETTINGS = (
+    "model_name_or_path", "seed", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon",
+    "max_grad_norm", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "model_max_length", "max_rounds",
+    "truncation_side", "masking", "chat_template", "skip_bad_records", "special_tokens_in_content", "method",
+    "lora_rank", "precision", "effective_batch_size", "data")
+LENGTH_SETTINGS = ("max_steps", "num_train_epochs")
 
-    from sftbench.chat_template import PLAIN_CHATML
 
-    try:
-        tok = AutoTokenizer.from_pretrained(model_path)
-    except OSError as e:
-        raise UserError(f"{model_path}: could not load a tokenizer ({e}).") from None
-    if cfg.chat_template:
-        p = Path(cfg.chat_template)
-        if not p.is_file():
-            raise UserError(f"--chat_template {p}: file not found.")
-        tok.chat_template = p.read_text()
-        import jinja2
+def _resume_view(c: dict) -> dict:
+    """The settings of a sft_config.json dict that resume compares (the data by content when known)."""
+    v = {k: c.get(k) for k in EXACT_RESUME_SETTINGS + LENGTH_SETTINGS if k in c}
+    if all(k in c for k in ("per_device_train_batch_size", "gradient_accumulation_steps")):
+        v["effective_batch_size"] = c["per_device_train_batch_size"] * c["gradient_accumulation_steps"] * c.get("world_size", 1)
+    v["data"] = c.get("data_fingerprint") or c.get("data_path")
+    return v
 
-        try:  # a syntax error would otherwise surface as a traceback from the tokenisation
-            tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
-        except jinja2.TemplateSyntaxError as e:
-            raise UserError(f"--chat_template {p}:{e.lineno}: Jinja syntax error ({e.message}).") from None
-    elif not getattr(tok, "chat_template", None):
-        tok.chat_template = PLAIN_CHATML  # the base model has none: plain ChatML, as the homework used
-    if tok.pad_token is None:
-        tok.pad_token = "<|im_end|>" if "<|im_end|>" in tok.get_vocab() else tok.eos_token
-    return tok
+
+def check_resume_settings(cfg: TrainConfig, resume: Path, out: Path, world: int, precision: str, template: str,
+                          fingerprint: str) -> dict:
+    """{setting: {"from", "to"}} that differ from the checkpoint's sft_config.json; UserError for those that break
+    exact resume, unless --allow_changed_settings."""
+    from sftbench.io import read_json
+
+    saved_path = Path(resume) / "sft_config.json"
+    if not saved_path.is_file():
+        return {}
+    saved = read_json(saved_path)
+    now = cfg.to_dict() | {"world_size": world, "precision": precision, "chat_template": template,
+                           "data_fingerprint": fingerprint if saved.get("data_fingerprint") else None}
+    old, new = _resume_view(saved), _resume_view(now)
+    changes = {k: {"from": old[k], "to": new.get(k)} for k in old if old[k] != new.get(k)}
+    breaking = [k for k in changes if k in EXACT_RESUME_SETTINGS]
+    if breaking and not cfg.allow_changed_settings:
+        def show(k):
+            if k == "data":
+                return f"the data ({saved.get('data_path')} -> {cfg.data_path}, content differs)"
+            if k == "chat_template":
+                return "the chat template"
+            return f"{k} {changes[k]['from']!r} -> {changes[k]['to']!r}"
+        raise UserError(
+            f"--resume_from_checkpoint {resume}: this run's settings differ from the checkpoint's ({saved_path}): "
+            f"{'; '.join(show(k) for k in breaking)}. A resumed run would not match an uninterrupted one. Nothing was "
+            f"written. Resume with the checkpoint's settings, or pass --allow_changed_settings True to continue with "
+            f"the new ones (each change is recorded in {out / 'config_history.jsonl'}).")
+    return changes
 
 
 def load_data(cfg: TrainConfig, tok, d: Dist):
-    import conversation_func as cf
-
+    from sftbench.data.build import build_examples
     from sftbench.train.prepare import prepare_data
 
     cache = None if (cfg.data_cache_dir or "").lower() == "none" else (
@@ -167,10 +256,11 @@ def load_data(cfg: TrainConfig, tok, d: Dist):
     if d.enabled and not d.main:
         d.barrier()  # rank 0 tokenises (and fills the cache) first
     prep = prepare_data(cfg, d)  # contamination guard, --augment_fraction (sftbench/train/prepare.py)
-    examples, stats = cf.build_examples(
-        prep.data_path, tok, max_length=cfg.model_max_length, max_rounds=None if cfg.max_rounds < 0 else cfg.max_rounds,
+    examples, stats = build_examples(
+        prep.data_path, tok, max_length=cfg.model_max_length, max_rounds=cfg.max_rounds,
         mode=cfg.masking, truncation_side=cfg.truncation_side, chat_template=None,
-        on_bad_record="skip" if cfg.skip_bad_records else "error", cache_dir=cache, progress=d.main and cfg.progress)
+        on_bad_record="skip" if cfg.skip_bad_records else "error", cache_dir=cache, progress=d.main and cfg.progress,
+        special_tokens=cfg.special_tokens_in_content)
     prep.done()
     stats.prepared = prep  # not a count: open_run_dir writes its reports into the run directory
     if d.enabled and d.main:
@@ -306,6 +396,25 @@ def sync_lr_to_schedule(optimizer, scheduler) -> None:
     scheduler._last_lr = list(lrs)
 
 
+def record_history(run: Run) -> None:
+    """OUT/config_history.jsonl: one row per start, start over and resume with changed settings; a start over
+    also removes what the stopped run left (its metrics, half-written checkpoint temporaries)."""
+    import shutil
+
+    from sftbench.io import append_jsonl
+
+    out, when = run.out, time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if run.starting_over:
+        for p in [out / "metrics.jsonl", out / "memory_samples.jsonl", *out.glob(".checkpoint-*.tmp"), out / ".final.tmp"]:
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        append_jsonl(out / "config_history.jsonl", {"event": "start_over", "time": when})
+    elif run.resume is None:
+        append_jsonl(out / "config_history.jsonl", {"event": "start", "time": when})
+    if run.resume is not None and run.changes:
+        append_jsonl(out / "config_history.jsonl", {"event": "resume", "time": when, "step": run.start_step,
+                                                    "checkpoint": str(run.resume), "changed": run.changes})
+
+
 def open_run_dir(run: Run) -> None:
     """sft_config.json, metrics.jsonl cut back to the resumed step, the start-up log, trackers, monitor, bar."""
     from sftbench.io import atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -314,9 +423,11 @@ def open_run_dir(run: Run) -> None:
 
     cfg, d, out = run.cfg, run.d, run.out
     run.cfg_dict = cfg.to_dict() | {"resolved_model_path": run.model_path, "world_size": d.world,
-                                    "precision": run.prec.name, "chat_template": run.tok.chat_template}
+                                    "precision": run.prec.name, "chat_template": run.tok.chat_template,
+                                    "data_fingerprint": run.data_fingerprint}
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
+        record_history(run)
         atomic_write_json(out / "sft_config.json", run.cfg_dict)
         write_reports(out, getattr(run.stats, "prepared", None))  # contamination.json, augment_stats.json
         metrics_path = out / "metrics.jsonl"
