@@ -274,3 +274,31 @@ def test_sweep_csv_drops_results_of_replaced_weights_without_fingerprint(tmp_pat
     assert [st for _, _, st in s.plan()] == ["done", "stale"]
     assert s.run_once() == (1, 1) and ev.calls == ["checkpoint-10"]
     assert "[ifeval.sweep] checkpoint-10: weights changed since it was evaluated; re-evaluating" in logs
+
+
+def test_sweep_stops_on_a_truncated_checkpoint_keeping_what_is_done(tiny_model_dir, tmp_path, capsys):
+    run = _tiny_run(tmp_path, tiny_model_dir, loss=2.0)
+    w = run / "checkpoint-10" / "model.safetensors"
+    with open(w, "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) - 100)
+    res = tmp_path / "res"
+    with pytest.raises(SystemExit) as e:
+        sw.main([str(run), str(res), "--data", TINY, "--limit", "2", "--max_new_tokens", "4", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert f"ifeval.sweep: error: {w}: truncated safetensors file" in err
+    assert json.loads((res / "checkpoint-5" / "summary.json").read_text())["complete"] is True
+    assert not (res / "checkpoint-10").exists()
+
+
+def test_sweep_csv_keeps_results_of_pruned_checkpoints(tmp_path):
+    """A checkpoint deleted after its evaluation (save_total_limit) keeps its row and its loss."""
+    run = make_fake_run(tmp_path / "run", steps=(5, 10), final_step=None, gpu=False)
+    res = tmp_path / "res"
+    for step in (5, 10):
+        write_fake_result(res / f"checkpoint-{step}", step, str((run / f"checkpoint-{step}").resolve()), gpu=False)
+    shutil.rmtree(run / "checkpoint-5")
+    from ifeval.results import sweep_rows
+
+    assert [(r["checkpoint"], r["train_loss"]) for r in sweep_rows(res, run)] == [("checkpoint-5", 1.95),
+                                                                                 ("checkpoint-10", 1.9)]
