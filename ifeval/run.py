@@ -235,7 +235,8 @@ def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict,
             stale = results.weights_changed(s, summ, model_path, fingerprint)
             if stale:
                 log(f"{out}: {stale}; re-evaluating")
-                return _discard_stale_partial(out, model_path, fingerprint)
+                _discard_stale_partial(out, model_path, fingerprint)
+                return None
             # results written before paths were made absolute hashed the path as typed
             if s.get("settings_hash") in (shash, settings_hash(settings, s.get("model_path"))):
                 return s
@@ -249,10 +250,8 @@ def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict,
         except UserError:
             old = {}
         old = old if isinstance(old, dict) else {}
-        if same_model(old.get("model_path"), model_path):
-            _discard_stale_partial(out, model_path, fingerprint, old)
-            if not ps_file.exists():
-                return None
+        if same_model(old.get("model_path"), model_path) and _discard_stale_partial(out, model_path, fingerprint, old):
+            return None
         if not same_model(old.get("model_path"), model_path):
             raise UserError(f"{out}: holds an unfinished IFEval run of another model ({old.get('model_path')}). "
                             f"Use another OUT directory, or delete {ps_file} and {out / PARTIAL}.")
@@ -263,23 +262,23 @@ def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict,
     return None
 
 
-def _discard_stale_partial(out: Path, model_path: str | None, fingerprint: str | None, old: dict | None = None) -> None:
-    """Remove OUT's unfinished answers when they came from other weights than those at model_path now."""
+def _discard_stale_partial(out: Path, model_path: str | None, fingerprint: str | None, old: dict | None = None) -> bool:
+    """Remove OUT's unfinished answers when they came from other weights than those at model_path now
+    (old: partial_settings.json, read here when None).  True when they were removed."""
     ps_file = out / PARTIAL_SETTINGS
     if old is None:
         try:
             old = read_json(ps_file) if ps_file.is_file() else None
         except UserError:
             old = {}
-    if not isinstance(old, dict):
-        return None
-    stale = results.weights_changed(old, ps_file, model_path, fingerprint)
-    if stale:
-        log(f"{out / PARTIAL}: unfinished answers of other weights ({stale.replace('evaluated', 'generated')}); "
-            f"discarding them")
-        for f in (PARTIAL, PARTIAL_SETTINGS):
-            (out / f).unlink(missing_ok=True)
-    return None
+    stale = results.weights_changed(old, ps_file, model_path, fingerprint) if isinstance(old, dict) else None
+    if not stale:
+        return False
+    log(f"{out / PARTIAL}: unfinished answers of other weights (the weights at {model_path} changed since they "
+        f"were generated); discarding them")
+    for f in (PARTIAL, PARTIAL_SETTINGS):  # the answers first: settings without answers resume nothing
+        (out / f).unlink(missing_ok=True)
+    return True
 
 
 def _settings_diff(old: dict, new: dict) -> str:
