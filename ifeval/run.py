@@ -216,7 +216,8 @@ def expected_settings_hash(model_path: str, cfg: EvalConfig, session: EvalSessio
 
 
 # ----------------------------------------------------------------------------------------- OUT state
-def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict, fingerprint: str | None = None) -> dict | None:
+def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict,
+                  fingerprint: str | None = None) -> dict | None:
     """The complete summary to return as is, None to (re)start; UserError for another model's results or
     other settings (nothing is removed).  Results or unfinished answers of other weights at the same path
     (a retrain into the same directory) are stale: logged and redone, the unfinished answers discarded."""
@@ -324,7 +325,8 @@ def generate_responses(model_path: str, out: Path, cfg: EvalConfig, session: Eva
     generator = _build_generator(model_path, cfg, session, device, dtype, backend, tokenizer)
     gen_stats["stop_token_ids"] = generator.spec.stop_ids
     atomic_write_json(out / PARTIAL_SETTINGS, {"model_path": model_path, "settings_hash": shash, "settings": settings,
-                                               results.FINGERPRINT: fpr.fingerprint(model_path), "started": results.now()})
+                                               results.FINGERPRINT: fpr.fingerprint(model_path),
+                                               "started": results.now()})
     # Longest first: an out-of-memory error shows in the first batch, not after an hour.
     order = sorted(todo, key=lambda i: -len(ids[i]))
     chunk = settings["batch_size"] if generator.name == "hf" else max(FAST_CHUNK, cfg.batch_size or 0)

@@ -80,7 +80,8 @@ def test_run_reevaluates_when_weights_at_the_path_changed(tiny_model_dir, tmp_pa
     assert json.loads((out / "summary.json").read_text()) == new
 
 
-def test_old_summary_without_fingerprint_is_trusted_only_if_weights_are_older(tiny_model_dir, tmp_path, session, capsys):
+def test_old_summary_without_fingerprint_is_trusted_only_if_weights_are_older(tiny_model_dir, tmp_path, session,
+                                                                              capsys):
     model = copy_model(tiny_model_dir, tmp_path / "m")
     out = tmp_path / "res"
     s = runner.evaluate_checkpoint(str(model), out, cfg(), loaded=session)
@@ -257,7 +258,8 @@ def test_sweep_names_a_checkpoint_without_weights(tmp_path, capsys):
     s = sw.Sweep(run, tmp_path / "res", EvalConfig(), fake.evaluate_checkpoint, log=logs.append)
     assert s.run_once() == (1, 0) and fake.evaluate_checkpoint.calls == ["checkpoint-5"]
     assert logs[0] == (f"[ifeval.sweep] checkpoint-10: skipped, not a complete checkpoint (no weights "
-                       f"(model.safetensors, model.safetensors.index.json, pytorch_model.bin, ...)): {run / 'checkpoint-10'}")
+                       f"(model.safetensors, model.safetensors.index.json, pytorch_model.bin, ...)): "
+                       f"{run / 'checkpoint-10'}")
 
 
 def test_sweep_csv_drops_results_of_replaced_weights_without_fingerprint(tmp_path):
