@@ -85,6 +85,7 @@ def load_sweep(results_dir: str | os.PathLike, name: str | None = None) -> Sweep
     if not res.is_dir():
         raise UserError(f"{res}: results directory not found (run `bash scripts/sweep.sh RUN_DIR {res}` first).")
     state = results.read_sweep_state(res) or {}
+    results.check_summaries(res)  # an unreadable checkpoint summary stops the report, naming the file
     run_dir = Path(state["run_dir"]) if state.get("run_dir") else None
     if run_dir is not None and not run_dir.is_dir():
         print(f"[{PROG}] {run_dir} (the run directory recorded in sweep.json) is gone: no training loss/memory",

@@ -324,11 +324,12 @@ def torch_dtype(name: str):
 
 def load_model(model_path: str, dtype: str, device):
     """AutoModelForCausalLM in `dtype` on `device`, eval mode.  UserError for an unloadable directory."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # a truncated or corrupt weights file, a bad config
         raise UserError(f"{model_path}: could not load the model ({str(e).splitlines()[0][:200]}).") from None
     return model.to(device).eval()
 

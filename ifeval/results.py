@@ -8,6 +8,8 @@ No torch import: analysis and the sweep's CLI load it cheaply.
     write_result_dir(out, responses, strict, loose, memory_samples, summary)   # one checkpoint's files
     make_summary(...) -> dict          the summary.json fields
     read_summary(result_dir)           complete summary or None;   load_summary: any summary (UserError if unreadable)
+    check_summaries(results_dir)       UserError naming a checkpoint's unreadable summary.json (the report)
+    weights_changed(record, file, model_path)  why a summary is not about the weights now there, or None
     load_outcomes(result_dir)          per-prompt strict/loose outcomes from eval_results_*.jsonl
     sweep_rows(results_dir, run_dir, state) -> [row]   one sweep.csv row per complete result dir
     write_sweep_csv / read_sweep_csv   sweep.csv;    write_sweep_state / read_sweep_state: sweep.json
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sftbench.cli import config_defaults
+from sftbench import fingerprint as fpr
 from sftbench.errors import UserError
 from sftbench.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
 from sftbench.rundir import checkpoint_step, load_metrics, loss_at_step
@@ -39,6 +42,8 @@ SUMMARY = "summary.json"
 RESULT_FILES = (RESPONSES, STRICT, LOOSE, MEMORY_SAMPLES, SUMMARY)
 SWEEP_CSV = "sweep.csv"
 SWEEP_JSON = "sweep.json"
+# summary.json (and partial_settings.json): sftbench.fingerprint of the evaluated weights (absent before v2)
+FINGERPRINT = "model_fingerprint"
 
 # ---------------------------------------------------------------------------------- fields
 METRICS = ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose")
@@ -137,9 +142,51 @@ def read_summary(result_dir: str | os.PathLike) -> dict | None:
 
 
 def load_summary(result_dir: str | os.PathLike) -> dict:
-    """summary.json as written, complete or not ({} when absent; UserError when unreadable)."""
+    """summary.json as written, complete or not ({} when absent; UserError when unreadable or not an object)."""
     f = Path(result_dir) / SUMMARY
-    return read_json(f) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    s = read_json(f)
+    if not isinstance(s, dict):
+        raise UserError(f"{f}: not a result summary (valid JSON, but a {type(s).__name__}, not an object).")
+    return s
+
+
+def check_summaries(results_dir: str | os.PathLike) -> None:
+    """UserError naming the first checkpoint-<step>/summary.json that cannot be read as a summary (malformed
+    JSON, or not an object), and saying what to do: a report must not silently drop or misread a checkpoint."""
+    res = Path(results_dir)
+    for child in sorted(res.iterdir()) if res.is_dir() else []:
+        if checkpoint_step(child.name) is None or not (child / SUMMARY).is_file():
+            continue
+        try:
+            load_summary(child)
+        except UserError as e:
+            raise UserError(f"{e} So the results of {child.name} cannot be read. Rerun the sweep (python -m "
+                            f"ifeval.sweep RUN_DIR {res}) to re-evaluate that checkpoint, or delete {child} to "
+                            f"leave it out of the report.") from None
+
+
+def weights_changed(record: dict, record_file: str | os.PathLike, model_path: str | None,
+                    current: str | None = None) -> str | None:
+    """Why `record` (a summary or partial_settings.json, at record_file) is not about the weights now at
+    model_path, or None when it is (or cannot be checked: a hub id, a missing path).
+
+    A record with a fingerprint must match the current one.  A record from before fingerprints existed is
+    trusted only when no weights file (or config.json) was modified after record_file was written."""
+    if not model_path or not Path(model_path).is_dir():
+        return None
+    have = record.get(FINGERPRINT)
+    if have is not None:
+        current = current or fpr.fingerprint(model_path)
+        return None if current is None or have == current else "weights changed since it was evaluated"
+    try:
+        t = Path(record_file).stat().st_mtime
+    except OSError:
+        return None
+    if fpr.weights_newer_than(model_path, t):
+        return "weights changed since it was evaluated (written after its results; no fingerprint recorded)"
+    return None
 
 
 def load_outcomes(result_dir: str | os.PathLike) -> dict:
@@ -200,6 +247,9 @@ def sweep_rows(results_dir: str | os.PathLike, run_dir: str | os.PathLike | None
         step = checkpoint_step(child.name)
         summary = read_summary(child) if step is not None and child.is_dir() else None
         if summary is None:
+            continue
+        # accuracies of weights that are no longer there must not be paired with the run's current losses
+        if weights_changed(summary, child / SUMMARY, summary.get("model_path")) is not None:
             continue
         kind = (entries.get(child.name) or {}).get("kind", "base" if step == 0 else "checkpoint")
         rows.append(summary_row(summary, step, child.name, kind, metrics))

@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from sftbench import fingerprint as fpr
 from sftbench.cli import HelpFormatter, add_config_arguments, config_defaults, config_from_namespace
 from sftbench.errors import UserError, exit_with_user_error
 from sftbench.io import append_jsonl, atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json
@@ -104,6 +105,14 @@ def _check_loadable(model_path: str) -> None:
         check_model_dir(p)
     elif p.exists():
         raise UserError(f"{p}: a model path must be a directory, not a file.")
+
+
+def checked_fingerprint(model_path: str) -> str | None:
+    """The weights' sftbench.fingerprint (None for a hub id); UserError for a truncated or corrupt weights file,
+    before anything is written."""
+    if Path(model_path).is_dir():
+        fpr.check_weights(model_path)
+    return fpr.fingerprint(model_path)
 
 
 def resolve_device(cfg: EvalConfig):
@@ -207,9 +216,11 @@ def expected_settings_hash(model_path: str, cfg: EvalConfig, session: EvalSessio
 
 
 # ----------------------------------------------------------------------------------------- OUT state
-def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict) -> dict | None:
+def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict,
+                  fingerprint: str | None = None) -> dict | None:
     """The complete summary to return as is, None to (re)start; UserError for another model's results or
-    other settings (nothing is removed)."""
+    other settings (nothing is removed).  Results or unfinished answers of other weights at the same path
+    (a retrain into the same directory) are stale: logged and redone, the unfinished answers discarded."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: OUT exists and is a file; give a directory.")
     summ = out / results.SUMMARY
@@ -222,6 +233,11 @@ def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict)
             if not same_model(s.get("model_path"), model_path):
                 raise UserError(f"{out}: holds the IFEval results of another model ({s.get('model_path')}), not "
                                 f"{model_path}. Use a separate OUT directory per checkpoint.")
+            stale = results.weights_changed(s, summ, model_path, fingerprint)
+            if stale:
+                log(f"{out}: {stale}; re-evaluating")
+                _discard_stale_partial(out, model_path, fingerprint)
+                return None
             # results written before paths were made absolute hashed the path as typed
             if s.get("settings_hash") in (shash, settings_hash(settings, s.get("model_path"))):
                 return s
@@ -234,6 +250,9 @@ def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict)
             old = read_json(ps_file)
         except UserError:
             old = {}
+        old = old if isinstance(old, dict) else {}
+        if same_model(old.get("model_path"), model_path) and _discard_stale_partial(out, model_path, fingerprint, old):
+            return None
         if not same_model(old.get("model_path"), model_path):
             raise UserError(f"{out}: holds an unfinished IFEval run of another model ({old.get('model_path')}). "
                             f"Use another OUT directory, or delete {ps_file} and {out / PARTIAL}.")
@@ -242,6 +261,25 @@ def check_out_dir(out: Path, model_path: str | None, shash: str, settings: dict)
                             f"({_settings_diff(old.get('settings') or {}, settings)}). Rerun with the same options "
                             f"to finish it, or delete {ps_file} and {out / PARTIAL} to start over.")
     return None
+
+
+def _discard_stale_partial(out: Path, model_path: str | None, fingerprint: str | None, old: dict | None = None) -> bool:
+    """Remove OUT's unfinished answers when they came from other weights than those at model_path now
+    (old: partial_settings.json, read here when None).  True when they were removed."""
+    ps_file = out / PARTIAL_SETTINGS
+    if old is None:
+        try:
+            old = read_json(ps_file) if ps_file.is_file() else None
+        except UserError:
+            old = {}
+    stale = results.weights_changed(old, ps_file, model_path, fingerprint) if isinstance(old, dict) else None
+    if not stale:
+        return False
+    log(f"{out / PARTIAL}: unfinished answers of other weights (the weights at {model_path} changed since they "
+        f"were generated); discarding them")
+    for f in (PARTIAL, PARTIAL_SETTINGS):  # the answers first: settings without answers resume nothing
+        (out / f).unlink(missing_ok=True)
+    return True
 
 
 def _settings_diff(old: dict, new: dict) -> str:
@@ -287,6 +325,7 @@ def generate_responses(model_path: str, out: Path, cfg: EvalConfig, session: Eva
     generator = _build_generator(model_path, cfg, session, device, dtype, backend, tokenizer)
     gen_stats["stop_token_ids"] = generator.spec.stop_ids
     atomic_write_json(out / PARTIAL_SETTINGS, {"model_path": model_path, "settings_hash": shash, "settings": settings,
+                                               results.FINGERPRINT: fpr.fingerprint(model_path),
                                                "started": results.now()})
     # Longest first: an out-of-memory error shows in the first batch, not after an hour.
     order = sorted(todo, key=lambda i: -len(ids[i]))
@@ -384,12 +423,13 @@ def evaluate_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None 
     if cfg.score_only:
         return _score_only(model_path, out, cfg, session, t_start)
     model_path, ps, device, dtype, backend, settings, shash = _check_inputs(model_path, cfg, session)
-    existing = check_out_dir(out, model_path, shash, settings)
+    fp = checked_fingerprint(model_path)
+    existing = check_out_dir(out, model_path, shash, settings, fp)
     if existing is not None:
         log(f"{out}: already complete with these settings; nothing to do")
         return existing
     tokenizer = _load_checked_tokenizer(model_path, cfg, ps)
-    out.mkdir(parents=True, exist_ok=True)
+    # OUT is created by its first write, once the model has loaded: a model that fails to load leaves no OUT
     log(f"{len(ps.examples)} prompts from {ps.source}; model {model_path}; {device.type} {dtype}; backend {backend}")
     res = generate_responses(model_path, out, cfg, session, ps, device, dtype, backend, shash, settings, tokenizer)
 
@@ -398,7 +438,8 @@ def evaluate_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None 
     if missing:  # pragma: no cover - generation writes every prompt
         raise RuntimeError(f"{out / PARTIAL}: {len(missing)} prompts missing after generation (e.g. {missing[:5]})")
     rows = [{k: v for k, v in done[e.key].items() if k != "settings_hash"} for e in ps.examples]
-    summary = _score_and_write(out, rows, ps, session, cfg, settings, shash, model_path, res, t_start)
+    summary = _score_and_write(out, rows, ps, session, cfg, settings, shash, model_path, res, t_start,
+                               extra={results.FINGERPRINT: fp})
     for f in (PARTIAL, PARTIAL_SETTINGS):
         (out / f).unlink(missing_ok=True)
     return summary

@@ -7,11 +7,12 @@ Writes `results/run1/checkpoint-<step>/` (one IFEval result directory each, see 
 settings and what was evaluated), rewritten after every checkpoint so the curve grows while it runs.
 
 - Discovery: `checkpoint-<step>/` directories holding config.json and a weights file (`.checkpoint-*.tmp`
-  and incomplete directories are ignored), the final model in the run directory's root (skipped when its
-  trainer_state.json global_step equals a checkpoint's step: same weights), and with `--include_base` the
-  starting model as step 0.
-- Resumable and idempotent: a checkpoint whose summary.json is complete with the same settings is skipped;
-  a different setting is an error (use a new results directory or --force).
+  is ignored; an incomplete `checkpoint-<step>/` is skipped with a log line, and listed by --dry_run), the
+  final model in the run directory's root (skipped when its trainer_state.json global_step equals a
+  checkpoint's step: same weights), and with `--include_base` the starting model as step 0.
+- Resumable and idempotent: a checkpoint whose summary.json is complete with the same settings and the same
+  weights (sftbench.fingerprint) is skipped; one whose weights changed (a retrain into the same run directory)
+  is re-evaluated; a different setting is an error (use a new results directory or --force).
 - `--watch`: poll the run directory and evaluate checkpoints as training writes them; stop once the final
   model is there and evaluated (or after --watch_timeout seconds).
 """
@@ -171,6 +172,7 @@ class Sweep:
         self.log = log
         self.cfg_hash = config_hash(cfg)
         self.state = self._load_state()
+        self._reported_skips: set[str] = set()
 
     # -- state -------------------------------------------------------------------------------------
     def _load_state(self) -> dict:
@@ -206,11 +208,14 @@ class Sweep:
 
     # -- decisions ---------------------------------------------------------------------------------
     def status(self, ck: Checkpoint, model_path: str) -> str:
-        """"done" (skip), "todo"; raises UserError when a complete result has other settings."""
+        """"done" (skip), "todo", "stale" (a result of other weights than those at the path now: redo);
+        raises UserError when a complete result has other settings."""
         out = self.paths.results_dir / ck.name
         summary = read_summary(out)
         if summary is None or self.force:
             return "todo"
+        if results.weights_changed(summary, out / results.SUMMARY, model_path) is not None:
+            return "stale"
         entry = self.state["entries"].get(ck.name)
         have = summary.get("settings_hash")
         if self.expected_hash is not None:
@@ -244,6 +249,16 @@ class Sweep:
             plan.append((ck, path, self.status(ck, path)))
         return plan
 
+    def skipped(self) -> list[tuple[str, str, str]]:
+        """[(name, path, why)]: checkpoint-<step>/ directories of the run that are not complete checkpoints."""
+        return [(p.name, str(p), why) for _, p, why in rundir.incomplete_checkpoints(self.paths.run_dir)]
+
+    def _log_skipped(self) -> None:
+        for name, path, why in self.skipped():
+            if name not in self._reported_skips:  # once per sweep, not at every --watch poll
+                self._reported_skips.add(name)
+                self.log(f"[{PROG}] {name}: skipped, not a complete checkpoint ({why}): {path}")
+
     def evaluate_one(self, ck: Checkpoint, model_path: str) -> dict:
         out = self.paths.results_dir / ck.name
         self.log(f"[{PROG}] evaluating {ck.name} ({ck.kind}, step {ck.step}): {model_path}")
@@ -264,8 +279,12 @@ class Sweep:
     def run_once(self, ready: Callable[[Checkpoint], bool] = lambda ck: True) -> tuple[int, int]:
         """Evaluate every ready, not yet evaluated checkpoint.  Returns (evaluated now, already done)."""
         plan = self.plan()
-        todo = [(ck, p) for ck, p, st in plan if st == "todo" and ready(ck)]
+        self._log_skipped()
+        todo = [(ck, p) for ck, p, st in plan if st != "done" and ready(ck)]
         done = [ck for ck, _, st in plan if st == "done"]
+        for ck, _, st in plan:
+            if st == "stale" and ready(ck):
+                self.log(f"[{PROG}] {ck.name}: weights changed since it was evaluated; re-evaluating")
         for ck in done:  # adopt results from an earlier sweep (or a crash before sweep.json was updated)
             if ck.name not in self.state["entries"]:
                 s = read_summary(self.paths.results_dir / ck.name) or {}
@@ -311,7 +330,7 @@ class Sweep:
                     return ck.kind == "base" or ck.path in stable
 
                 self.run_once(ready)
-                pending = [ck for ck, _, st in self.plan() if st == "todo"]
+                pending = [ck for ck, _, st in self.plan() if st != "done"]
                 if final and not pending:
                     self.log(f"[{PROG}] the final model is evaluated; done")
                     return "final"
@@ -375,8 +394,12 @@ def main(argv: list[str] | None = None, *, runner=None) -> int:
         opts = config_from_namespace(SweepConfig, args, sweep_names, include_base=args.include_base)
         sweep = _make_sweep(Path(args.run_dir), Path(args.results_dir), cfg, opts, runner)
         if opts.dry_run:
-            for ck, path, st in sweep.plan():
-                print(f"{ck.name:>18}  {ck.kind:<10}  {'skip (done)' if st == 'done' else 'evaluate'}  {path}")
+            what = {"done": "skip (done)", "todo": "evaluate", "stale": "re-evaluate (weights changed)"}
+            rows = [(ck.step, f"{ck.name:>18}  {ck.kind:<10}  {what[st]}  {path}") for ck, path, st in sweep.plan()]
+            rows += [(rundir.checkpoint_step(name), f"{name:>18}  {'-':<10}  skip (not a complete checkpoint: {why})  "
+                      f"{path}") for name, path, why in sweep.skipped()]
+            for _, line in sorted(rows):
+                print(line)
             return 0
         sweep.session = _open_session(runner, cfg)
         _run(sweep, opts)

@@ -55,6 +55,22 @@ def list_checkpoints(run_dir: str | os.PathLike, *, require: Iterable[str] = ())
     return sorted(out)
 
 
+def incomplete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path, str]]:
+    """checkpoint-<step>/ directories that are not complete, sorted by step: [(step, path, why)] (why: what is
+    missing), so that whoever skips them can say so.  [] when run_dir does not exist."""
+    run_dir = Path(run_dir)
+    out = []
+    for p in run_dir.iterdir() if run_dir.is_dir() else []:
+        step = checkpoint_step(p.name)
+        if step is None or not p.is_dir() or is_model_dir(p):
+            continue
+        missing = [] if (p / "config.json").is_file() else ["config.json"]
+        if not any((p / w).is_file() for w in WEIGHT_FILES):
+            missing.append(f"weights ({', '.join(WEIGHT_FILES[:3])}, ...)")
+        out.append((step, p, "no " + " and no ".join(missing)))
+    return sorted(out)
+
+
 def global_step(model_dir: str | os.PathLike) -> int | None:
     """trainer_state.json's global_step; None when absent or unreadable."""
     f = Path(model_dir) / "trainer_state.json"
