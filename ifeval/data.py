@@ -94,27 +94,11 @@ def validate_row(obj, where: str) -> Example:
     return Example(key=key, prompt=prompt, instruction_id_list=list(ids), kwargs=[dict(k) for k in kwargs])
 
 
-def check_utf8(path: Path) -> None:
-    """UserError naming the line and byte offset of the first byte sequence that is not UTF-8 (JSONL is UTF-8)."""
-    if not path.is_file():
-        return  # iter_jsonl says "file not found"
-    raw = path.read_bytes()
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line_start = raw.rfind(b"\n", 0, e.start) + 1
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise UserError(f"{path}:{line}: not valid UTF-8: byte 0x{raw[e.start]:02x} at byte offset {e.start} of the "
-                        f"file (byte {e.start - line_start + 1} of line {line}; {e.reason}). IFEval files are UTF-8 "
-                        f"JSONL: re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix that line.") from None
-
-
 def load_jsonl(path: str | os.PathLike) -> list[Example]:
     """Read and validate an IFEval jsonl; UserError naming file and line on any problem."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory; give the IFEval .jsonl file (e.g. input_data.jsonl).")
-    check_utf8(path)
     out: list[Example] = []
     seen: dict[int, int] = {}
     for line, obj in iter_jsonl(path):

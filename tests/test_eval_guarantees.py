@@ -175,8 +175,8 @@ def test_invalid_utf8_data_file_names_file_line_and_byte(tiny_model_dir, tmp_pat
         runner.main([str(tiny_model_dir), str(out), "--data", str(bad), "--device", "cpu"])
     err = capsys.readouterr().err
     assert e.value.code == 2
-    assert (f"{runner.PROG}: error: {bad}:2: not valid UTF-8: byte 0xe9 at byte offset {offset} of the file "
-            f"(byte {col + 1} of line 2;") in err
+    assert (f"{runner.PROG}: error: {bad}:2: not valid UTF-8 (byte 0xe9 at byte offset {offset} of the file, "
+            f"byte {col + 1} of the line)") in err
     assert "Traceback" not in err and not out.exists()
 
 
