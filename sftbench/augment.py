@@ -32,6 +32,7 @@ from typing import Callable, Literal, Optional
 from sftbench import augment_types as T
 from sftbench.cli import HelpFormatter, add_config_arguments, config_from_namespace, setting
 from sftbench.errors import UserError, exit_with_user_error
+from sftbench.io import iter_jsonl
 
 # Bump when a rewrite, template or the selection changes, so cached augmented data is rebuilt.
 AUGMENT_VERSION = 1
@@ -115,11 +116,9 @@ class AugmentStats:
 
 
 def _normalize(record, where: str) -> list[dict]:
-    """The data stage's validation of one chat record (the one adapter to it: it is moving to sftbench/data/)."""
-    try:
-        from sftbench.data import normalize_messages  # type: ignore[attr-defined]
-    except ImportError:
-        from conversation_func import normalize_messages
+    """The data stage's validation of one chat record (roles, order, empty turns)."""
+    from sftbench.data.normalise import normalize_messages
+
     return normalize_messages(record, where)
 
 
@@ -130,17 +129,7 @@ def read_chat_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path}: file not found. Give a .jsonl file with one {{\"messages\": [...]}} per line.")
     out = []
-    for i, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}:{i}: not valid UTF-8 (byte {e.start} of the line). Re-save the file as UTF-8.") from None
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno}). Fix or remove that line.") from None
+    for i, rec in iter_jsonl(path):  # names file, line and byte offset for bad UTF-8 or malformed JSON
         msgs = _normalize(rec, f"{path}:{i}")
         out.append({**{k: v for k, v in rec.items() if k not in ("messages", "conversations")}, "messages": msgs})
     if not out:
@@ -369,31 +358,52 @@ def _self_answers(drafts: dict[int, tuple[int, Draft]], cfg: AugmentConfig, chec
 
 def project_generator(model_path: str, max_new_tokens: int) -> Generate:
     """The one adapter to the project's generation code (ifeval/generate.py): its tokenizer/template, system
-    prompt policy and stop tokens, with HF sampling (the fast generator is greedy only)."""
+    prompt policy and stop tokens.  Greedy (temperature 0, one sample) on a CUDA GPU goes through the fast
+    generator (the same one the evaluation uses: seconds for hundreds of prompts); sampling (temperature > 0,
+    several samples) uses HF `generate()`, since the fast generator decodes greedily."""
     import torch
-    from transformers import GenerationConfig
 
     from ifeval import generate as G
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = G.load_tokenizer(model_path)
-    model = G.load_model(model_path, "bf16" if dev.type == "cuda" else "fp32", dev)
+    dtype = G.pick_generation_dtype("auto", dev)
+    model = G.load_model(model_path, dtype, dev)
     stop = G.stop_token_ids(tok, getattr(model, "generation_config", None))
+    spec = G.GenSpec(max_new_tokens=max_new_tokens, stop_ids=stop, pad_id=tok.pad_token_id)
+    fast = G.make_fast_generator(model, tok, spec, None, dev, dtype) if dev.type == "cuda" else None
+
+    def greedy(prompts: list[str]) -> list[list[str]]:
+        ids = G.encode(tok, G.render_prompts(tok, prompts))
+        return [[c.text] for c in fast.generate(ids)]
 
     def gen(prompts: list[str], n: int, temperature: float, batch: int = 16) -> list[list[str]]:
-        out = []
-        for s in range(0, len(prompts), batch):
-            enc = tok(G.render_prompts(tok, prompts[s:s + batch]), add_special_tokens=False, return_tensors="pt",
-                      padding=True).to(dev)
-            gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or None,
-                                  num_return_sequences=n, eos_token_id=stop, pad_token_id=tok.pad_token_id)
-            with torch.inference_mode():
-                ids = model.generate(**enc, generation_config=gc)[:, enc["input_ids"].shape[1]:].tolist()
-            texts = [tok.decode(G.finish(r, stop, max_new_tokens)[0], skip_special_tokens=True) for r in ids]
-            out.extend(texts[j:j + n] for j in range(0, len(texts), n))
-        return out
+        if fast is not None and (temperature <= 0 or n == 1):
+            return greedy(prompts)
+        return _hf_sample(model, tok, stop, dev, max_new_tokens, prompts, n, temperature, batch)
 
     return gen
+
+
+def _hf_sample(model, tok, stop, dev, max_new_tokens: int, prompts: list[str], n: int, temperature: float,
+               batch: int) -> list[list[str]]:
+    """n sampled answers per prompt through HF generate() (CPU, or sampling at a temperature)."""
+    import torch
+    from transformers import GenerationConfig
+
+    from ifeval import generate as G
+
+    out = []
+    for s in range(0, len(prompts), batch):
+        enc = tok(G.render_prompts(tok, prompts[s:s + batch]), add_special_tokens=False, return_tensors="pt",
+                  padding=True).to(dev)
+        gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or None,
+                              num_return_sequences=n, eos_token_id=stop, pad_token_id=tok.pad_token_id)
+        with torch.inference_mode():
+            ids = model.generate(**enc, generation_config=gc)[:, enc["input_ids"].shape[1]:].tolist()
+        texts = [tok.decode(G.finish(r, stop, max_new_tokens)[0], skip_special_tokens=True) for r in ids]
+        out.extend(texts[j:j + n] for j in range(0, len(texts), n))
+    return out
 
 
 def cache_key(data_fingerprint: str, cfg: AugmentConfig) -> str:

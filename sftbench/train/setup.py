@@ -161,14 +161,14 @@ def check_output_dir(out: Path, resuming: bool, start_over: bool = False) -> boo
 
     Refused: a file; a directory with files the trainer did not write and no run (a model directory, say); a run
     (fresh start); a run that stopped before its first checkpoint, unless --start_over."""
-    from sftbench.train.checkpoint import CKPT_RE
+    from sftbench.rundir import checkpoint_step
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out}: exists and is a file.")
     if not out.is_dir():
         return False
     names = sorted(p.name for p in out.iterdir())
-    ckpts = [n for n in names if CKPT_RE.match(n)]
+    ckpts = [n for n in names if checkpoint_step(n) is not None]
     markers = [n for n in names if n in RUN_MARKERS] + ckpts
     if not markers:
         foreign = [n for n in names if not _own(n)]
