@@ -1,5 +1,5 @@
 """Issue 16, eval side: results are keyed by the weights, bad input is a one-paragraph error (exit 2) with
-nothing half-written.  CPU, tiny Llama, seconds.  The guarantees are written up in docs/GUARANTEES_eval.md."""
+nothing half-written.  CPU, tiny Llama, seconds.  The guarantees are written up in docs/GUARANTEES.md (part 2)."""
 
 from __future__ import annotations
 
