@@ -268,8 +268,8 @@ def build_attention_mask(doc_ids: torch.Tensor, attention: str, compile: bool = 
 # never read back (their gradients are exactly zero).  Nothing here needs compiling: under torch.compile the
 # attention is one opaque custom op (sftbench::bucket_attn) with static output shapes [T, heads, D], so the
 # compiled layer has one graph per token budget and the plan (which segment goes where) is rebuilt per row on
-# the host, never recompiled.  On CUDA the op runs SDPA's memory-efficient kernel (sm50+: T4, P100), which
-# does not need flash attention or bf16.
+# the host, never recompiled.  On CUDA every bucket runs SDPA's memory-efficient kernel (sm50+: T4, P100),
+# which needs neither flash attention nor bf16.
 
 _PLAN_CACHE: "dict[tuple, BucketPlan]" = {}
 _PLAN_CACHE_SIZE = 8
@@ -332,10 +332,9 @@ def bucket_plan(cu_seqlens, device) -> BucketPlan:
     return plan
 
 
-def _to_bucket(x: torch.Tensor, idx: torch.Tensor, n: int, L: int, heads: int) -> torch.Tensor:
-    """x [T, h, D] -> [n, heads, L, D] (slots gathered by idx; kv heads repeated up to `heads` for GQA)."""
-    b = x.index_select(0, idx).view(n, L, x.shape[1], x.shape[2]).transpose(1, 2)
-    return b if x.shape[1] == heads else b.repeat_interleave(heads // x.shape[1], dim=1)
+def _to_bucket(x: torch.Tensor, idx: torch.Tensor, n: int, L: int) -> torch.Tensor:
+    """x [T, h, D] -> [n, h, L, D] (slots gathered by idx)."""
+    return x.index_select(0, idx).view(n, L, x.shape[1], x.shape[2]).transpose(1, 2)
 
 
 def _from_buckets(parts: list, inverse: torch.Tensor) -> torch.Tensor:
@@ -344,80 +343,56 @@ def _from_buckets(parts: list, inverse: torch.Tensor) -> torch.Tensor:
     return flat.index_select(0, inverse)
 
 
-def _sdpa_fwd(qb, kb, vb, scale):
-    if qb.is_cuda:  # the memory-efficient kernel on every GPU, so a big GPU measures the T4/P100 path
-        return torch.ops.aten._scaled_dot_product_efficient_attention(qb, kb, vb, None, False, 0.0, True, scale=scale)[0]
-    return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale)
+def _causal_sdpa(qb, kb, vb, scale):
+    """[n, Hq, L, D] x [n, Hkv, L, D] -> [n, Hq, L, D], causal.  On CUDA restricted to the memory-efficient
+    kernel (sm50+; what a T4/P100 runs), so a big GPU measures the same path; math on the CPU."""
+    if kb.shape[1] != qb.shape[1]:
+        rep = qb.shape[1] // kb.shape[1]
+        kb, vb = kb.repeat_interleave(rep, dim=1), vb.repeat_interleave(rep, dim=1)
+    if not qb.is_cuda:
+        return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale)
 
 
 def bucket_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BucketPlan, scale: float) -> torch.Tensor:
     """Causal attention inside each segment; q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D].  Differentiable
     through autograd (eager runs); the compiled layer calls the custom op below instead."""
-    hq = q.shape[1]
-    parts = []
-    for L, n, idx in zip(plan.lengths, plan.counts, plan.gather):
-        qb, kb, vb = (_to_bucket(z, idx, n, L, hq) for z in (q, k, v))
-        parts.append(F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale))
+    parts = [_causal_sdpa(*(_to_bucket(z, idx, n, L) for z in (q, k, v)), scale)
+             for L, n, idx in zip(plan.lengths, plan.counts, plan.gather)]
     return _from_buckets(parts, plan.inverse)
 
 
 @torch.library.custom_op("sftbench::bucket_attn", mutates_args=())
 def _bucket_attn_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
-    plan = bucket_plan(cu_seqlens, q.device)
-    hq = q.shape[1]
-    parts = [_sdpa_fwd(*(_to_bucket(z, idx, n, L, hq) for z in (q, k, v)), scale)
-             for L, n, idx in zip(plan.lengths, plan.counts, plan.gather)]
-    return _from_buckets(parts, plan.inverse)
+    return bucket_attention(q, k, v, bucket_plan(cu_seqlens, q.device), scale)  # below autograd: no graph kept
 
 
 @_bucket_attn_op.register_fake
 def _(q, k, v, cu_seqlens, scale):
-    return torch.empty_like(q)
-
-
-def _bucket_grads(qb, kb, vb, gb, scale):
-    """(dq, dk, dv) of causal attention for one bucket [n, H, L, D] given the output gradient gb."""
-    if qb.is_cuda:
-        out, lse, seed, off = torch.ops.aten._scaled_dot_product_efficient_attention(
-            qb, kb, vb, None, True, 0.0, True, scale=scale)
-        dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-            gb, qb, kb, vb, None, out, lse, seed, off, 0.0, [True, True, True, False], True, scale=scale)
-        return dq, dk, dv
-    # CPU: the softmax-attention backward written out in (at least) fp32 (P = softmax(S), dS = P * (dP - rowsum(dO * O)))
-    acc = torch.promote_types(qb.dtype, torch.float32)
-    qf, kf, vf, gf = (z.to(acc) for z in (qb, kb, vb, gb))
-    L = qb.shape[2]
-    s = (qf @ kf.transpose(-1, -2)) * scale
-    s = s.masked_fill(~torch.ones(L, L, dtype=torch.bool, device=qb.device).tril(), float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    o = p @ vf
-    dv = p.transpose(-1, -2) @ gf
-    dp = gf @ vf.transpose(-1, -2)
-    ds = p * (dp - (gf * o).sum(-1, keepdim=True))
-    dq, dk = (ds @ kf) * scale, (ds.transpose(-1, -2) @ qf) * scale
-    return dq.to(qb.dtype), dk.to(kb.dtype), dv.to(vb.dtype)
+    return q.new_empty(q.shape)  # contiguous, like the real output
 
 
 @torch.library.custom_op("sftbench::bucket_attn_bwd", mutates_args=())
 def _bucket_attn_bwd_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Recompute each bucket's attention and take its vector-Jacobian product with torch.func (a custom op's body
+    # runs below autograd, where torch.autograd.grad would see no graph); pad slots get a zero output gradient.
     plan = bucket_plan(cu_seqlens, q.device)
-    hq, hkv = q.shape[1], k.shape[1]
     g_ext = torch.cat([grad.to(q.dtype), grad.new_zeros((1,) + tuple(grad.shape[1:]), dtype=q.dtype)])
     dqs, dks, dvs = [], [], []
     for L, n, idx, gidx in zip(plan.lengths, plan.counts, plan.gather, plan.grad_gather):
-        qb, kb, vb = (_to_bucket(z, idx, n, L, hq) for z in (q, k, v))
-        dq, dk, dv = _bucket_grads(qb, kb, vb, _to_bucket(g_ext, gidx, n, L, hq), scale)
-        if hkv != hq:  # sum the repeated kv heads' gradients back into their group
-            dk, dv = (z.view(n, hkv, hq // hkv, L, z.shape[-1]).sum(2) for z in (dk, dv))
+        _, vjp = torch.func.vjp(lambda a, b, c: _causal_sdpa(a, b, c, scale), *(_to_bucket(z, idx, n, L) for z in (q, k, v)))
+        dq, dk, dv = vjp(_to_bucket(g_ext, gidx, n, L))
         dqs.append(dq), dks.append(dk), dvs.append(dv)
-    return (_from_buckets(dqs, plan.inverse), _from_buckets(dks, plan.inverse).to(k.dtype),
-            _from_buckets(dvs, plan.inverse).to(v.dtype))
+    return tuple(_from_buckets(d, plan.inverse).to(z.dtype) for d, z in ((dqs, q), (dks, k), (dvs, v)))
 
 
 @_bucket_attn_bwd_op.register_fake
 def _(grad, q, k, v, cu_seqlens, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _bucket_attn_setup(ctx, inputs, output):
