@@ -1,18 +1,25 @@
 #!/usr/bin/env python
-"""Training throughput and memory under an 8 GiB cap: the 8 GB homework recipe, TRL+Liger, our reference
-engine and our fast engine, side by side on the same data, printing real tokens/s, peak VRAM and ratios.
+"""Training throughput and memory under an 8 GiB cap: the 8 GB homework recipe, TRL+Liger at its fastest
+setting, our reference engine and our fast engine, side by side on the same data, printing real tokens/s, peak
+VRAM, model FLOPs utilisation and ratios to the peer's best.
 
 Each row runs in its own subprocess (clean CUDA context, so NVML and torch peaks belong to that row alone),
 under `sftbench.memory.apply_memory_cap(--cap-gib)`.  Rows:
 
   hf_trainer  HF Trainer, micro-batch 1, fp16 AMP, gradient checkpointing (the homework's 8 GB recipe)
-  trl_liger   TRL SFTTrainer + Liger kernels, bf16, micro-batch --trl-batch (optional deps: trl, liger-kernel;
-              the row is skipped with a note when they are missing; retried at half the batch on OOM)
+  trl_search  TRL SFTTrainer + Liger kernels, bf16, at each --trl-search setting (micro-batches with and without
+              gradient checkpointing, one subprocess each, a direction stopped at its first OOM); every ratio
+              is to its fastest setting (optional deps: trl, liger-kernel, datasets; skipped with a note)
+  trl_liger   one TRL+Liger setting: micro-batch --trl-batch (retried at half on OOM), or trl_liger@MB[:nogc]
   reference   the trainer's own ReferenceEngine.window (sftbench.train.engines): padded micro-batches in data
               order, HF forward + masked CE, bf16 autocast, the trainer's AdamW, HF gradient checkpointing
-  fast        the trainer's own FastEngine.window: packed rows of --token-budget tokens, attention per conversation (varlen flash; FlexAttention off sm80+), compiled layer,
-              fused chunked CE, the trainer's AdamW (fused on CUDA), bf16 autocast over fp32 masters, checkpointing chosen to fit
-  fast@B:K    extra fast configurations (token budget B, K checkpointed layers or 'auto'), throughput only
+  fast        the trainer's own FastEngine.window: packed rows of --token-budget tokens, attention per conversation
+              (--attention auto: varlen flash on sm80+, SDPA per length bucket on T4/P100), compiled layer, fused
+              chunked CE, the trainer's AdamW (fused on CUDA), bf16 autocast over fp32 masters
+  fast@B:K[:fused][:ATTENTION][:fp16]
+              extra fast configurations (token budget B, K checkpointed layers or 'auto'), throughput only;
+              fast@16384:30:fused:buckets:fp16 is the T4/P100 path (its first step s = cold start with a fresh
+              TORCHINDUCTOR_CACHE_DIR)
 
 Correctness and speed are measured by different rows:
 - reference vs fast: --steps (200) optimizer steps of --batch-convs (8) conversations, the same conversations
@@ -23,7 +30,8 @@ Correctness and speed are measured by different rows:
 - hf_trainer (--hf-steps) and trl_liger (--peer-steps) at --batch-convs per step; hf_trainer reads our order,
   TRL shuffles with its own sampler.
 Tokens/s counts real (non-padding) input tokens, each once, after the warm-up steps (compilation and allocator
-warm-up excluded; the first step's seconds are reported too).  The row named by --profile-row profiles one
+warm-up excluded; the first step's seconds are reported too).  MFU counts FLOPs per real token from the model
+shape (FLOPS_FORMULA below) against --peak-tflops.  The row named by --profile-row profiles one
 more step and writes the top device kernels to profile.txt.
 
 Data: --data FILE.jsonl with {"input_ids", "labels"} rows (see `prepare`), or `synthetic` (lengths log-normal,
@@ -252,7 +260,7 @@ def parse_fast_row(name: str, a) -> dict:
 
     parts = name[5:].split(":")
     if len(parts) < 2 or not parts[0].isdigit():
-        raise SystemExit(f"row {name}: expected fast@BUDGET:K[:fused][:ATTENTION][:fp16|:bf16]")
+        raise _user_error(f"--rows: row {name}: expected fast@BUDGET:K[:fused][:ATTENTION][:fp16|:bf16]")
     out = {"budget": int(parts[0]), "ckpt": parts[1], "fuse": False, "attention": a.attention, "precision": a.precision}
     for flag in parts[2:]:
         if flag == "fused":
@@ -262,7 +270,7 @@ def parse_fast_row(name: str, a) -> dict:
         elif flag in ("fp16", "bf16"):
             out["precision"] = flag
         else:
-            raise SystemExit(f"row {name}: unknown flag {flag!r} (fused, {', '.join(ATTENTIONS)}, auto, fp16, bf16)")
+            raise _user_error(f"--rows: row {name}: unknown flag {flag!r} (fused, {', '.join(ATTENTIONS)}, auto, fp16, bf16)")
     return out
 
 
@@ -409,7 +417,7 @@ def parse_trl_row(name: str, a) -> tuple[int, bool]:
         return a.trl_batch, True
     mb, _, flag = name[len("trl_liger@"):].partition(":")
     if not name.startswith("trl_liger@") or not mb.isdigit() or flag not in ("", "gc", "nogc"):
-        raise SystemExit(f"row {name}: expected trl_liger or trl_liger@MICRO_BATCH[:gc|:nogc]")
+        raise _user_error(f"--rows: row {name}: expected trl_liger or trl_liger@MICRO_BATCH[:gc|:nogc]")
     return int(mb), flag != "nogc"
 
 
@@ -481,7 +489,7 @@ def run_row(a) -> dict:
             elif trl:
                 res = row_trl_liger(a, examples, windows, model, device, tmp, *trl)
             else:
-                raise SystemExit(f"unknown row {name}")
+                raise _user_error(f"--rows: unknown row {name}")
         res["status"] = "ok"
     except torch.OutOfMemoryError as e:
         res = {"status": "oom", "error": str(e).splitlines()[0][:300]}
@@ -512,6 +520,26 @@ def _child(a, row: str, extra: list[str]) -> dict:
     if proc.returncode != 0 or not out.is_file():
         return {"row": row, "status": f"failed (exit {proc.returncode}, {time.time() - t0:.0f} s)"}
     return json.loads(out.read_text())
+
+
+def _user_error(msg: str):
+    from sftbench.errors import UserError
+
+    return UserError(msg)
+
+
+def check_rows(a, rows: list[str]) -> None:
+    """Every row name parses (UserError before any row runs)."""
+    for row in rows:
+        if row.startswith("fast@"):
+            parse_fast_row(row, a)
+        elif row.startswith("trl_liger"):
+            parse_trl_row(row, a)
+        elif row == "trl_search":
+            parse_trl_search(a.trl_search)
+        elif row not in ("fast", "reference", "hf_trainer"):
+            raise _user_error(f"--rows: unknown row {row!r} (hf_trainer, trl_search, trl_liger[@MB[:nogc]], reference, "
+                              f"fast, fast@BUDGET:K[:fused][:ATTENTION][:fp16]).")
 
 
 def _reused(a, results: list[dict]) -> list[dict]:
@@ -582,7 +610,7 @@ def parse_trl_search(spec: str) -> list[list[str]]:
     for part in [p.strip() for p in spec.split(";") if p.strip()]:
         mode, _, sizes = part.partition(":")
         if mode not in ("gc", "nogc") or not sizes:
-            raise SystemExit(f"--trl-search {spec!r}: each part is gc:MB,MB,... or nogc:MB,MB,...")
+            raise _user_error(f"--trl-search {spec!r}: each part is gc:MB,MB,... or nogc:MB,MB,... (parts separated by ';').")
         mbs = sorted({int(x) for x in sizes.split(",") if x.strip()})
         directions.append([f"trl_liger@{mb}" + (":nogc" if mode == "nogc" else "") for mb in mbs])
     return directions
@@ -819,9 +847,11 @@ def main(argv=None) -> int:
                             f"or pass --data synthetic.")
         if a.reuse_rows and not Path(a.reuse_rows).is_file():
             raise UserError(f"{a.reuse_rows}: --reuse-rows file not found (a summary.json written by an earlier run).")
+        rows = [r.strip() for r in a.rows.split(",") if r.strip()]
+        check_rows(a, rows)
         Path(a.out).mkdir(parents=True, exist_ok=True)
         results = []
-        for row in [r.strip() for r in a.rows.split(",") if r.strip()]:
+        for row in rows:
             if row.startswith("trl_") and _deps_available(a.cpu_debug):
                 results.append({"row": row, "status": f"skipped ({_deps_available(a.cpu_debug)})"})
                 continue

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sftbench.errors import UserError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,7 +26,7 @@ def test_parse_trl_search_orders_each_direction(bt):
         ["trl_liger@16", "trl_liger@32", "trl_liger@48", "trl_liger@64"], ["trl_liger@8:nogc", "trl_liger@16:nogc"]]
     assert bt.parse_trl_search(bt.TRL_SEARCH) == [
         ["trl_liger@16", "trl_liger@32", "trl_liger@48", "trl_liger@64"], ["trl_liger@8:nogc", "trl_liger@16:nogc"]]
-    with pytest.raises(SystemExit, match="each part is gc:MB"):
+    with pytest.raises(UserError, match="each part is gc:MB"):
         bt.parse_trl_search("ckpt:8")
 
 
@@ -80,12 +82,12 @@ def test_row_names(bt):
         "budget": 16384, "ckpt": "30", "fuse": True, "attention": "buckets", "precision": "fp16"}
     assert bt.parse_fast_row("fast@8192:auto", a) == {
         "budget": 8192, "ckpt": "auto", "fuse": False, "attention": "auto", "precision": "bf16"}
-    with pytest.raises(SystemExit, match="unknown flag 'fp8'"):
+    with pytest.raises(UserError, match="unknown flag 'fp8'"):
         bt.parse_fast_row("fast@8192:30:fp8", a)
     assert bt.parse_trl_row("trl_liger@48", a) == (48, True)
     assert bt.parse_trl_row("trl_liger@8:nogc", a) == (8, False)
     assert bt.parse_trl_row("trl_liger", a) == (8, True)
-    with pytest.raises(SystemExit, match="expected trl_liger"):
+    with pytest.raises(UserError, match="expected trl_liger"):
         bt.parse_trl_row("trl_liger@x", a)
 
 
@@ -108,3 +110,13 @@ def test_report_quotes_ratios_to_the_peer_best_with_mfu(bt):
     f = bt.train_flops_per_token(bt.smollm2_135m_config(), [500], 30)
     assert f"| fast@16384:30:fused | ok | 7 | 146,850 | 2.26 | {100 * 146850 * f / 790e12:.1f} |" in text
     assert "fastest fast row NVML <= 6 GiB: fast@16384:30:fused 146,850 real tokens/s = 2.26x TRL+Liger best" in text
+
+
+def test_bad_row_is_a_usage_error_before_any_row_runs(bt, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        bt.main(["--_cpu-debug", "--data", "synthetic", "--rows", "fast,fast@512:2:fp8", "--out", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench_train: error: --rows: row fast@512:2:fp8: unknown flag 'fp8'")
+    assert not out.exists()
