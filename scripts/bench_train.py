@@ -1,18 +1,25 @@
 #!/usr/bin/env python
-"""Training throughput and memory under an 8 GiB cap: the 8 GB homework recipe, TRL+Liger, our reference
-engine and our fast engine, side by side on the same data, printing real tokens/s, peak VRAM and ratios.
+"""Training throughput and memory under an 8 GiB cap: the 8 GB homework recipe, TRL+Liger at its fastest
+setting, our reference engine and our fast engine, side by side on the same data, printing real tokens/s, peak
+VRAM, model FLOPs utilisation and ratios to the peer's best.
 
 Each row runs in its own subprocess (clean CUDA context, so NVML and torch peaks belong to that row alone),
 under `sftbench.memory.apply_memory_cap(--cap-gib)`.  Rows:
 
   hf_trainer  HF Trainer, micro-batch 1, fp16 AMP, gradient checkpointing (the homework's 8 GB recipe)
-  trl_liger   TRL SFTTrainer + Liger kernels, bf16, micro-batch --trl-batch (optional deps: trl, liger-kernel;
-              the row is skipped with a note when they are missing; retried at half the batch on OOM)
+  trl_search  TRL SFTTrainer + Liger kernels, bf16, at each --trl-search setting (micro-batches with and without
+              gradient checkpointing, one subprocess each, a direction stopped at its first OOM); every ratio
+              is to its fastest setting (optional deps: trl, liger-kernel, datasets; skipped with a note)
+  trl_liger   one TRL+Liger setting: micro-batch --trl-batch (retried at half on OOM), or trl_liger@MB[:nogc]
   reference   the trainer's own ReferenceEngine.window (sftbench.train.engines): padded micro-batches in data
               order, HF forward + masked CE, bf16 autocast, the trainer's AdamW, HF gradient checkpointing
-  fast        the trainer's own FastEngine.window: packed rows of --token-budget tokens, attention per conversation (varlen flash; FlexAttention off sm80+), compiled layer,
-              fused chunked CE, the trainer's AdamW (fused on CUDA), bf16 autocast over fp32 masters, checkpointing chosen to fit
-  fast@B:K    extra fast configurations (token budget B, K checkpointed layers or 'auto'), throughput only
+  fast        the trainer's own FastEngine.window: packed rows of --token-budget tokens, attention per conversation
+              (--attention auto: varlen flash on sm80+, SDPA per length bucket on T4/P100), compiled layer, fused
+              chunked CE, the trainer's AdamW (fused on CUDA), bf16 autocast over fp32 masters
+  fast@B:K[:fused][:ATTENTION][:fp16]
+              extra fast configurations (token budget B, K checkpointed layers or 'auto'), throughput only;
+              fast@16384:30:fused:buckets:fp16 is the T4/P100 path (its first step s = cold start with a fresh
+              TORCHINDUCTOR_CACHE_DIR)
 
 Correctness and speed are measured by different rows:
 - reference vs fast: --steps (200) optimizer steps of --batch-convs (8) conversations, the same conversations
@@ -23,7 +30,8 @@ Correctness and speed are measured by different rows:
 - hf_trainer (--hf-steps) and trl_liger (--peer-steps) at --batch-convs per step; hf_trainer reads our order,
   TRL shuffles with its own sampler.
 Tokens/s counts real (non-padding) input tokens, each once, after the warm-up steps (compilation and allocator
-warm-up excluded; the first step's seconds are reported too).  The row named by --profile-row profiles one
+warm-up excluded; the first step's seconds are reported too).  MFU counts FLOPs per real token from the model
+shape (FLOPS_FORMULA below) against --peak-tflops.  The row named by --profile-row profiles one
 more step and writes the top device kernels to profile.txt.
 
 Data: --data FILE.jsonl with {"input_ids", "labels"} rows (see `prepare`), or `synthetic` (lengths log-normal,
@@ -96,15 +104,20 @@ def smollm2_135m_config():
                        bos_token_id=1, eos_token_id=2, pad_token_id=PAD_ID)
 
 
+def model_config(tiny: bool = False):
+    cfg = smollm2_135m_config()
+    if tiny:  # --_cpu-debug
+        cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = 2, 64, 128
+        cfg.num_attention_heads, cfg.num_key_value_heads = 4, 2
+    return cfg
+
+
 def build_model(seed: int = 0, attn: str = "sdpa", tiny: bool = False):
     import torch
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = smollm2_135m_config()
-    if tiny:
-        cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = 2, 64, 128
-        cfg.num_attention_heads, cfg.num_key_value_heads = 4, 2
+    cfg = model_config(tiny)
     cfg._attn_implementation = attn
     return LlamaForCausalLM(cfg)
 
@@ -170,8 +183,9 @@ def _lr_lambda(warmup: int):
     return lambda s: min(1.0, (s + 1) / max(1, warmup))
 
 
-def _our_engine(kind: str, model, device, **kw):
-    """The product's engine (sftbench.train.engines, what train() runs) and its optimizer, bf16 autocast on a GPU."""
+def _our_engine(kind: str, model, device, precision: str = "bf16", **kw):
+    """The product's engine (sftbench.train.engines, what train() runs): bf16 (or fp16 with a gradient scaler,
+    the T4/P100 precision) autocast on a GPU, fp32 on the CPU."""
     import torch
 
     from sftbench.device import Precision
@@ -179,8 +193,10 @@ def _our_engine(kind: str, model, device, **kw):
     from sftbench.train.engines import FastEngine, ReferenceEngine
 
     half = device.type == "cuda"
-    prec = Precision(device, torch.bfloat16 if half else None, False, "bench: bf16 autocast" if half else "bench: fp32")
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision] if half else None
+    fp16 = dtype is torch.float16
+    prec = Precision(device, dtype, fp16, f"bench: {precision} autocast" if half else "bench: fp32")
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     cls = FastEngine if kind == "fast" else ReferenceEngine
     return cls(model, device, Dist(), prec, scaler, pad_id=PAD_ID, **kw)
 
@@ -205,8 +221,10 @@ def _train_steps(a, engine, model, opt, sched, examples, windows, micro: int | N
         n_window = _n_targets(exs)
         mbs = [exs] if micro is None else [exs[s:s + micro] for s in range(0, len(exs), micro)]
         total, real = engine.window(mbs, n_window, seed=step)
+        engine.scaler.unscale_(opt)  # no-ops unless fp16 (GradScaler enabled)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        engine.scaler.step(opt)
+        engine.scaler.update()
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(total / max(n_window, 1))
@@ -219,7 +237,7 @@ def row_reference(a, examples, windows, model, device) -> dict:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.train()
-    engine = _our_engine("reference", model, device, loss_chunk_size=a.ref_ce_chunk)
+    engine = _our_engine("reference", model, device, a.precision, loss_chunk_size=a.ref_ce_chunk)
     opt = _our_optimizer(a, model, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
     meter, losses = Meter(), []
@@ -232,7 +250,32 @@ def row_reference(a, examples, windows, model, device) -> dict:
     return out
 
 
-def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: bool = False) -> dict:
+def parse_fast_row(name: str, a) -> dict:
+    """`fast` (the --token-budget/--checkpoint-layers/--attention/--precision flags) or
+    `fast@BUDGET:K[:fused][:ATTENTION][:fp16|:bf16]` -> row_fast's keyword arguments."""
+    if name == "fast":
+        return {"budget": a.token_budget, "ckpt": a.checkpoint_layers, "fuse": False, "attention": a.attention,
+                "precision": a.precision}
+    from sftbench.train.fast_model import ATTENTIONS
+
+    parts = name[5:].split(":")
+    if len(parts) < 2 or not parts[0].isdigit():
+        raise _user_error(f"--rows: row {name}: expected fast@BUDGET:K[:fused][:ATTENTION][:fp16|:bf16]")
+    out = {"budget": int(parts[0]), "ckpt": parts[1], "fuse": False, "attention": a.attention, "precision": a.precision}
+    for flag in parts[2:]:
+        if flag == "fused":
+            out["fuse"] = True
+        elif flag in ATTENTIONS or flag == "auto":
+            out["attention"] = flag
+        elif flag in ("fp16", "bf16"):
+            out["precision"] = flag
+        else:
+            raise _user_error(f"--rows: row {name}: unknown flag {flag!r} (fused, {', '.join(ATTENTIONS)}, auto, fp16, bf16)")
+    return out
+
+
+def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: bool = False,
+             attention: str = "auto", precision: str = "bf16") -> dict:
     import torch
 
     from sftbench.train.fast_model import prepare_fast_model
@@ -243,10 +286,11 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: 
     else:
         k = int(ckpt)
     longest = max(len(e["input_ids"]) for e in examples)  # varlen attention's static segment bound
-    prepare_fast_model(model, attention=a.attention, compile=not a.no_compile and device.type == "cuda",
-                       checkpoint_layers=k, ce_chunk_size=a.ce_chunk, fuse_projections=fuse, max_seqlen=longest)
+    prepare_fast_model(model, attention=attention, compile=not a.no_compile and device.type == "cuda",
+                       checkpoint_layers=k, ce_chunk_size=a.ce_chunk, fuse_projections=fuse, max_seqlen=longest,
+                       half_precision=device.type == "cuda")
     model.train()
-    engine = _our_engine("fast", model, device, token_budget=budget)
+    engine = _our_engine("fast", model, device, precision, token_budget=budget)
     opt = _our_optimizer(a, model, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
     meter, losses = Meter(), []
@@ -367,17 +411,27 @@ def row_hf_trainer(a, examples, windows, model, device, tmp: str) -> dict:
     return out
 
 
-def row_trl_liger(a, examples, windows, model, device, tmp: str) -> dict:
+def parse_trl_row(name: str, a) -> tuple[int, bool]:
+    """`trl_liger` (micro-batch --trl-batch, checkpointing on) or `trl_liger@MB[:nogc]` -> (micro-batch, checkpointing)."""
+    if name == "trl_liger":
+        return a.trl_batch, True
+    mb, _, flag = name[len("trl_liger@"):].partition(":")
+    if not name.startswith("trl_liger@") or not mb.isdigit() or flag not in ("", "gc", "nogc"):
+        raise _user_error(f"--rows: row {name}: expected trl_liger or trl_liger@MICRO_BATCH[:gc|:nogc]")
+    return int(mb), flag != "nogc"
+
+
+def row_trl_liger(a, examples, windows, model, device, tmp: str, mb: int, gc: bool = True) -> dict:
     import datasets
     from trl import SFTConfig, SFTTrainer
 
     rows = [examples[i] for w in windows for i in w]
     ds = datasets.Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    mb = a.trl_batch
-    ga = max(1, a.batch_convs // mb)
+    ga = max(1, len(windows[0]) // mb)
     args = SFTConfig(output_dir=tmp, per_device_train_batch_size=mb, gradient_accumulation_steps=ga,
                      max_steps=len(windows), learning_rate=a.lr, weight_decay=0.0, lr_scheduler_type="constant",
-                     bf16=device.type == "cuda", use_liger_kernel=device.type == "cuda", max_length=1024, packing=False, logging_steps=1,
+                     bf16=device.type == "cuda", use_liger_kernel=device.type == "cuda", max_length=1024, packing=False,
+                     gradient_checkpointing=gc, logging_steps=1,
                      save_strategy="no", report_to="none", dataloader_num_workers=0, seed=0,
                      max_grad_norm=1.0, use_cpu=device.type == "cpu")
     tok = _tiny_pad_tokenizer()
@@ -415,8 +469,9 @@ def run_row(a) -> dict:
     if a.cpu_debug:  # a smoke test of the code paths on a CPU: short examples, tiny model
         examples = [{"input_ids": e["input_ids"][:96], "labels": e["labels"][:96]} for e in examples]
     name = a.row
-    steps = {"hf_trainer": a.hf_steps, "trl_liger": a.peer_steps}.get(name, a.peer_steps if name.startswith("fast@") else a.steps)
-    convs = a.sweep_batch_convs if name.startswith("fast@") else a.batch_convs
+    trl = parse_trl_row(name, a) if name.startswith("trl_liger") else None
+    steps = a.hf_steps if name == "hf_trainer" else a.peer_steps if (trl or name.startswith("fast@")) else a.steps
+    convs = a.sweep_batch_convs if name.startswith("fast@") else max(a.batch_convs, trl[0]) if trl else a.batch_convs
     windows = step_windows(len(examples), steps + (1 if name == a.profile_row else 0), convs)
     model = build_model(seed=0, tiny=a.cpu_debug).to(device)
     if device.type == "cuda":
@@ -427,18 +482,14 @@ def run_row(a) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             if name == "reference":
                 res = row_reference(a, examples, windows, model, device)
-            elif name == "fast":
-                res = row_fast(a, examples, windows, model, device, a.token_budget, a.checkpoint_layers)
-            elif name.startswith("fast@"):
-                parts = name[5:].split(":")  # BUDGET:K[:fused]
-                res = row_fast(a, examples, windows, model, device, int(parts[0]), parts[1],
-                               fuse=len(parts) > 2 and parts[2] == "fused")
+            elif name == "fast" or name.startswith("fast@"):
+                res = row_fast(a, examples, windows, model, device, **parse_fast_row(name, a))
             elif name == "hf_trainer":
                 res = row_hf_trainer(a, examples, windows, model, device, tmp)
-            elif name == "trl_liger":
-                res = row_trl_liger(a, examples, windows, model, device, tmp)
+            elif trl:
+                res = row_trl_liger(a, examples, windows, model, device, tmp, *trl)
             else:
-                raise SystemExit(f"unknown row {name}")
+                raise _user_error(f"--rows: unknown row {name}")
         res["status"] = "ok"
     except torch.OutOfMemoryError as e:
         res = {"status": "oom", "error": str(e).splitlines()[0][:300]}
@@ -469,6 +520,39 @@ def _child(a, row: str, extra: list[str]) -> dict:
     if proc.returncode != 0 or not out.is_file():
         return {"row": row, "status": f"failed (exit {proc.returncode}, {time.time() - t0:.0f} s)"}
     return json.loads(out.read_text())
+
+
+def _user_error(msg: str):
+    from sftbench.errors import UserError
+
+    return UserError(msg)
+
+
+def check_rows(a, rows: list[str]) -> None:
+    """Every row name parses (UserError before any row runs)."""
+    for row in rows:
+        if row.startswith("fast@"):
+            parse_fast_row(row, a)
+        elif row.startswith("trl_liger"):
+            parse_trl_row(row, a)
+        elif row == "trl_search":
+            parse_trl_search(a.trl_search)
+        elif row not in ("fast", "reference", "hf_trainer"):
+            raise _user_error(f"--rows: unknown row {row!r} (hf_trainer, trl_search, trl_liger[@MB[:nogc]], reference, "
+                              f"fast, fast@BUDGET:K[:fused][:ATTENTION][:fp16]).")
+
+
+def _reused(a, results: list[dict]) -> list[dict]:
+    """--reuse-rows: the earlier run's rows that this call did not run, marked as reused."""
+    if not a.reuse_rows:
+        return []
+    from sftbench.errors import UserError
+
+    path = Path(a.reuse_rows)
+    if not path.is_file():
+        raise UserError(f"{path}: --reuse-rows file not found (a summary.json written by an earlier run).")
+    ran = {r["row"] for r in results}
+    return [dict(r, reused=True) for r in json.loads(path.read_text())["results"] if r["row"] not in ran]
 
 
 def _deps_available(cpu_debug: bool = False) -> str | None:
@@ -512,42 +596,157 @@ def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
 
-def report(a, results: list[dict]) -> str:
+# ---------------------------------------------------------------------------------------------------------------
+# the peer's best setting: TRL+Liger's micro-batch and checkpointing searched under the same cap
+# ---------------------------------------------------------------------------------------------------------------
+
+TRL_SEARCH = "gc:16,32,48,64;nogc:8,16"
+
+
+def parse_trl_search(spec: str) -> list[list[str]]:
+    """'gc:16,32,48,64;nogc:8,16' -> one list of row names per direction, micro-batches ascending:
+    [['trl_liger@16', ..., 'trl_liger@64'], ['trl_liger@8:nogc', 'trl_liger@16:nogc']]."""
+    directions = []
+    for part in [p.strip() for p in spec.split(";") if p.strip()]:
+        mode, _, sizes = part.partition(":")
+        if mode not in ("gc", "nogc") or not sizes:
+            raise _user_error(f"--trl-search {spec!r}: each part is gc:MB,MB,... or nogc:MB,MB,... (parts separated by ';').")
+        mbs = sorted({int(x) for x in sizes.split(",") if x.strip()})
+        directions.append([f"trl_liger@{mb}" + (":nogc" if mode == "nogc" else "") for mb in mbs])
+    return directions
+
+
+def peer_search(directions: list[list[str]], run) -> tuple[list[dict], dict | None]:
+    """Run each direction's settings in order (`run(row) -> result`, one subprocess each), stopping a direction
+    at its first setting that does not finish ok (out of memory, failure, timeout): a larger micro-batch
+    needs more memory.  Returns (every result, the fastest ok one or None)."""
+    results = []
+    for rows in directions:
+        for row in rows:
+            r = dict(run(row), row=row, search=True)
+            results.append(r)
+            if r.get("status") != "ok" or not r.get("tokens_per_s"):
+                break
+    ok = [r for r in results if r.get("status") == "ok" and r.get("tokens_per_s")]
+    return results, (max(ok, key=lambda r: r["tokens_per_s"]) if ok else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model FLOPs per trained token and utilisation
+# ---------------------------------------------------------------------------------------------------------------
+
+FLOPS_FORMULA = ("FLOPs per real token = 6 x (matmul params per layer x layers + LM head) + 2 x matmul params "
+                 "per layer x checkpointed layers (recompute) + attention 2 x heads x head_dim x (L+1) per layer "
+                 "(QK^T and PV over the causal keys, mean over a conversation of L tokens; no padding) x (3 layers' "
+                 "worth + 1 per recomputed layer)")
+
+
+def train_flops_per_token(cfg, lengths: list[int], checkpointed_layers: int) -> float:
+    """Mean training FLOPs per real token (FLOPS_FORMULA) for conversations of these lengths."""
+    d, n = cfg.hidden_size, cfg.num_hidden_layers
+    hq, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or d // hq
+    per_layer = d * hq * hd * 2 + d * hkv * hd * 2 + 3 * d * cfg.intermediate_size  # q, o; k, v; gate, up, down
+    head = d * cfg.vocab_size
+    tokens = sum(lengths)
+    # forward attention per layer: QK^T and PV, 2 x 2 x hd FLOPs per head per (query, key <= query) pair
+    attn_fwd = sum(2 * 2 * hq * hd * L * (L + 1) / 2 for L in lengths) / max(tokens, 1)
+    k = max(0, min(int(checkpointed_layers), n))
+    return 6 * (per_layer * n + head) + 2 * per_layer * k + attn_fwd * (3 * n + k)
+
+
+def row_checkpointed_layers(r: dict, n_layers: int) -> int:
+    cfg = r.get("config", {})
+    if "checkpoint_layers" in cfg:
+        return int(cfg["checkpoint_layers"])
+    return n_layers if cfg.get("gradient_checkpointing", True) else 0
+
+
+def mfu(r: dict, cfg, lengths: list[int], peak_tflops: float) -> float | None:
+    tps = r.get("tokens_per_s") if r.get("status") == "ok" else None
+    if not tps or not peak_tflops:
+        return None
+    return tps * train_flops_per_token(cfg, lengths, row_checkpointed_layers(r, cfg.num_hidden_layers)) / (peak_tflops * 1e12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------------------------------------------
+
+def _peer_baseline(results: list[dict]) -> tuple[float, str]:
+    """(tokens/s, label) of the fastest TRL+Liger setting that ran ok, else the earlier measurement."""
+    trl = [r for r in results if r["row"].startswith("trl_liger") and r.get("status") == "ok" and r.get("tokens_per_s")]
+    if trl:
+        best = max(trl, key=lambda r: r["tokens_per_s"])
+        cfg = best.get("config", {})
+        return best["tokens_per_s"], (f"TRL+Liger best ({best['row']}: micro-batch {cfg.get('micro_batch')}, gradient "
+                                      f"checkpointing {'on' if cfg.get('gradient_checkpointing') else 'off'})")
+    return TRL_LIGER_PEER, f"TRL+Liger (no setting ran here: the earlier measurement, {TRL_LIGER_PEER} tok/s)"
+
+
+def _search_table(a, search: list[dict], model_cfg, lengths) -> str:
+    lines = [f"TRL+Liger search under the {a.cap_gib:g} GiB cap (--trl-search {a.trl_search}; a direction stops at its "
+             f"first setting that does not finish):",
+             "| setting | status | micro-batch | grad ckpt | real tokens/s | MFU % | torch peak alloc GiB | torch peak reserved GiB | NVML peak GiB | row wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in search:
+        m = mfu(r, model_cfg, lengths, a.peak_tflops)
+        mb, gc = parse_trl_row(r["row"], a)
+        lines.append(f"| {r['row']} | {r.get('status')} | {mb} | {'on' if gc else 'off'} | {fmt(r.get('tokens_per_s'), ',.0f')} | "
+                     f"{fmt(None if m is None else 100 * m, '.1f')} | {fmt(r.get('torch_peak_allocated_gib'), '.2f')} | "
+                     f"{fmt(r.get('torch_peak_reserved_gib'), '.2f')} | {fmt(r.get('nvml_peak_gib'), '.2f')} | "
+                     f"{fmt(r.get('row_wall_s'), '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(a, results: list[dict], model_cfg=None, lengths: list[int] | None = None) -> str:
+    model_cfg = model_cfg or smollm2_135m_config()
+    lengths = lengths or [450]
     by = {r["row"]: r for r in results}
-    trl = by.get("trl_liger", {})
-    trl_tps = trl.get("tokens_per_s") if trl.get("status") == "ok" else None
-    base_note = ""
-    if trl_tps is None:
-        trl_tps = TRL_LIGER_PEER
-        base_note = f" (TRL+Liger row did not run here: ratios use the earlier measurement, {TRL_LIGER_PEER} tok/s)"
+    peer_tps, peer_label = _peer_baseline(results)
+    search = [r for r in results if r.get("search")]
+    text = (_search_table(a, search, model_cfg, lengths) + "\n") if search else ""
+    text += f"ratios (x peer) are to {peer_label}: {peer_tps:,.0f} real tokens/s\n"
     lines = [
-        f"| row | status | steps timed | real tokens/s | x TRL+Liger | torch peak alloc GiB | torch peak reserved GiB | NVML peak GiB | NVML <= {a.target_gib:g} GiB | first step s | final loss | config |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| row | status | steps timed | real tokens/s | x peer | MFU % | torch peak alloc GiB | torch peak reserved GiB | NVML peak GiB | NVML <= {a.target_gib:g} GiB | first step s | final loss | config |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
+    for r in [r for r in results if not r.get("search")]:
         tps = r.get("tokens_per_s")
         losses = r.get("losses") or []
         cfg = r.get("config", {})
         nv = r.get("nvml_peak_gib")
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            r["row"], r.get("status"), r.get("timed_steps", "-"), fmt(tps, ",.0f"),
-            fmt(tps / trl_tps if tps else None, ".2f"), fmt(r.get("torch_peak_allocated_gib"), ".2f"),
-            fmt(r.get("torch_peak_reserved_gib"), ".2f"), fmt(nv, ".2f"),
+        m = mfu(r, model_cfg, lengths, a.peak_tflops)
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["row"] + (" (reused)" if r.get("reused") else ""), r.get("status"), r.get("timed_steps", "-"),
+            fmt(tps, ",.0f"), fmt(tps / peer_tps if tps else None, ".2f"), fmt(None if m is None else 100 * m, ".1f"),
+            fmt(r.get("torch_peak_allocated_gib"), ".2f"), fmt(r.get("torch_peak_reserved_gib"), ".2f"), fmt(nv, ".2f"),
             "-" if nv is None else ("yes" if nv <= a.target_gib else "no"), fmt(r.get("first_step_s"), ".1f"),
             fmt(losses[-1] if losses else None, ".4f"), ", ".join(f"{k}={v}" for k, v in cfg.items())))
-    text = "\n".join(lines) + "\n" + base_note
+    text += "\n".join(lines) + "\n"
+    text += (f"MFU: {FLOPS_FORMULA}; mean over the data's conversations = "
+             f"{train_flops_per_token(model_cfg, lengths, model_cfg.num_hidden_layers) / 1e9:.3f} GFLOP with every layer "
+             f"recomputed, {train_flops_per_token(model_cfg, lengths, 0) / 1e9:.3f} with none; against a peak of "
+             f"{a.peak_tflops:g} TFLOP/s (--peak-tflops)\n")
     fast_rows = [r for r in results if r["row"].startswith("fast") and r.get("status") == "ok" and r.get("tokens_per_s")]
     fit = [r for r in fast_rows if r.get("nvml_peak_gib") is not None and r["nvml_peak_gib"] <= a.target_gib]
     for label, pool in ((f"NVML <= {a.target_gib:g} GiB", fit), (f"under the {a.cap_gib:g} GiB cap", fast_rows)):
         if pool:
             best = max(pool, key=lambda r: r["tokens_per_s"])
             text += (f"\nfastest fast row {label}: {best['row']} {best['tokens_per_s']:,.0f} real tokens/s = "
-                     f"{best['tokens_per_s'] / trl_tps:.1f}x TRL+Liger (goal 10x), NVML peak {best.get('nvml_peak_gib')} GiB")
+                     f"{best['tokens_per_s'] / peer_tps:.2f}x {peer_label}, NVML peak {best.get('nvml_peak_gib')} GiB")
+    for r in fast_rows:
+        if r.get("config", {}).get("attention") in ("buckets", "flex") or r.get("config", {}).get("precision") == "fp16":
+            text += (f"\n{r['row']}: first step (compile included) {fmt(r.get('first_step_s'), '.1f')} s, attention "
+                     f"{r['config'].get('attention')}, {r['config'].get('precision')}")
     text += "\n"
-    if "reference" in by and "fast" in by and by["reference"].get("losses") and by["fast"].get("losses"):
-        c = compare_curves(by["reference"]["losses"], by["fast"]["losses"])
+    fast_curve = "fast" if "fast" in by else None
+    if "reference" in by and fast_curve and by["reference"].get("losses") and by[fast_curve].get("losses"):
+        c = compare_curves(by["reference"]["losses"], by[fast_curve]["losses"])
+        fc = by[fast_curve].get("config", {})
         text += (
-            f"\nloss curves, fast vs reference, {c['steps']} optimizer steps with the same conversations per step:\n"
+            f"\nloss curves, fast ({fc.get('attention')}, {fc.get('precision')}) vs reference, {c['steps']} optimizer "
+            f"steps with the same conversations per step:\n"
             f"  first step {c['ref_first']:.4f} vs {c['fast_first']:.4f}; mean of last 20 steps "
             f"{c['ref_final_mean']:.4f} (ref) vs {c['fast_final_mean']:.4f} (fast)\n"
             f"  |fast - ref| per step: mean {c['mean_abs_diff']:.4f}, 2nd half {c['mean_abs_diff_2nd_half']:.4f} "
@@ -555,7 +754,7 @@ def report(a, results: list[dict]) -> str:
             f"  reference step-to-step noise (std around an 11-step moving average, 2nd half): {c['ref_step_noise_std']:.4f}\n"
             f"  verdict: {'MATCH' if c['match'] else 'DIFFERENT'} (match = mean |diff| over the 2nd half below the "
             f"reference's step noise and the signed mean diff below half of it)\n")
-        by["fast"]["curve_comparison"] = c
+        by[fast_curve]["curve_comparison"] = c
     return text
 
 
@@ -569,13 +768,28 @@ def parse(argv=None):
     p.add_argument("--max-length", type=int, default=1024, help="prepare: truncate conversations to this length")
     p.add_argument("--out", default="runs/bench_train", help="run: folder for row JSONs, summary.json, table.md; "
                    "prepare: the JSONL file to write")
-    p.add_argument("--rows", default="fast,reference,fast@16384:30,fast@32768:30,fast@16384:30:fused,trl_liger,hf_trainer",
-                   help="comma list of rows: hf_trainer, trl_liger, reference, fast, fast@BUDGET:K[:fused] "
-                        "(K = checkpointed layers or auto; fused = one matmul for q/k/v and one for gate/up)")
+    p.add_argument("--rows", default="fast,reference,fast@16384:30:fused,fast@32768:30:fused,trl_search,hf_trainer",
+                   help="comma list of rows: hf_trainer; trl_search (TRL+Liger at each --trl-search setting, one "
+                        "subprocess each: ratios are to its fastest); trl_liger (micro-batch --trl-batch) or "
+                        "trl_liger@MB[:nogc]; reference; fast; fast@BUDGET:K[:fused][:ATTENTION][:fp16] (K = "
+                        "checkpointed layers or auto; fused = one matmul for q/k/v and one for gate/up; ATTENTION = "
+                        "varlen, buckets, flex, sdpa or auto; fp16 = fp16 autocast with a gradient scaler, as on a "
+                        "T4/P100; e.g. fast@16384:30:fused:buckets:fp16 times the T4 path's cold first step)")
+    p.add_argument("--trl-search", default=TRL_SEARCH,
+                   help="trl_search: gc:MB,...;nogc:MB,... micro-batches with gradient checkpointing on / off, each "
+                        "direction ascending and stopped at its first setting that does not finish (out of memory)")
+    p.add_argument("--peak-tflops", type=float, default=790.0,
+                   help="peak dense TFLOP/s for the MFU column (790: bf16 matrix products measured on the H200 box; "
+                        "give your GPU's, e.g. 65 for a T4 in fp16)")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16"],
+                   help="reference, fast and fast@ rows (unless the row says :fp16/:bf16): autocast dtype (fp16 with a "
+                        "gradient scaler)")
+    p.add_argument("--reuse-rows", default=None, help="summary.json of an earlier run: its rows that this call does not "
+                   "run (e.g. the TRL+Liger search and the reference curve) join the report and its ratios")
     p.add_argument("--sweep-batch-convs", type=int, default=128,
                    help="conversations per optimizer step for the fast@ rows (the homework's batch size is 128; "
                         "packing needs windows several times the token budget)")
-    p.add_argument("--profile-row", default="fast@16384:30", help="after its timed steps, profile one more step of this "
+    p.add_argument("--profile-row", default="fast@16384:30:fused", help="after its timed steps, profile one more step of this "
                    "fast row and write the top device kernels to profile.txt")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps for reference and fast")
     p.add_argument("--peer-steps", type=int, default=8, help="optimizer steps for trl_liger and fast@ rows")
@@ -593,7 +807,8 @@ def parse(argv=None):
                    help="fast: tokens per packed micro-batch (fast@ rows set their own)")
     p.add_argument("--checkpoint-layers", default="30", help="fast: layers to recompute (int or auto)")
     p.add_argument("--ce-chunk", type=int, default=1024, help="fast: rows of logits per CE chunk")
-    p.add_argument("--attention", default="auto", choices=["auto", "varlen", "flex", "sdpa"], help="fast: attention kernel")
+    p.add_argument("--attention", default="auto", choices=["auto", "varlen", "buckets", "flex", "sdpa"],
+                   help="fast and fast@ rows (unless the row names one): attention kernel (auto: the trainer's choice)")
     p.add_argument("--no-compile", action="store_true", help="fast: skip torch.compile")
     p.add_argument("--ref-ce-chunk", type=int, default=0, help="reference: --loss_chunk_size of the engine (0 = full-logits "
                    "CE, as this row measured before; the trainer's default is 1024)")
@@ -630,11 +845,18 @@ def main(argv=None) -> int:
         if a.data != "synthetic" and not Path(a.data).is_file():
             raise UserError(f"{a.data}: data file not found; run `python scripts/bench_train.py prepare` first, "
                             f"or pass --data synthetic.")
+        if a.reuse_rows and not Path(a.reuse_rows).is_file():
+            raise UserError(f"{a.reuse_rows}: --reuse-rows file not found (a summary.json written by an earlier run).")
+        rows = [r.strip() for r in a.rows.split(",") if r.strip()]
+        check_rows(a, rows)
         Path(a.out).mkdir(parents=True, exist_ok=True)
         results = []
-        for row in [r.strip() for r in a.rows.split(",") if r.strip()]:
-            if row == "trl_liger" and _deps_available(a.cpu_debug):
+        for row in rows:
+            if row.startswith("trl_") and _deps_available(a.cpu_debug):
                 results.append({"row": row, "status": f"skipped ({_deps_available(a.cpu_debug)})"})
+                continue
+            if row == "trl_search":
+                results.extend(peer_search(parse_trl_search(a.trl_search), lambda r: _child(a, r, []))[0])
                 continue
             res = _child(a, row, [])
             if row == "trl_liger" and res.get("status") == "oom" and a.trl_batch > 1:
@@ -642,12 +864,16 @@ def main(argv=None) -> int:
             if row == "reference" and res.get("status") == "oom" and a.ref_batch > 1:
                 res = _child(a, row, ["--ref-batch", str(a.ref_batch // 2)])
             results.append(res)
-        text = report(a, results)
+        results = _reused(a, results) + results
+        examples = load_examples(a.data)
+        lengths = [min(len(e["input_ids"]), 96) if a.cpu_debug else len(e["input_ids"]) for e in examples]
+        text = report(a, results, model_config(a.cpu_debug), lengths)
         import transformers
 
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (debug run)"
-        head = (f"bench_train: {gpu}, torch {torch.__version__}, transformers "
-                f"{transformers.__version__}; data {a.data}; {a.batch_convs} conversations/step; cap {a.cap_gib} GiB\n")
+        head = (f"bench_train: {gpu}, torch {torch.__version__}, transformers {transformers.__version__}, "
+                f"{time.strftime('%Y-%m-%d', time.gmtime())}; data {a.data}; {a.batch_convs} conversations/step "
+                f"(fast@: {a.sweep_batch_convs}); cap {a.cap_gib} GiB; MFU against {a.peak_tflops:g} TFLOP/s\n")
         from sftbench.io import atomic_write_json, atomic_write_text
 
         atomic_write_json(Path(a.out) / "summary.json", {"args": {k: v for k, v in vars(a).items() if k != "_argv"},

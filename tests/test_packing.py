@@ -115,7 +115,8 @@ def test_make_packed_batch_exact_tensors():
 
 # ---- the fast forward vs each conversation alone -----------------------------------------------------
 
-@pytest.mark.parametrize("attention,fuse", [("sdpa", False), ("flex", False), ("sdpa", True), ("flex", True)])
+@pytest.mark.parametrize("attention,fuse", [("sdpa", False), ("flex", False), ("sdpa", True), ("flex", True),
+                                            ("buckets", False), ("buckets", True)])
 def test_packed_per_token_losses_equal_unpacked_reference(model, convs, attention, fuse):
     prepare_fast_model(model, attention=attention, compile=False, fuse_projections=fuse)
     budget = 160
@@ -132,7 +133,7 @@ def test_packed_per_token_losses_equal_unpacked_reference(model, convs, attentio
     assert packed[start:].abs().sum().item() == 0.0  # padding carries no loss
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+@pytest.mark.parametrize("attention", ["sdpa", "flex", "buckets"])
 def test_no_cross_sample_leakage(model, convs, attention):
     prepare_fast_model(model, attention=attention, compile=False)
     changed = [dict(c) for c in convs]
@@ -150,14 +151,16 @@ def test_no_cross_sample_leakage(model, convs, attention):
 def test_packed_loss_sum_and_gradients_equal_reference(model, convs):
     """Fused chunked CE sum over a packed row == sum of per-conversation HF losses; same gradients.
 
-    (sdpa: FlexAttention has no backward on CPU; its forward is checked above, its backward on the GPU bench.)"""
-    for fuse in (False, True):
-        _loss_and_grads_vs_reference(model, convs, fuse)
+    (sdpa and buckets: FlexAttention has no backward on CPU; its forward is checked above, its backward on the
+    GPU bench.  buckets with padding cut into 64-token pieces too, as the trainer packs.)"""
+    for attention, max_seqlen in (("sdpa", None), ("buckets", None), ("buckets", 64)):
+        for fuse in (False, True):
+            _loss_and_grads_vs_reference(model, convs, fuse, attention, max_seqlen)
 
 
-def _loss_and_grads_vs_reference(model, convs, fuse):
-    prepare_fast_model(model, attention="sdpa", compile=False, ce_chunk_size=48, fuse_projections=fuse)  # 160 = 3x48 + 16
-    batch = make_packed_batch(convs, 160, pad_id=2)
+def _loss_and_grads_vs_reference(model, convs, fuse, attention="sdpa", max_seqlen=None):
+    prepare_fast_model(model, attention=attention, compile=False, ce_chunk_size=48, fuse_projections=fuse)  # 160 = 3x48 + 16
+    batch = make_packed_batch(convs, 160, pad_id=2, max_seqlen=max_seqlen)
     model.zero_grad(set_to_none=True)
     s, n = packed_loss_sum(model, batch)
     s.backward()
@@ -179,11 +182,12 @@ def _loss_and_grads_vs_reference(model, convs, fuse):
     model.zero_grad(set_to_none=True)
 
 
-def test_checkpointed_layers_give_same_loss_and_grads(model, convs):
+@pytest.mark.parametrize("attention", ["sdpa", "buckets"])
+def test_checkpointed_layers_give_same_loss_and_grads(model, convs, attention):
     batch = make_packed_batch(convs, 160, pad_id=2)
     out = []
     for k in (0, 2):
-        prepare_fast_model(model, attention="sdpa", compile=False, checkpoint_layers=k)
+        prepare_fast_model(model, attention=attention, compile=False, checkpoint_layers=k)
         model.zero_grad(set_to_none=True)
         s, _ = packed_loss_sum(model, batch)
         s.backward()
@@ -313,5 +317,89 @@ def test_varlen_matches_sdpa_on_gpu(tiny_model_dir, convs, compiled):
         out[attention] = (losses, torch.cat([p.grad.flatten() for p in m.parameters()]))
     assert out["varlen"][0] == pytest.approx(out["sdpa"][0], rel=2e-2)
     g_ref, g = out["sdpa"][1], out["varlen"][1]
+    assert torch.isfinite(g).all()
+    assert float((g - g_ref).norm() / g_ref.norm()) < 3e-2
+
+
+# ---- buckets: SDPA per length bucket (GPUs without varlen) -------------------------------------------
+
+def test_bucket_lengths_and_plan_exact():
+    from sftbench.train.fast_model import bucket_length, bucket_plan
+
+    assert [bucket_length(n) for n in (1, 16, 17, 24, 25, 33, 48, 49, 97, 600, 1024)] == \
+        [16, 16, 24, 24, 32, 48, 48, 64, 128, 768, 1024]
+    plan = bucket_plan(torch.tensor([0, 3, 20, 22], dtype=torch.int32), "cpu")
+    assert plan.lengths == [16, 24] and plan.counts == [2, 1]
+    # bucket 16: segment [0, 3) then [20, 22), pad slots repeat the segment's last token (grad: -> T = 22)
+    assert plan.gather[0].tolist() == [0, 1, 2] + [2] * 13 + [20, 21] + [21] * 14
+    assert plan.grad_gather[0].tolist() == [0, 1, 2] + [22] * 13 + [20, 21] + [22] * 14
+    assert plan.gather[1].tolist() == list(range(3, 20)) + [19] * 7
+    assert plan.inverse.tolist() == [0, 1, 2] + list(range(32, 49)) + [16, 17]
+
+
+def test_bucket_attention_op_matches_per_segment_sdpa_with_gradients():
+    """The custom op (what the compiled layer calls; CPU backward written out) and the eager function give each
+    segment's own causal SDPA, with GQA, in float64."""
+    from sftbench.train.fast_model import bucket_attention, bucket_plan
+
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 37, 101, 121, 126, 160], dtype=torch.int32)
+    q = torch.randn(160, 4, 8, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(160, 2, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    g = torch.randn(160, 4, 8, dtype=torch.float64)
+
+    def per_segment(q, k, v):
+        out = []
+        for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            qq, kk, vv = q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1)
+            kk, vv = kk.repeat_interleave(2, 0), vv.repeat_interleave(2, 0)
+            out.append(F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, scale=0.3).transpose(0, 1))
+        return torch.cat(out)
+
+    ref = per_segment(q, k, v)
+    ref_g = torch.autograd.grad(ref, (q, k, v), g)
+    for fn in (lambda: bucket_attention(q, k, v, bucket_plan(cu, "cpu"), 0.3),
+               lambda: torch.ops.sftbench.bucket_attn(q, k, v, cu, 0.3)):
+        out = fn()
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+        for a, b in zip(torch.autograd.grad(out, (q, k, v), g), ref_g):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_auto_picks_buckets_on_gpus_without_varlen(monkeypatch):
+    import sftbench.train.fast_model as fm
+
+    monkeypatch.setattr(fm, "varlen_supported", lambda dev: "flash attention needs compute capability 8.0+, this GPU has 7.5")
+    att, why = fm.pick_attention("cuda", half_precision=True)
+    assert att == "buckets" and why.startswith("SDPA per length bucket of conversations (flash attention needs")
+    monkeypatch.setattr(fm, "varlen_supported", lambda dev: None)
+    assert fm.pick_attention("cuda", half_precision=True)[0] == "varlen"
+    assert fm.pick_attention("cuda", half_precision=False)[0] == "buckets"  # fp32: flash needs bf16/fp16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (memory-efficient SDPA kernel)")
+@pytest.mark.parametrize("compiled,dtype", [(False, torch.float16), (True, torch.float16), (True, torch.bfloat16)])
+def test_buckets_match_sdpa_on_gpu(tiny_model_dir, convs, compiled, dtype):
+    """fp16 (the T4 path) on the GPU: buckets, eager or through the compiled layer's custom op, give dense
+    SDPA's losses and gradients; two rows with different cu_seqlens lengths through one compiled graph."""
+    from transformers import LlamaForCausalLM
+
+    from sftbench.data.packing import batch_to_device
+
+    out = {}
+    for attention in ("sdpa", "buckets"):
+        m = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).cuda()
+        prepare_fast_model(m, attention=attention, compile=compiled and attention == "buckets", checkpoint_layers=1)
+        losses = []
+        for budget in (160, 192):
+            batch = batch_to_device(make_packed_batch(convs, budget, pad_id=2, max_seqlen=64), "cuda")
+            with torch.autocast("cuda", dtype=dtype):
+                s, _ = packed_loss_sum(m, batch)
+            s.float().backward()
+            losses.append(float(s))
+        out[attention] = (losses, torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert out["buckets"][0] == pytest.approx(out["sdpa"][0], rel=2e-2)
+    g_ref, g = out["sdpa"][1], out["buckets"][1]
     assert torch.isfinite(g).all()
     assert float((g - g_ref).norm() / g_ref.norm()) < 3e-2

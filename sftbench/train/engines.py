@@ -146,8 +146,8 @@ def prepare_fast(model, cfg, device, d: Dist, explicit: bool = True, half_precis
            f"checkpointed; attention: {why}")
     if device.type == "cuda":
         log(d, "fast engine: the first step compiles the layer graphs (torch.compile)"
-               + ("" if attention == "varlen" else "; with FlexAttention that took over 3 minutes on a cold H100 "
-                  "machine (later runs reuse the inductor cache); --engine reference skips it") + ".")
+               + ("" if attention != "flex" else "; with FlexAttention that took over 3 minutes on a cold H100 "
+                  "machine (later runs reuse the inductor cache); --attention auto skips it") + ".")
     return budget
 
 

@@ -4,9 +4,11 @@ The model stays the user's `LlamaForCausalLM` (same parameters, same checkpoints
 ours, so that it can
 - run one packed row [1, T] of several conversations with attention kept inside each one:
   varlen flash attention (`torch.nn.attention.varlen`, the conversations' boundaries as cu_seqlens) on
-  sm80+ GPUs in bf16/fp16; FlexAttention (block-sparse mask) on other GPUs; dense SDPA with a boolean
-  [T, T] mask on the CPU.  Varlen is the default where it runs: it needs no compilation of its own, while
-  FlexAttention's forward+backward took 195 s to compile on a cold H100 machine (4-9 s for varlen);
+  sm80+ GPUs in bf16/fp16; `buckets` (the conversations gathered into a few length buckets, SDPA's
+  memory-efficient causal kernel per bucket, scattered back) on other GPUs (T4, P100: no flash attention, no
+  bf16) and in fp32; dense SDPA with a boolean [T, T] mask on the CPU; FlexAttention (block-sparse mask) on
+  request.  Neither varlen nor buckets needs an attention compile, while FlexAttention's forward+backward
+  took 195 s to compile on a cold H100 machine (4-9 s for varlen) and 324 s with 2 CPU cores;
 - compile ONE decoder-layer function whose weights are arguments, so the 30 layers share one graph and a
   new shape costs seconds, not minutes;
 - recompute (activation-checkpoint) the first `checkpoint_layers` layers, chosen to fit a memory budget;
@@ -34,6 +36,7 @@ from sftbench.llama import apply_rope, head_dim as _head_dim, rms_norm as _rms, 
 from sftbench.loss import IGNORE_INDEX, packed_ce_sum
 
 GIB = 1024**3
+ATTENTIONS = ("varlen", "buckets", "flex", "sdpa")
 
 
 @dataclass
@@ -41,8 +44,9 @@ class FastSettings:
     """How the fast forward runs (stored on the model by prepare_fast_model)."""
 
     attention: str = "auto"
-    """varlen (flash attention over cu_seqlens), flex (FlexAttention, block-sparse), sdpa (dense boolean
-    mask), or auto (pick_attention: varlen where it runs, else flex on CUDA, sdpa on CPU)."""
+    """varlen (flash attention over cu_seqlens), buckets (SDPA per length bucket of conversations), flex
+    (FlexAttention, block-sparse), sdpa (dense boolean mask), or auto (pick_attention: varlen where it runs,
+    else buckets on CUDA, sdpa on CPU)."""
     max_seqlen: int | None = None
     """varlen: the longest segment of a packed row (pack with make_packed_batch(..., max_seqlen=)); None =
     the row's length.  A constant, so the compiled layer is not specialised per batch."""
@@ -83,14 +87,16 @@ def varlen_supported(device) -> str | None:
 
 
 def pick_attention(device, half_precision: bool) -> tuple[str, str]:
-    """(attention, reason): varlen on sm80+ GPUs training in bf16/fp16, flex on other GPUs, sdpa on CPU."""
+    """(attention, reason): varlen on sm80+ GPUs training in bf16/fp16, buckets on other GPUs (and in fp32),
+    sdpa on CPU.  FlexAttention is never chosen automatically: its cold first step compiles for minutes."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return "sdpa", "CPU: dense SDPA with a block-diagonal mask"
     why = "fp32 autocast-free training (flash attention needs bf16/fp16)" if not half_precision else varlen_supported(dev)
     if why is None:
         return "varlen", "varlen flash attention over the conversations' boundaries (no attention compile)"
-    return "flex", f"FlexAttention ({why}); its first step compiles for minutes on a cold machine"
+    return "buckets", (f"SDPA per length bucket of conversations ({why}; no attention compile; --attention flex "
+                       f"is faster on long runs once its minutes-long first compile is cached)")
 
 
 def _varlen_call():
@@ -116,16 +122,21 @@ def _varlen_call():
 
 
 def _make_layer_fn(n_heads: int, n_kv: int, head_dim: int, eps: float, attention: str, fuse: bool = False,
-                   max_seqlen: int | None = None):
+                   max_seqlen: int | None = None, op: bool = False):
     """One decoder layer as a pure function of (x, cos, sin, mask, 9 weights); shapes [B, T, H].
 
-    `mask` is a BlockMask (flex), a boolean [1, 1, T, T] tensor (sdpa) or cu_seqlens [k+1] int32 (varlen,
-    B == 1)."""
+    `mask` is a BlockMask (flex), a boolean [1, 1, T, T] tensor (sdpa), cu_seqlens [k+1] int32 (varlen,
+    B == 1) or cu_seqlens on the host (buckets, B == 1; `op`: through the custom op, for torch.compile)."""
     scale = head_dim**-0.5
     gqa = n_kv != n_heads
     if attention == "flex":
         from torch.nn.attention.flex_attention import flex_attention
     attend = _varlen_call() if attention == "varlen" else None
+    if attention == "buckets":  # mask = cu_seqlens on the host; the custom op keeps it out of the compiled graph
+        if op:
+            attend = lambda q, k, v, cu, _m, sc: torch.ops.sftbench.bucket_attn(q, k, v, cu, sc)  # noqa: E731
+        else:
+            attend = lambda q, k, v, cu, _m, sc: bucket_attention(q, k, v, bucket_plan(cu, q.device), sc)  # noqa: E731
 
     def layer(x, cos, sin, mask, ln1, wq, wk, wv, wo, ln2, wg, wu, wd):
         b, t, _ = x.shape
@@ -135,7 +146,7 @@ def _make_layer_fn(n_heads: int, n_kv: int, head_dim: int, eps: float, attention
                 [n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
         else:
             q, k, v = F.linear(h, wq), F.linear(h, wk), F.linear(h, wv)
-        if attention == "varlen":  # token-major [T, heads, D]: the layout flash varlen takes, no transposes
+        if attention in ("varlen", "buckets"):  # token-major [T, heads, D]: the layout varlen takes, no transposes
             q, k, v = (z.reshape(t, -1, head_dim) for z in (q, k, v))
             c, s = cos[0].unsqueeze(1), sin[0].unsqueeze(1)
             q, k = apply_rope(q, c, s).to(v.dtype), apply_rope(k, c, s).to(v.dtype)
@@ -184,8 +195,8 @@ def prepare_fast_model(model, *, attention: str = "auto", compile: bool | None =
     dev = next(model.parameters()).device
     if attention == "auto":
         attention, _ = pick_attention(dev, half_precision)
-    if attention not in ("varlen", "flex", "sdpa"):
-        raise ValueError(f"attention must be varlen, flex, sdpa or auto, got {attention!r}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be {', '.join(ATTENTIONS)} or auto, got {attention!r}")
     if attention == "varlen" and (why := varlen_supported(dev)):
         raise ValueError(f"attention varlen cannot run here: {why}")
     if compile is None:
@@ -213,7 +224,7 @@ def _layer_fn(model, st: FastSettings, checkpointed: bool):
     if fn is None:
         cfg = model.config
         fn = _make_layer_fn(cfg.num_attention_heads, cfg.num_key_value_heads, _head_dim(cfg), cfg.rms_norm_eps, st.attention,
-                            fuse=st.fuse_projections, max_seqlen=st.max_seqlen)
+                            fuse=st.fuse_projections, max_seqlen=st.max_seqlen, op=st.compile)
         if checkpointed:
             fn = _checkpointed(fn)
         if st.compile:
@@ -222,7 +233,8 @@ def _layer_fn(model, st: FastSettings, checkpointed: bool):
             # minutes on torch 2.11 + H100 without finishing 8 steps.)
             # varlen: the number of segments (cu_seqlens' length) changes per row and is marked dynamic per
             # call; everything else keeps one static shape per token budget.
-            fn = torch.compile(fn, dynamic=None if st.attention == "varlen" else False)
+            # buckets: likewise for the host-side cu_seqlens (the op's outputs have static shapes).
+            fn = torch.compile(fn, dynamic=None if st.attention in ("varlen", "buckets") else False)
         st.layer_fns[key] = fn
     return fn
 
@@ -248,6 +260,156 @@ def build_attention_mask(doc_ids: torch.Tensor, attention: str, compile: bool = 
     return (same & causal).view(1, 1, t, t)
 
 
+# -------- buckets: per-conversation SDPA over a few length buckets (GPUs without varlen flash attention) ------
+# A packed row's segments (cu_seqlens: its conversations, then the padding pieces) are gathered into a few
+# [n, L] batches, one per bucket length L (16, 24, 32, 48, 64, 96, ...: a segment is padded by < 1/3 at its
+# end), each attended with SDPA's causal kernel and scattered back.  The padding at a segment's end is
+# harmless under a causal mask: a real query only sees keys at or before it, and the pad slots' outputs are
+# never read back (their gradients are exactly zero).  Nothing here needs compiling: under torch.compile the
+# attention is one opaque custom op (sftbench::bucket_attn) with static output shapes [T, heads, D], so the
+# compiled layer has one graph per token budget and the plan (which segment goes where) is rebuilt per row on
+# the host, never recompiled.  On CUDA every bucket runs SDPA's memory-efficient kernel (sm50+: T4, P100),
+# which needs neither flash attention nor bf16.
+
+_PLAN_CACHE: "dict[tuple, BucketPlan]" = {}
+_PLAN_CACHE_SIZE = 8
+
+
+def bucket_length(n: int) -> int:
+    """The bucket a segment of n tokens goes to: the smallest of 16, 24, 32, 48, 64, 96, ... that is >= n."""
+    if n <= 16:
+        return 16
+    p = 1 << (n - 1).bit_length()  # next power of two >= n
+    return 3 * p // 4 if n <= 3 * p // 4 else p
+
+
+@dataclass
+class BucketPlan:
+    """Where each token of a packed row goes.  For bucket j (length lengths[j], count[j] segments):
+    gather[j] [count*L] token index of each slot (pad slots repeat the segment's last token);
+    grad_gather[j] the same with pad slots -> T (a zero row appended to the output gradient);
+    inverse [T]: each token's slot in the concatenation of all buckets' flattened [count*L] slots."""
+
+    lengths: list
+    counts: list
+    gather: list
+    grad_gather: list
+    inverse: torch.Tensor
+
+
+def bucket_plan(cu_seqlens, device) -> BucketPlan:
+    """The plan for segments with boundaries `cu_seqlens` (a CPU tensor or list; cached by content)."""
+    cu = [int(c) for c in (cu_seqlens.tolist() if torch.is_tensor(cu_seqlens) else cu_seqlens)]
+    key = (tuple(cu), str(device))
+    plan = _PLAN_CACHE.get(key)
+    if plan is not None:
+        return plan
+    t = cu[-1]
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for s, e in zip(cu, cu[1:]):
+        if e > s:
+            groups.setdefault(bucket_length(e - s), []).append((s, e - s))
+    lengths, counts, gather, grad_gather, inverse = [], [], [], [], [0] * t
+    offset = 0
+    for L in sorted(groups):
+        g, gg = [], []
+        for s, n in groups[L]:
+            for j in range(L):
+                real = j < n
+                g.append(s + j if real else s + n - 1)
+                gg.append(s + j if real else t)
+                if real:
+                    inverse[s + j] = offset + len(g) - 1
+        offset += len(g)
+        lengths.append(L)
+        counts.append(len(groups[L]))
+        gather.append(torch.tensor(g, dtype=torch.long).to(device))
+        grad_gather.append(torch.tensor(gg, dtype=torch.long).to(device))
+    plan = BucketPlan(lengths, counts, gather, grad_gather, torch.tensor(inverse, dtype=torch.long).to(device))
+    if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
+        _PLAN_CACHE.pop(next(iter(_PLAN_CACHE)))
+    _PLAN_CACHE[key] = plan
+    return plan
+
+
+def _to_bucket(x: torch.Tensor, idx: torch.Tensor, n: int, L: int) -> torch.Tensor:
+    """x [T, h, D] -> [n, h, L, D] (slots gathered by idx)."""
+    return x.index_select(0, idx).view(n, L, x.shape[1], x.shape[2]).transpose(1, 2)
+
+
+def _from_buckets(parts: list, inverse: torch.Tensor) -> torch.Tensor:
+    """[n, H, L, D] per bucket -> [T, H, D] (each token read from its own slot)."""
+    flat = torch.cat([p.transpose(1, 2).reshape(-1, p.shape[1], p.shape[3]) for p in parts])
+    return flat.index_select(0, inverse)
+
+
+def _causal_sdpa(qb, kb, vb, scale):
+    """[n, Hq, L, D] x [n, Hkv, L, D] -> [n, Hq, L, D], causal.  On CUDA restricted to the memory-efficient
+    kernel (sm50+; what a T4/P100 runs), so a big GPU measures the same path; math on the CPU."""
+    if kb.shape[1] != qb.shape[1]:
+        rep = qb.shape[1] // kb.shape[1]
+        kb, vb = kb.repeat_interleave(rep, dim=1), vb.repeat_interleave(rep, dim=1)
+    if not qb.is_cuda:
+        return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale)
+
+
+def bucket_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BucketPlan, scale: float) -> torch.Tensor:
+    """Causal attention inside each segment; q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D].  Differentiable
+    through autograd (eager runs); the compiled layer calls the custom op below instead."""
+    parts = [_causal_sdpa(*(_to_bucket(z, idx, n, L) for z in (q, k, v)), scale)
+             for L, n, idx in zip(plan.lengths, plan.counts, plan.gather)]
+    return _from_buckets(parts, plan.inverse)
+
+
+@torch.library.custom_op("sftbench::bucket_attn", mutates_args=())
+def _bucket_attn_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
+    return bucket_attention(q, k, v, bucket_plan(cu_seqlens, q.device), scale)  # below autograd: no graph kept
+
+
+@_bucket_attn_op.register_fake
+def _(q, k, v, cu_seqlens, scale):
+    return q.new_empty(q.shape)  # contiguous, like the real output
+
+
+@torch.library.custom_op("sftbench::bucket_attn_bwd", mutates_args=())
+def _bucket_attn_bwd_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                        scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Recompute each bucket's attention and take its vector-Jacobian product with torch.func (a custom op's body
+    # runs below autograd, where torch.autograd.grad would see no graph); pad slots get a zero output gradient.
+    plan = bucket_plan(cu_seqlens, q.device)
+    g_ext = torch.cat([grad.to(q.dtype), grad.new_zeros((1,) + tuple(grad.shape[1:]), dtype=q.dtype)])
+    dqs, dks, dvs = [], [], []
+    for L, n, idx, gidx in zip(plan.lengths, plan.counts, plan.gather, plan.grad_gather):
+        _, vjp = torch.func.vjp(lambda a, b, c: _causal_sdpa(a, b, c, scale), *(_to_bucket(z, idx, n, L) for z in (q, k, v)))
+        dq, dk, dv = vjp(_to_bucket(g_ext, gidx, n, L))
+        dqs.append(dq), dks.append(dk), dvs.append(dv)
+    return tuple(_from_buckets(d, plan.inverse).to(z.dtype) for d, z in ((dqs, q), (dks, k), (dvs, v)))
+
+
+@_bucket_attn_bwd_op.register_fake
+def _(grad, q, k, v, cu_seqlens, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _bucket_attn_setup(ctx, inputs, output):
+    q, k, v, cu, scale = inputs
+    ctx.save_for_backward(q, k, v, cu)
+    ctx.scale = scale
+
+
+def _bucket_attn_backward(ctx, grad):
+    q, k, v, cu = ctx.saved_tensors
+    dq, dk, dv = _bucket_attn_bwd_op(grad.contiguous(), q, k, v, cu, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+_bucket_attn_op.register_autograd(_bucket_attn_backward, setup_context=_bucket_attn_setup)
+
+
 def packed_forward_hidden(model, batch: dict) -> torch.Tensor:
     """Final hidden states [1, T, H] (after the final norm) of a packed row from make_packed_batch.
 
@@ -266,6 +428,13 @@ def packed_forward_hidden(model, batch: dict) -> torch.Tensor:
             raise ValueError(f"a segment of {batch.get('max_seqlen')} tokens exceeds the model's max_seqlen "
                              f"{st.max_seqlen}: pack with make_packed_batch(..., max_seqlen={st.max_seqlen})")
         mask = batch["cu_seqlens"]
+        if st.compile:
+            torch._dynamo.mark_dynamic(mask, 0)
+    elif st.attention == "buckets":
+        if input_ids.shape[0] != 1:
+            raise ValueError("buckets attention takes one packed row (batch size 1)")
+        mask = batch["cu_seqlens"].cpu()  # one host copy per row; the plan is built (and cached) from it
+        bucket_plan(mask, input_ids.device)
         if st.compile:
             torch._dynamo.mark_dynamic(mask, 0)
     elif mask is None:
