@@ -79,7 +79,7 @@ def read_conversations(cfg: TrainConfig) -> tuple[list[dict], str, dict]:
     from sftbench.data.records import read_records
 
     policy = "skip" if cfg.skip_bad_records else "error"
-    loaded = read_records(cfg.data_path, lenient=policy == "skip")
+    loaded = read_records(cfg.data_path, lenient=True)  # as the data stage: every bad line counted, then the policy
     stats = DataStats()
     convs = normalise_all(loaded, policy, stats)
     return [{"messages": m} for m in convs], loaded.fingerprint, stats.skipped_bad

@@ -147,7 +147,8 @@ def no_examples_message(cfg: TrainConfig, stats) -> str:
 # What the trainer writes into --output_dir (besides checkpoint-N/ and the final model's files, which come with
 # sft_config.json): a directory holding anything else, and no run, is not ours to write into.
 RUN_MARKERS = ("sft_config.json", "metrics.jsonl", "trainer_state.json")
-OWN_FILES = ("config_history.jsonl", "memory_samples.jsonl", "tensorboard", "wandb")
+OWN_FILES = ("config_history.jsonl", "memory_samples.jsonl", "contamination.json", "augment_stats.json", "tensorboard",
+             "wandb")
 MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "adapter_model.safetensors")
 
 
