@@ -25,7 +25,8 @@ class EvalConfig:
     data: Optional[str] = setting(
         None, "A local IFEval jsonl (Google's input_data.jsonl format), or `tiny` for the 6-prompt set of the tests. "
               "Default: $SFTBENCH_IFEVAL_DATA, else the hub's google/IFEval when reachable, else the 541 prompts "
-              "shipped in ifeval/prompts/ (offline). IFBench reads $SFTBENCH_IFBENCH_DATA, else its shipped copy.")
+              "shipped in ifeval/prompts/ (offline). With --benchmark ifbench: an IFBench jsonl (default "
+              "$SFTBENCH_IFBENCH_DATA, else its shipped copy); a sweep's IFBench always takes that default.")
     limit: Optional[int] = setting(None, "Evaluate only the first N prompts (smoke tests; scores are then not comparable).")
     max_new_tokens: int = setting(1280, "Generation cap per answer (the default is lm-eval's; 1024 reproduces the homework).")
     batch_size: Optional[int] = setting(

@@ -428,6 +428,16 @@ def timing_table(rows: list[dict]) -> str:
         f = lambda k: f"{r[k]:.2f}" if r.get(k) is not None else "-"  # noqa: E731
         lines.append(f"[{PROG}] timing (s): {r['checkpoint']:>16} {r['benchmark']:>9} {r['step_s']:7.2f} "
                      f"{f('generate_s'):>8} {ratio:>6} {f('load_s'):>6} {f('score_s'):>6} {f('write_s'):>6}")
+    per: dict[str, list[float]] = {}
+    for r in rows:  # checkpoint -> [sweep s, generate s] over its benchmarks
+        acc = per.setdefault(r["checkpoint"], [0.0, 0.0])
+        acc[0] += r["step_s"]
+        acc[1] += r.get("generate_s") or 0.0
+    later = list(per.values())[1:]
+    if later and sum(g for _, g in later) > 0:
+        wall, gen = sum(w for w, _ in later) / len(later), sum(g for _, g in later) / len(later)
+        lines.append(f"[{PROG}] per checkpoint after the first ({len(later)}): sweep {wall:.2f} s, generation "
+                     f"{gen:.2f} s, ratio {wall / gen:.2f}")
     return "\n".join(lines)
 
 
