@@ -88,6 +88,21 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
     return sorted(ids)
 
 
+def load_generation_config(model_path: str):
+    """The generation_config a loaded model would have (its generation_config.json, else one made from
+    config.json), without loading weights; None when neither can be read (stop ids then come from the tokenizer)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_path)
+    except (OSError, ValueError):
+        pass
+    try:
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
+    except (OSError, ValueError):
+        return None
+
+
 def _injects_system(tokenizer) -> bool:
     """Does the template add a system turn when the conversation has none (SmolLM2-Instruct's does)?"""
     probe = tokenizer.apply_chat_template([{"role": "user", "content": "PROBE"}], add_generation_prompt=True,
@@ -351,21 +366,6 @@ def load_model(model_path: str, dtype: str, device):
     except (OSError, ValueError) as e:
         raise UserError(f"{model_path}: could not load the model ({str(e).splitlines()[0][:200]}).") from None
     return model.to(device).eval()
-
-
-def load_generation_config(model_path: str):
-    """The generation_config a loaded model would have (its generation_config.json, else one made from
-    config.json), without loading weights; None when neither can be read (stop ids then come from the tokenizer)."""
-    from transformers import AutoConfig, GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(model_path)
-    except (OSError, ValueError):
-        pass
-    try:
-        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
-    except (OSError, ValueError):
-        return None
 
 
 def env_flag(name: str) -> bool:
