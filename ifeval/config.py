@@ -16,11 +16,17 @@ from sftbench.cli import setting
 class EvalConfig:
     """All options of one IFEval evaluation (the CLI is generated from these fields)."""
 
+    benchmark: Literal["ifeval", "ifbench"] = setting(
+        "ifeval", "`ifeval` (Google's 541 prompts, lm-eval's checkers) or `ifbench` (Allen AI's 294 IFBench test "
+                  "prompts, 58 other constraint types; prompts whose checkers need NLTK data that is not installed "
+                  "are dropped before generation and listed in summary.json).")
     subset: Literal["full", "hw100"] = setting(
-        "full", "Prompt set: `full` (541 IFEval prompts) or `hw100` (the homework's 100-prompt sample).")
+        "full", "IFEval prompt set: `full` (541 prompts) or `hw100` (the homework's 100-prompt sample).")
     data: Optional[str] = setting(
-        None, "A local IFEval jsonl (Google's input_data.jsonl format). Default: $SFTBENCH_IFEVAL_DATA, the hub's "
-              "google/IFEval when reachable, ../shared/data/ifeval, else the 6-prompt smoke-test set.")
+        None, "A local IFEval jsonl (Google's input_data.jsonl format), or `tiny` for the 6-prompt set of the tests. "
+              "Default: $SFTBENCH_IFEVAL_DATA, else the hub's google/IFEval when reachable, else the 541 prompts "
+              "shipped in ifeval/prompts/ (offline). With --benchmark ifbench: an IFBench jsonl (default "
+              "$SFTBENCH_IFBENCH_DATA, else its shipped copy); a sweep's IFBench always takes that default.")
     limit: Optional[int] = setting(None, "Evaluate only the first N prompts (smoke tests; scores are then not comparable).")
     max_new_tokens: int = setting(1280, "Generation cap per answer (the default is lm-eval's; 1024 reproduces the homework).")
     batch_size: Optional[int] = setting(
@@ -62,3 +68,6 @@ class SweepConfig:
         None, "stop watching after this many seconds (default: wait for the final model)")
     force: bool = setting(False, "re-evaluate checkpoints that already have results (needed when the settings changed)")
     dry_run: bool = setting(False, "list what would be evaluated or skipped, then exit")
+    benchmarks: str = setting(
+        "ifeval", "comma-separated benchmarks to run on every checkpoint, in one process with the generator reused: "
+                  "ifeval (results in RESULTS_DIR/), ifbench (results in RESULTS_DIR/ifbench/), or ifeval,ifbench")

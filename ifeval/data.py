@@ -4,12 +4,14 @@ An IFEval file is JSONL, one prompt per line (Google's `input_data.jsonl` format
     {"key": 1000, "prompt": "...", "instruction_id_list": ["punctuation:no_comma", ...], "kwargs": [{...}, ...]}
 `kwargs` has one dict per instruction id.
 
-Sources, first match wins (`resolve_source`):
-  1. `--data PATH` (a local IFEval jsonl);
+Sources, first match wins (`load_prompt_set`):
+  1. `--data PATH` (a local IFEval jsonl), or `--data tiny`: `ifeval/tiny_prompts.jsonl`, 6 prompts of our own
+     with real instruction ids, for tests only (its scores mean nothing);
   2. the environment variable SFTBENCH_IFEVAL_DATA (a path);
   3. the hub dataset `google/IFEval` (only when the hub is reachable, or it is in the local HF cache);
-  4. `<repo>/../shared/data/ifeval/input_data.jsonl` (`sampled_100_input_data.jsonl` for `--subset hw100`);
-  5. `ifeval/tiny_prompts.jsonl`: 6 prompts of our own with real instruction ids (smoke tests, demos).
+  4. the 541 prompts shipped in `ifeval/prompts/ifeval_input_data.jsonl` (byte-identical to Google's
+     input_data.jsonl, see ifeval/prompts/NOTICE; checked by sha256), so an offline install evaluates the real
+     benchmark.  `../shared` is not consulted: it is the project's test data, not a user's install.
 `--subset hw100` keeps the homework's 100 prompts (HW100_KEYS) of whatever full set was found.
 """
 
@@ -27,8 +29,8 @@ from sftbench.io import iter_jsonl
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SHARED_IFEVAL = REPO.parent / "shared" / "data" / "ifeval"
 TINY_PROMPTS = HERE / "tiny_prompts.jsonl"
+TINY = "tiny"  # --data tiny: the 6-prompt test set
 ENV_VAR = "SFTBENCH_IFEVAL_DATA"
 HUB_ID = "google/IFEval"
 
@@ -66,6 +68,8 @@ class PromptSet:
     source: str  # a file path or "hf://google/IFEval"
     subset: str
     sha256: str
+    # prompts left out before generation (IFBench offline): results.DROPPED's {"count", "keys", "missing_nltk_data"}
+    dropped: dict = field(default_factory=dict)
 
     @property
     def by_key(self) -> dict[int, Example]:
@@ -153,6 +157,18 @@ def _resolve_path(p: str) -> Path:
     return path
 
 
+def _packaged() -> tuple[list[Example], str]:
+    """The 541 shipped IFEval prompts (UserError when the file is missing or altered)."""
+    from ifeval.prompts import IFEVAL_FILE, packaged_ifeval_path
+
+    path = packaged_ifeval_path(verify=True)
+    if path is None:
+        raise UserError(f"{IFEVAL_FILE}: the shipped IFEval prompts are missing or altered (sha256 differs from "
+                        f"Google's input_data.jsonl), and no other source was given: reinstall sftbench, pass "
+                        f"--data input_data.jsonl or set {ENV_VAR}.")
+    return load_jsonl(path), str(path)
+
+
 def load_prompt_set(subset: str = "full", data_path: str | None = None, log=print, allow_hub: bool = True) -> PromptSet:
     """Resolve the source (see the module docstring), load, validate and take the subset."""
     if subset not in SUBSETS:
@@ -160,7 +176,13 @@ def load_prompt_set(subset: str = "full", data_path: str | None = None, log=prin
     examples: list[Example] | None = None
     source = None
     explicit = data_path or os.environ.get(ENV_VAR)
-    if explicit:
+    if explicit == TINY:
+        examples, source = load_jsonl(TINY_PROMPTS), str(TINY_PROMPTS)
+        log(f"[ifeval] --data tiny: the {len(examples)}-prompt test set {TINY_PROMPTS.name}; its scores mean nothing")
+        if subset == "hw100":
+            raise UserError("--subset hw100 needs the IFEval prompts, not --data tiny: drop --data (the 541 shipped "
+                            "prompts are used) or pass Google's input_data.jsonl.")
+    elif explicit:
         path = _resolve_path(explicit)
         if not path.exists():
             origin = "--data" if data_path else ENV_VAR
@@ -171,16 +193,7 @@ def load_prompt_set(subset: str = "full", data_path: str | None = None, log=prin
         if hub is not None:
             examples, source = hub, f"hf://{HUB_ID}"
     if examples is None:
-        shared_file = SHARED_IFEVAL / ("sampled_100_input_data.jsonl" if subset == "hw100" else "input_data.jsonl")
-        if shared_file.is_file():
-            examples, source = load_jsonl(shared_file), str(shared_file.resolve())
-    if examples is None:
-        log(f"[ifeval] no IFEval data found (no --data, ${ENV_VAR}, hub or {SHARED_IFEVAL}); "
-            f"using the {TINY_PROMPTS.name} smoke-test set — its scores mean nothing")
-        examples, source = load_jsonl(TINY_PROMPTS), str(TINY_PROMPTS)
-        if subset == "hw100":
-            raise UserError("--subset hw100 needs the IFEval prompts: pass --data input_data.jsonl (Google's "
-                            "541-prompt file) or set " + ENV_VAR + ".")
+        examples, source = _packaged()
     if subset == "hw100":
         picked = [e for e in examples if e.key in HW100_KEYS]
         if len(picked) != len(HW100_KEYS):

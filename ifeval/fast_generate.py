@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -183,6 +184,7 @@ class FastGenerator:
             raise ValueError("attention='triton' needs a CUDA device (or TRITON_INTERPRET=1, for tests)")
         self.attention = attention
         self._rope = _RopeSource(model)
+        self._config_sig = config_signature(model.config.to_dict())
         self.weights = DecodeWeights(s, self.device, dtype)
         self.weights.load_from(model)
         self._eager_fns = make_layer_fns(s)
@@ -200,6 +202,55 @@ class FastGenerator:
         src = _RopeSource(model)
         if src.key != self._rope.key:
             raise ValueError("load_weights: the new checkpoint's rotary settings differ; build a new FastGenerator.")
+
+    def load_weights_from_dir(self, model_dir) -> None:
+        """Read a checkpoint's safetensors straight into the weight buffers (no HF model is built; on the
+        GPU the tensors load onto the device).  ValueError when its config.json differs from the built
+        model's in architecture or rotary settings, or its tensors do not match (then build a model)."""
+        from safetensors import safe_open
+        from transformers import AutoConfig
+
+        model_dir = Path(model_dir)
+        sig = config_signature(AutoConfig.from_pretrained(model_dir).to_dict())
+        if sig != self._config_sig:
+            diff = sorted(k for k in set(sig) | set(self._config_sig) if sig.get(k) != self._config_sig.get(k))
+            raise ValueError(f"{model_dir}: config differs from the generator's ({', '.join(diff)})")
+        files = safetensors_files(model_dir)
+        w, s = self.weights, self.shape
+        hd = s.head_dim
+        targets = {"model.embed_tokens.weight": [(w.embed, 0)], "model.norm.weight": [(w.final_norm, 0)]}
+        if not s.tie_word_embeddings:
+            targets["lm_head.weight"] = [(w.lm_head, 0)]
+        for i in range(s.num_layers):
+            p = f"model.layers.{i}."
+            targets.update({
+                p + "input_layernorm.weight": [(w.ln1[i], 0)], p + "post_attention_layernorm.weight": [(w.ln2[i], 0)],
+                p + "self_attn.q_proj.weight": [(w.wqkv[i], 0)],
+                p + "self_attn.k_proj.weight": [(w.wqkv[i], s.num_heads * hd)],
+                p + "self_attn.v_proj.weight": [(w.wqkv[i], (s.num_heads + s.num_kv_heads) * hd)],
+                p + "self_attn.o_proj.weight": [(w.wo[i], 0)], p + "mlp.gate_proj.weight": [(w.wgu[i], 0)],
+                p + "mlp.up_proj.weight": [(w.wgu[i], s.intermediate_size)], p + "mlp.down_proj.weight": [(w.wd[i], 0)],
+            })
+        dev = str(self.device) if self.device.type == "cuda" else "cpu"
+        seen = set()
+        with torch.no_grad():
+            for f in files:
+                with safe_open(str(f), framework="pt", device=dev) as st:
+                    for name in st.keys():
+                        if name not in targets:
+                            if name == "lm_head.weight" or name.endswith("rotary_emb.inv_freq"):
+                                continue  # tied head / a buffer
+                            raise ValueError(f"{f}: unexpected tensor {name}")
+                        t = st.get_tensor(name)
+                        for buf, row in targets[name]:
+                            dst = buf[row: row + t.shape[0]] if buf.dim() == 2 else buf
+                            if dst.shape != t.shape:
+                                raise ValueError(f"{f}: {name} has shape {tuple(t.shape)}, expected {tuple(dst.shape)}")
+                            dst.copy_(t)
+                        seen.add(name)
+        missing = sorted(set(targets) - seen)
+        if missing:
+            raise ValueError(f"{model_dir}: {len(missing)} tensor(s) missing from the safetensors, e.g. {missing[0]}")
 
     # ------------------------------------------------------------------ buffers
 
@@ -497,6 +548,31 @@ class _Stage:
         self.first = self.k = self.v = None  # the group's first greedy tokens and its K/V views
         self.groups = 0
         self.prefill_s = 0.0
+
+
+# config.json fields the buffers, the graphs and the rotary tables depend on (any rope*/rotary* key too).
+CONFIG_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "vocab_size", "rms_norm_eps", "tie_word_embeddings",
+                 "hidden_act", "attention_bias", "mlp_bias", "max_position_embeddings", "pretraining_tp")
+
+
+def config_signature(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k in CONFIG_FIELDS or k.startswith("rope") or "rotary" in k}
+
+
+def safetensors_files(model_dir) -> list:
+    """model.safetensors, or the shards its index names; ValueError when the checkpoint has no safetensors."""
+    import json
+
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [model_dir / s for s in shards]
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise ValueError(f"{model_dir}: no model.safetensors")
 
 
 class _RopeSource:

@@ -88,6 +88,21 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
     return sorted(ids)
 
 
+def load_generation_config(model_path: str):
+    """The generation_config a loaded model would have (its generation_config.json, else one made from
+    config.json), without loading weights; None when neither can be read (stop ids then come from the tokenizer)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_path)
+    except (OSError, ValueError):
+        pass
+    try:
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
+    except (OSError, ValueError):
+        return None
+
+
 def _injects_system(tokenizer) -> bool:
     """Does the template add a system turn when the conversation has none (SmolLM2-Instruct's does)?"""
     probe = tokenizer.apply_chat_template([{"role": "user", "content": "PROBE"}], add_generation_prompt=True,
@@ -285,6 +300,26 @@ def make_fast_generator(model, tokenizer, spec: GenSpec, max_batch: int | None, 
     engine = cls(model, tokenizer, max_new_tokens=spec.max_new_tokens, stop_token_ids=list(spec.stop_ids),
                  device=device, dtype=torch_dtype(dtype), max_batch=max_batch, **engine_kw)
     return FastBackend(engine, tokenizer, spec)
+
+
+def reload_fast_generator(reuse: FastBackend, model_path: str, tokenizer, spec: GenSpec, *, max_batch: int | None,
+                          dtype: str, log: Callable = print) -> FastBackend | None:
+    """`reuse` re-armed with a checkpoint read straight from its safetensors files into the engine's weight
+    buffers (no HF model is built), when built for the same cap, stop tokens, batch and dtype; None when that
+    cannot be done (another architecture, no safetensors, a hub id): then load the model and make_generator."""
+    eng = getattr(reuse, "engine", None)
+    if (eng is None or not hasattr(eng, "load_weights_from_dir") or not Path(model_path).is_dir()
+            or getattr(eng, "max_new_tokens", None) != spec.max_new_tokens
+            or list(getattr(eng, "stop_token_ids", [])) != list(spec.stop_ids)
+            or getattr(eng, "max_batch", None) != max_batch or getattr(eng, "dtype", None) != torch_dtype(dtype)):
+        return None
+    try:
+        eng.load_weights_from_dir(model_path)
+    except (ValueError, OSError, KeyError) as e:
+        log(f"fast generator: loading {model_path} through transformers ({e})")
+        return None
+    reuse.tokenizer, reuse.spec = tokenizer, spec
+    return reuse
 
 
 def make_generator(backend: str, model, tokenizer, spec: GenSpec, *, max_batch: int | None, device, dtype: str,

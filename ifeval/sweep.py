@@ -1,10 +1,17 @@
-"""Evaluate every checkpoint of a training run with IFEval, in one process, resumably.
+"""Evaluate every checkpoint of a training run with IFEval (and IFBench), in one process, resumably.
 
-    python -m ifeval.sweep ckpt/run1 results/run1 [--include_base [PATH]] [--watch] [eval options]
+    python -m ifeval.sweep ckpt/run1 results/run1 [--include_base [PATH]] [--watch] [--benchmarks ifeval,ifbench]
+                           [eval options]
 
 Writes `results/run1/checkpoint-<step>/` (one IFEval result directory each, see docs/ARCHITECTURE.md),
 `results/run1/sweep.csv` (one row per checkpoint) and `results/run1/sweep.json` (the run dir, the eval
 settings and what was evaluated), rewritten after every checkpoint so the curve grows while it runs.
+With `--benchmarks ifeval,ifbench`, IFBench's go to `results/run1/ifbench/` in the same layout; checkpoint
+by checkpoint, the weights are loaded once for both.
+
+- Speed: each checkpoint is generated in the main thread (GPU) while the previous one is scored and written
+  in a background thread (CPU, one worker); sweep.csv has the seconds of each stage (load_s, generate_s,
+  score_s, write_s), and the log ends with a per-evaluation table of sweep seconds vs generation seconds.
 
 - Discovery: `checkpoint-<step>/` directories holding config.json and a weights file (`.checkpoint-*.tmp`
   is ignored; an incomplete `checkpoint-<step>/` is skipped with a log line, and listed by --dry_run), the
@@ -101,11 +108,16 @@ def base_model_from_run(run_dir: str | os.PathLike) -> str:
 
 # ---------------------------------------------------------------------------------------- settings
 def config_dict(cfg: Any) -> dict:
+    """The eval config as a dict; `benchmark: "ifeval"` left out (absent = ifeval, as in sweeps before IFBench)."""
     if dataclasses.is_dataclass(cfg):
-        return dataclasses.asdict(cfg)
-    if isinstance(cfg, dict):
-        return dict(cfg)
-    return dict(vars(cfg))
+        d = dataclasses.asdict(cfg)
+    elif isinstance(cfg, dict):
+        d = dict(cfg)
+    else:
+        d = dict(vars(cfg))
+    if d.get("benchmark") == results.DEFAULT_BENCHMARK:
+        del d["benchmark"]
+    return d
 
 
 def config_hash(cfg: Any) -> str:
@@ -160,10 +172,15 @@ class Sweep:
     def __init__(self, run_dir, results_dir, cfg, evaluate: EvaluateFn, *, session=None,
                  include_base: str | None = None, force: bool = False,
                  expected_hash: Callable[[str, Any], str] | None = None,
-                 resolve_model: Callable[[str], str] | None = None, log=print):
+                 resolve_model: Callable[[str], str] | None = None, log=print, start: Callable | None = None):
         self.paths = SweepPaths(Path(run_dir), Path(results_dir))
         self.cfg = cfg
         self.evaluate = evaluate
+        # start: the runner's `start_checkpoint(...) -> Pending` (generation now, `.finish()` = scoring + writing),
+        # so scoring one checkpoint overlaps the next one's generation; None: `evaluate`, one after the other.
+        self.start = start
+        self.benchmark = getattr(cfg, "benchmark", results.DEFAULT_BENCHMARK)
+        self.companions: list["Sweep"] = []  # other benchmarks' sweeps of the same run, run checkpoint by checkpoint
         self.session = session
         self.include_base = include_base
         self.force = force
@@ -265,19 +282,29 @@ class Sweep:
         t0 = time.time()
         kwargs = {"loaded": self.session} if self.session is not None else {}
         summary = self.evaluate(model_path, str(out), self.cfg, **kwargs)
+        return self.record(ck, model_path, summary, time.time() - t0)
+
+    def record(self, ck: Checkpoint, model_path: str, summary, wall_s: float, step_s: float | None = None) -> dict:
+        """Enter a finished checkpoint in sweep.json and sweep.csv (always from the sweep's main thread)."""
+        out = self.paths.results_dir / ck.name
         if not isinstance(summary, dict):
             summary = read_summary(out) or {}
         self.state["entries"][ck.name] = results.sweep_entry(ck.step, ck.kind, model_path, summary.get("settings_hash"),
-                                                             self.cfg_hash, wall_s=time.time() - t0)
+                                                             self.cfg_hash, wall_s=wall_s)
+        if step_s is not None:
+            self.state["entries"][ck.name]["sweep_s"] = round(step_s, 3)
         self._save_state()
         self.write_csv()
         acc = (summary.get("accuracy") or {}).get("prompt_strict", {}).get("value")
         if acc is not None:
-            self.log(f"[{PROG}] {ck.name}: prompt-level strict accuracy {100 * acc:.2f}%")
+            t = summary.get("timing") or {}
+            times = ", ".join(f"{k[:-2]} {t[k]:.2f}" for k in results.TIMING_FIELDS if t.get(k) is not None)
+            self.log(f"[{PROG}] {ck.name}{'' if self.benchmark == 'ifeval' else ' ' + self.benchmark}: prompt-level "
+                     f"strict accuracy {100 * acc:.2f}%" + (f" (s: {times})" if times else ""))
         return summary
 
-    def run_once(self, ready: Callable[[Checkpoint], bool] = lambda ck: True) -> tuple[int, int]:
-        """Evaluate every ready, not yet evaluated checkpoint.  Returns (evaluated now, already done)."""
+    def prepare(self, ready: Callable[[Checkpoint], bool] = lambda ck: True) -> list[tuple[Checkpoint, str]]:
+        """Adopt results already there, save sweep.json; the ready checkpoints still to evaluate."""
         plan = self.plan()
         self._log_skipped()
         todo = [(ck, p) for ck, p, st in plan if st != "done" and ready(ck)]
@@ -292,17 +319,34 @@ class Sweep:
                                                                      s.get("settings_hash"), self.cfg_hash)
         self._save_state()
         if done:
-            self.log(f"[{PROG}] {len(done)} checkpoint(s) already evaluated with these settings: "
+            what = "" if self.benchmark == "ifeval" else f" ({self.benchmark})"
+            self.log(f"[{PROG}] {len(done)} checkpoint(s) already evaluated{what} with these settings: "
                      f"{', '.join(ck.name for ck in done)}")
+        self._n_done = len(done)
+        return todo
+
+    def run_once(self, ready: Callable[[Checkpoint], bool] = lambda ck: True) -> tuple[int, int]:
+        """Evaluate every ready, not yet evaluated checkpoint (of every benchmark: self and companions).
+        Returns (evaluated now, already done), over all benchmarks."""
+        sweeps = [self, *self.companions]
+        work = []
+        for order, sw in enumerate(sweeps):
+            work += [(ck.step, order, sw, ck, p) for ck, p in sw.prepare(ready)]
+        work.sort(key=lambda w: (w[0], w[1]))  # checkpoint by checkpoint: its weights are loaded once
         try:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover
             tqdm = None
-        it = tqdm(todo, desc="checkpoints", unit="ckpt", file=sys.stderr) if tqdm and len(todo) > 1 else todo
-        for ck, path in it:
-            self.evaluate_one(ck, path)
-        self.write_csv()
-        return len(todo), len(done)
+        items = [(sw, ck, p) for _, _, sw, ck, p in work]
+        n_ck = len({w[0] for w in work})
+        it = tqdm(items, desc="checkpoints" if len(sweeps) == 1 else "evaluations", unit="eval",
+                  file=sys.stderr) if tqdm and n_ck > 1 else items
+        self.timings = run_pipelined(it)
+        for sw in sweeps:
+            sw.write_csv()
+        if len(self.timings) > 1:
+            self.log(timing_table(self.timings))
+        return len(items), sum(sw._n_done for sw in sweeps)
 
     def watch(self, poll_s: float = 60.0, timeout_s: float | None = None, sleep=time.sleep) -> str:
         """Poll the run directory; evaluate checkpoints once complete and unchanged over one poll.
@@ -330,7 +374,7 @@ class Sweep:
                     return ck.kind == "base" or ck.path in stable
 
                 self.run_once(ready)
-                pending = [ck for ck, _, st in self.plan() if st != "done"]
+                pending = [ck for sw in (self, *self.companions) for ck, _, st in sw.plan() if st != "done"]
                 if final and not pending:
                     self.log(f"[{PROG}] the final model is evaluated; done")
                     return "final"
@@ -342,6 +386,85 @@ class Sweep:
     # -- outputs -----------------------------------------------------------------------------------
     def write_csv(self) -> None:
         write_sweep_csv(self.paths.results_dir, self.paths.run_dir, self.state)
+
+
+def run_pipelined(items) -> list[dict]:
+    """Evaluate [(sweep, checkpoint, model path)] in order; for a sweep with `start`, the scoring and writing of
+    one item (CPU) run in a background thread (one worker) while the next item loads and generates (GPU).
+    Results are recorded from this thread, in order.  Returns one timing row per item evaluated:
+    {"checkpoint", "benchmark", "step_s", load/generate/score/write seconds}; step_s is the sweep's wall time
+    from this item's start to the next one's (for the last, to its end): what the item costs the sweep."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows: list[dict] = []
+    prev = None  # (sweep, checkpoint, path, future, began)
+
+    def settle(next_began: float | None) -> None:
+        nonlocal prev
+        sw, ck, path, fut, began = prev
+        prev = None
+        summary = fut.result()
+        step_s = (next_began or time.time()) - began
+        sw.record(ck, path, summary, time.time() - began, step_s=step_s)
+        rows.append(_timing_row(sw, ck, summary, step_s))
+
+    # The scorer is pure Python: while it holds the GIL the generating thread waits up to the switch interval
+    # (5 ms by default) to launch its next decode window; 1 ms keeps generation close to its unshared speed.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, 0.001))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ifeval-score") as pool:
+        try:
+            for sw, ck, path in items:
+                began = time.time()
+                if sw.start is None:  # a runner without start_checkpoint: one after the other
+                    if prev is not None:
+                        settle(began)
+                    summary = sw.evaluate_one(ck, path)
+                    rows.append(_timing_row(sw, ck, summary, time.time() - began))
+                    continue
+                what = "" if sw.benchmark == "ifeval" else f" [{sw.benchmark}]"
+                sw.log(f"[{PROG}] evaluating {ck.name}{what} ({ck.kind}, step {ck.step}): {path}")
+                kwargs = {"loaded": sw.session} if sw.session is not None else {}
+                pending = sw.start(path, str(sw.paths.results_dir / ck.name), sw.cfg, **kwargs)
+                if prev is not None:  # scored while this item generated: record it
+                    settle(began)
+                prev = (sw, ck, path, pool.submit(pending.finish), began)
+        finally:
+            try:
+                if prev is not None:
+                    settle(None)
+            finally:
+                sys.setswitchinterval(switch)
+    return rows
+
+
+def _timing_row(sw: Sweep, ck: Checkpoint, summary, step_s: float) -> dict:
+    t = (summary or {}).get("timing") or {} if isinstance(summary, dict) else {}
+    return {"checkpoint": ck.name, "benchmark": sw.benchmark, "step_s": round(step_s, 3),
+            **{k: t.get(k) for k in results.TIMING_FIELDS}}
+
+
+def timing_table(rows: list[dict]) -> str:
+    """Per evaluation: the sweep's wall seconds it took (scoring overlapped) vs its generation seconds."""
+    lines = [f"[{PROG}] timing (s): {'checkpoint':>16} {'benchmark':>9} {'sweep':>7} {'generate':>8} {'ratio':>6} "
+             f"{'load':>6} {'score':>6} {'write':>6}"]
+    for r in rows:
+        g = r.get("generate_s") or 0.0
+        ratio = f"{r['step_s'] / g:.2f}" if g > 0 else "-"
+        f = lambda k: f"{r[k]:.2f}" if r.get(k) is not None else "-"  # noqa: E731
+        lines.append(f"[{PROG}] timing (s): {r['checkpoint']:>16} {r['benchmark']:>9} {r['step_s']:7.2f} "
+                     f"{f('generate_s'):>8} {ratio:>6} {f('load_s'):>6} {f('score_s'):>6} {f('write_s'):>6}")
+    per: dict[str, list[float]] = {}
+    for r in rows:  # checkpoint -> [sweep s, generate s] over its benchmarks
+        acc = per.setdefault(r["checkpoint"], [0.0, 0.0])
+        acc[0] += r["step_s"]
+        acc[1] += r.get("generate_s") or 0.0
+    later = list(per.values())[1:]
+    if later and sum(g for _, g in later) > 0:
+        wall, gen = sum(w for w, _ in later) / len(later), sum(g for _, g in later) / len(later)
+        lines.append(f"[{PROG}] per checkpoint after the first ({len(later)}): sweep {wall:.2f} s, generation "
+                     f"{gen:.2f} s, ratio {wall / gen:.2f}")
+    return "\n".join(lines)
 
 
 def _dir_signature(p: Path) -> tuple:
@@ -366,7 +489,7 @@ def build_parser(config_cls) -> tuple[argparse.ArgumentParser, list[str], list[s
                    help=inc.metadata["help"])
     sweep_names = add_config_arguments(p, SweepConfig)
     group = p.add_argument_group("evaluation options (the same as ifeval/run.sh; passed to every checkpoint)")
-    eval_names = add_config_arguments(group, config_cls, hidden=("score_only",))
+    eval_names = add_config_arguments(group, config_cls, hidden=("score_only",), skip=("benchmark",))
     return p, sweep_names, eval_names
 
 
@@ -392,24 +515,72 @@ def main(argv: list[str] | None = None, *, runner=None) -> int:
                             "which generates answers for each checkpoint.")
         cfg = config_from_namespace(runner.EvalConfig, args, eval_names)
         opts = config_from_namespace(SweepConfig, args, sweep_names, include_base=args.include_base)
-        sweep = _make_sweep(Path(args.run_dir), Path(args.results_dir), cfg, opts, runner)
+        sweep = _make_sweeps(Path(args.run_dir), Path(args.results_dir), cfg, opts, runner)
         if opts.dry_run:
             what = {"done": "skip (done)", "todo": "evaluate", "stale": "re-evaluate (weights changed)"}
-            rows = [(ck.step, f"{ck.name:>18}  {ck.kind:<10}  {what[st]}  {path}") for ck, path, st in sweep.plan()]
-            rows += [(rundir.checkpoint_step(name), f"{name:>18}  {'-':<10}  skip (not a complete checkpoint: {why})  "
-                      f"{path}") for name, path, why in sweep.skipped()]
-            for _, line in sorted(rows):
+            rows = [(ck.step, sw.benchmark, f"{ck.name:>18}  {sw.benchmark:<8}  {ck.kind:<10}  {what[st]}  {path}")
+                    for sw in (sweep, *sweep.companions) for ck, path, st in sw.plan()]
+            rows += [(rundir.checkpoint_step(name), "", f"{name:>18}  {'-':<8}  {'-':<10}  skip (not a complete "
+                      f"checkpoint: {why})  {path}") for name, path, why in sweep.skipped()]
+            for *_, line in sorted(rows):
                 print(line)
             return 0
-        sweep.session = _open_session(runner, cfg)
         _run(sweep, opts)
-        print(f"[{PROG}] wrote {sweep.paths.csv_file}; report: python -m analysis.report {args.results_dir}")
+        csvs = " and ".join(str(sw.paths.csv_file) for sw in (sweep, *sweep.companions))
+        print(f"[{PROG}] wrote {csvs}; report: python -m analysis.report {args.results_dir}")
     except UserError as e:
         exit_with_user_error(e, PROG)
     except KeyboardInterrupt:
         print(f"[{PROG}] interrupted; rerun the same command to finish the remaining checkpoints", file=sys.stderr)
         return 130
     return 0
+
+
+def parse_benchmarks(spec: str) -> list[str]:
+    """`--benchmarks ifeval,ifbench` -> ["ifeval", "ifbench"] (UserError for an unknown or repeated name)."""
+    names = [b.strip().lower() for b in str(spec).split(",") if b.strip()]
+    bad = [b for b in names if b not in results.BENCHMARKS]
+    if not names or bad or len(set(names)) != len(names):
+        raise UserError(f"--benchmarks {spec!r}: give a comma-separated list of {', '.join(results.BENCHMARKS)} "
+                        f"(each once), e.g. --benchmarks ifeval,ifbench.")
+    return names
+
+
+def benchmark_config(cfg, benchmark: str):
+    """The eval config of one benchmark of a sweep: --data and --subset select IFEval prompts, so IFBench
+    takes its own ($SFTBENCH_IFBENCH_DATA or the shipped copy) and the full set."""
+    if benchmark == results.DEFAULT_BENCHMARK and not hasattr(cfg, "benchmark"):
+        return cfg  # a runner whose config predates IFBench
+    if not hasattr(cfg, "benchmark"):
+        raise UserError(f"--benchmarks {benchmark}: this runner's EvalConfig has no `benchmark` field.")
+    if benchmark == results.DEFAULT_BENCHMARK:
+        return dataclasses.replace(cfg, benchmark=benchmark)
+    return dataclasses.replace(cfg, benchmark=benchmark, data=None, subset="full")
+
+
+def _make_sweeps(run_dir: Path, results_dir: Path, cfg, opts: SweepConfig, runner) -> Sweep:
+    """One Sweep per --benchmarks entry (the first returned, the others its companions), sharing one lazily
+    opened EvalSession; results of benchmark B in results.benchmark_dir(results_dir, B)."""
+    names = parse_benchmarks(opts.benchmarks)
+    sweeps = [_make_sweep(run_dir, results.benchmark_dir(results_dir, b), benchmark_config(cfg, b), opts, runner)
+              for b in names]
+    holder: dict = {}
+
+    def session():
+        if "s" not in holder:
+            holder["s"] = _open_session(runner, sweeps[0].cfg)
+        return holder["s"]
+
+    want = getattr(runner, "expected_settings_hash", None)
+    start = getattr(runner, "start_checkpoint", None)
+    for sw in sweeps:
+        if want is not None:
+            sw.expected_hash = lambda p, c, _w=want: _w(p, c, session=session())
+        sw.session_factory = session
+        sw.start = start
+    first = sweeps[0]
+    first.companions = sweeps[1:]
+    return first
 
 
 def _make_sweep(run_dir: Path, results_dir: Path, cfg, opts: SweepConfig, runner) -> Sweep:
@@ -443,6 +614,10 @@ def _open_session(runner, cfg):
 
 
 def _run(sweep: Sweep, opts: SweepConfig) -> None:
+    factory = getattr(sweep, "session_factory", None)
+    if factory is not None:
+        for sw in (sweep, *sweep.companions):
+            sw.session = factory()
     if opts.watch:
         sweep.watch(poll_s=opts.poll_s, timeout_s=opts.watch_timeout)
         return
