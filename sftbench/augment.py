@@ -375,7 +375,8 @@ def project_generator(model_path: str, max_new_tokens: int) -> Generate:
 
     def greedy(prompts: list[str]) -> list[list[str]]:
         ids = G.encode(tok, G.render_prompts(tok, prompts))
-        return [[c.text] for c in fast.generate(ids)]
+        # an answer cut off at the cap never stopped: training on it would teach answers that never end
+        return [[] if c.hit_cap else [c.text] for c in fast.generate(ids)]
 
     def gen(prompts: list[str], n: int, temperature: float, batch: int = 16) -> list[list[str]]:
         if fast is not None and (temperature <= 0 or n == 1):

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ifeval.results import IFBENCH_DIR
 from sftbench.errors import UserError, exit_with_user_error
 
 PROG = "python -m sftbench.search"
@@ -343,9 +344,12 @@ class Search:
     def sweep(self, c: Config, start_result: Path) -> None:
         run, res = self.run_dir(c.name), self.results_dir(c.name)
         res.mkdir(parents=True, exist_ok=True)
-        if not (res / "checkpoint-0").exists():  # the start's result, shared (the sweep adopts it: same settings)
-            shutil.copytree(start_result, res / ".checkpoint-0.tmp", dirs_exist_ok=True)
-            (res / ".checkpoint-0.tmp").rename(res / "checkpoint-0")
+        for sub in ("", IFBENCH_DIR):  # the start's results, shared (the sweep adopts them: same settings)
+            src, dst = start_result.parent / sub / "checkpoint-0", res / sub / "checkpoint-0"
+            if src.is_dir() and not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(src, dst.parent / ".checkpoint-0.tmp", dirs_exist_ok=True)
+                (dst.parent / ".checkpoint-0.tmp").rename(dst)
         _call(f"the sweep of {c.name}", _sweep,
               [str(run), str(res), "--include_base", self.start_model(), *self.eval_args()], self.runner)
         rec = self.state["configs"].setdefault(c.name, {"flags": c.flags})
@@ -419,6 +423,7 @@ def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:
                          "inst_seen": ga.seen, "inst_held_out": ga.held_out, "n_prompts": len(b),
                          "overrides": json.dumps({k: v for k, v in c.flags.items() if k not in common}, sort_keys=True),
                          "result_dir": str(res / f"checkpoint-{step}")})
+    _ifbench_columns(search, rows)
     for r, adj in zip(rows, holm([r["p_mcnemar"] for r in rows])):
         r["p_holm"] = adj
         sig = adj < alpha
@@ -431,8 +436,34 @@ def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:
     return rows
 
 
+def _ifbench_columns(search: "Search", rows: list[dict]) -> None:
+    """IFBench prompt-level strict of each row's checkpoint vs the start's (exact McNemar, Holm over the rows),
+    where the sweep ran IFBench too (RESULTS/<config>/ifbench/): is a gain instruction following or IFEval's types?"""
+    from analysis.paired_stats import holm, mcnemar_exact
+
+    start_dir = search.results_dir(START) / IFBENCH_DIR / "checkpoint-0"
+    if not (start_dir / "eval_results_strict.jsonl").is_file():
+        return
+    start = _strict_rows(start_dir)
+    have = []
+    for r in rows:
+        d = search.results_dir(r["config"]) / IFBENCH_DIR / r["checkpoint"]
+        got = _strict_rows(d) if (d / "eval_results_strict.jsonl").is_file() else None
+        if not got or set(got) != set(start):
+            continue
+        a = [bool(start[k]["follow_all_instructions"]) for k in start]
+        b = [bool(got[k]["follow_all_instructions"]) for k in start]
+        r["ifbench_strict"], r["ifbench_start"] = sum(b) / len(b), sum(a) / len(a)
+        r["ifbench_delta_points"] = round(100 * (sum(b) - sum(a)) / len(b), 2)
+        r["ifbench_p_mcnemar"] = mcnemar_exact(sum(x and not y for x, y in zip(a, b)), sum(y and not x for x, y in zip(a, b)))
+        have.append(r)
+    for r, adj in zip(have, holm([r["ifbench_p_mcnemar"] for r in have])):
+        r["ifbench_p_holm"] = adj
+
+
 CSV_COLUMNS = ("rank", "config", "step", "checkpoint", "prompt_strict", "delta_points", "ckpt_only", "start_only",
-               "p_mcnemar", "p_holm", "verdict", "inst_seen", "inst_held_out", "n_prompts", "overrides", "result_dir")
+               "p_mcnemar", "p_holm", "verdict", "inst_seen", "inst_held_out", "ifbench_strict", "ifbench_delta_points",
+               "ifbench_p_holm", "n_prompts", "overrides", "result_dir")
 
 
 def headline(rows: list[dict], start_acc: float, alpha: float) -> str:
@@ -492,13 +523,16 @@ def write_ranking(search: Search, alpha: float = 0.05) -> dict:
              f"prompts (step 0 of every configuration). Shared flags: "
              f"{' '.join(flag_args({k: search.grid.configs[0].flags[k] for k in sorted(search.common())})) or 'none'}.",
              "", "| rank | config | checkpoint | prompt strict % | Δ vs start (points) | ckpt-only / start-only | "
-                 "McNemar p | Holm p | verdict | inst. seen % | inst. held-out % |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+                 "McNemar p | Holm p | verdict | inst. seen % | inst. held-out % | IFBench strict % | IFBench Δ | "
+                 "IFBench Holm p |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['rank']} | {r['config']} | {r['checkpoint']} | {_fmt(r['prompt_strict'], 'pct')} | "
                      f"{_fmt(r['delta_points'], 'pts')} | {r['ckpt_only']} / {r['start_only']} | "
                      f"{_fmt(r['p_mcnemar'], 'p')} | {_fmt(r['p_holm'], 'p')} | {r['verdict']} | "
-                     f"{_fmt(r['inst_seen'], 'pct')} | {_fmt(r['inst_held_out'], 'pct')} |")
+                     f"{_fmt(r['inst_seen'], 'pct')} | {_fmt(r['inst_held_out'], 'pct')} | "
+                     f"{_fmt(r.get('ifbench_strict'), 'pct')} | {_fmt(r.get('ifbench_delta_points'), 'pts')} | "
+                     f"{_fmt(r.get('ifbench_p_holm'), 'p')} |")
     lines += ["", "Configurations (flags that differ):", ""]
     common = search.common()
     lines += [f"- {c.name}: {' '.join(flag_args({k: v for k, v in c.flags.items() if k not in common})) or '(base)'}"

@@ -251,7 +251,8 @@ def test_sweep_names_a_checkpoint_without_weights(tmp_path, capsys):
     fake = types.SimpleNamespace(EvalConfig=EvalConfig, evaluate_checkpoint=_FakeEval())
     assert sw.main([str(run), str(tmp_path / "res"), "--dry_run"], runner=fake) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [ln.split()[:2] for ln in lines] == [["checkpoint-5", "checkpoint"], ["checkpoint-10", "-"]]
+    # columns: name, benchmark, kind, action, path
+    assert [ln.split()[:3] for ln in lines] == [["checkpoint-5", "ifeval", "checkpoint"], ["checkpoint-10", "-", "-"]]
     assert (f"skip (not a complete checkpoint: no weights (model.safetensors, model.safetensors.index.json, "
             f"pytorch_model.bin, ...))  {run / 'checkpoint-10'}") in lines[1]
     logs: list[str] = []

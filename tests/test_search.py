@@ -137,10 +137,13 @@ def test_default_grid_has_six_configurations_that_parse(tmp_path):
     g = S.load_grid(ROOT / "scripts" / "grids" / "default.json", {"data_path": "chat.jsonl"})
     assert len(g.configs) >= 6
     assert {c.flags["learning_rate"] for c in g.configs} == {1e-5, 2e-5, 4e-5}
-    assert {c.flags.get("augment_fraction", 0) for c in g.configs} == {0, 0.5, 1.0}
+    assert {c.flags.get("augment_fraction", 0) for c in g.configs} == {0, 1.0}
+    # the baseline (preset A as shipped), the data's own answers rewritten, and the start model's own answers
+    assert {(c.flags.get("augment_fraction", 0), c.flags.get("augment_targets", "data")) for c in g.configs} == \
+        {(0, "data"), (1.0, "data"), (1.0, "self")}
+    assert g.eval["benchmarks"] == "ifeval,ifbench"
     for c in g.configs:
         S.check_trainer_flags(c, tmp_path / c.name)
-        assert c.flags.get("augment_targets", "data") == "data"
 
 
 def _result(d: Path, follows: list[bool]) -> None:
