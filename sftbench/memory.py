@@ -119,8 +119,10 @@ def torch_peak_gib(device) -> dict:
 def apply_memory_cap(cap_gib: float | None, device) -> str | None:
     """Cap this process's torch allocations so the *device* (NVML) total stays under cap_gib.
 
-    Subtracts an estimated CUDA-context overhead (NVML used before allocation, at least 0.5 GiB)
-    from the cap.  Returns a line for the log, or None when nothing was capped.
+    Subtracts an estimated CUDA-context overhead (device memory in use that is not this process's own torch
+    reservation, at least 0.5 GiB) from the cap.  Called again in the same process (a sweep evaluates many
+    checkpoints; a search trains and evaluates in one process), it gives the same budget: memory torch already
+    holds is part of the budget, not context.  Returns a line for the log, or None when nothing was capped.
     """
     import torch
 
@@ -130,7 +132,7 @@ def apply_memory_cap(cap_gib: float | None, device) -> str | None:
     torch.cuda.init()
     total = torch.cuda.get_device_properties(dev).total_memory
     free, _ = torch.cuda.mem_get_info(dev)
-    context = max(total - free, int(0.5 * GIB))
+    context = max(total - free - torch.cuda.memory_reserved(dev), int(0.5 * GIB))
     budget = cap_gib * GIB - context
     frac = max(0.01, min(1.0, budget / total))
     torch.cuda.set_per_process_memory_fraction(frac, dev)

@@ -200,3 +200,4 @@ def test_grad_accumulation_equivalence_tiny_llama(tiny_tokenizer):
     assert abs(loss_chunked.item() - loss_big.item()) < 1e-5
     for k in g_big:
         torch.testing.assert_close(g_chunk[k], g_big[k], rtol=1e-4, atol=1e-6, msg=f"chunked grad mismatch in {k}")
+
