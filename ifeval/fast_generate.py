@@ -286,6 +286,12 @@ class FastGenerator:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def release_buffers(self) -> None:
+        """Give back the KV cache, staging buffers and graph (weights and compiled kernels stay): the next
+        generate() plans and allocates them again.  A search calls this before it trains in the same process."""
+        self._release()
+        self.plan = None
+
     def _budget_bytes(self) -> int:
         if self.memory_budget_gib is not None:
             return int(self.memory_budget_gib * GIB)

@@ -338,12 +338,16 @@ def best_sample(d: Draft, samples: list[str], checker: Checker, key: int = 0) ->
 
 def _self_answers(drafts: dict[int, tuple[int, Draft]], cfg: AugmentConfig, checker: Checker, stats: AugmentStats,
                   generate: Generate | None) -> dict[int, tuple[str, str]]:
-    if generate is None:
+    own = generate is None
+    if own:
         if not cfg.model:
             raise UserError("--targets self needs --model PATH (the starting model whose answers are rewritten).")
         generate = project_generator(cfg.model, cfg.max_new_tokens)
     order = sorted(drafts)
     cands = generate([drafts[i][1].prompt for i in order], cfg.samples, cfg.temperature)
+    if own:  # the generator's model and KV cache go before the trainer loads its model under the same cap
+        del generate
+        _release_device_memory()
     if len(cands) != len(order):
         raise ValueError(f"generate returned {len(cands)} lists for {len(order)} prompts")
     out = {}
@@ -354,6 +358,16 @@ def _self_answers(drafts: dict[int, tuple[int, Draft]], cfg: AugmentConfig, chec
         else:
             out[i] = best
     return out
+
+
+def _release_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def project_generator(model_path: str, max_new_tokens: int) -> Generate:

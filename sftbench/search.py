@@ -215,6 +215,19 @@ class SessionRunner:
             self._sessions[key] = self._runner.EvalSession(*args, **kw)
         return self._sessions[key]
 
+    def release_gpu(self) -> None:
+        """Before training in this process: the sessions' generators give back their KV caches (the trainer
+        needs the memory under the same cap); their weights buffers and compiled kernels are kept for the next
+        sweep, which reloads the next checkpoint's weights into them."""
+        for s in self._sessions.values():
+            g = getattr(s, "fast_generator", None)
+            engine = getattr(g, "engine", None)
+            if hasattr(engine, "release_buffers"):
+                engine.release_buffers()
+            if hasattr(s, "generator"):
+                s.generator = s.generator_key = None
+        _free_memory()
+
     def __getattr__(self, name):
         return getattr(self._runner, name)
 
@@ -338,6 +351,8 @@ class Search:
         self._save()
         self.log(f"[search] {c.name}: training ({'resuming' if action == 'resume' else 'from the start'}): "
                  f"{' '.join(flag_args({k: v for k, v in c.flags.items() if k not in self.common()}))}")
+        if hasattr(self.runner, "release_gpu"):
+            self.runner.release_gpu()
         _call(f"training of {c.name}", _train, argv)
         _free_memory()
 
