@@ -26,7 +26,6 @@ our IFEval eval_results_{strict,loose}.jsonl, so the sweep and the report treat 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import json
@@ -40,6 +39,7 @@ from typing import Iterable, Sequence
 from sftbench.errors import UserError
 
 from ifeval.data import Example
+from ifeval.scoring import _no_nltk_download  # the one offline guard of nltk.download
 from ifeval.prompts import IFBENCH_FILE as PACKAGED_IFBENCH
 from ifeval.prompts import IFBENCH_SHA256  # noqa: F401  (re-exported: the packaged file's sha256)
 
@@ -93,18 +93,6 @@ def load_ifbench_prompts(path: str | os.PathLike | None = None) -> list[Example]
 
 
 # ------------------------------------------------------------------------------------------ checkers
-@contextlib.contextmanager
-def _no_nltk_download():
-    import nltk
-
-    real = nltk.download
-    nltk.download = lambda *a, **k: False
-    try:
-        yield
-    finally:
-        nltk.download = real
-
-
 def _import_registry():
     """`if_verifiable.ifbench.instructions_registry`, without `if_verifiable/__init__` (datasets, hub loader)."""
     name = "if_verifiable.ifbench.instructions_registry"
