@@ -6,4 +6,5 @@ bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python -m pytest -p no:cacheprovider "$@"   # pyproject adds -q: one -q keeps the closing "N passed, M skipped" line
+# quiet once (pyproject addopts), so the closing "N passed, M skipped" line shows
+python -m pytest -p no:cacheprovider "$@"
