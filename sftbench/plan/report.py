@@ -134,7 +134,7 @@ def format_fast(spec: PlanSpec, fast: FastSpec, rows: list[GpuRow]) -> list[str]
                    f"{r.checkpoint_layers:>5d} of {spec.dims.layers:<3d} {r.max_token_budget:>16d} {r.tokens_per_s:>9,.0f} "
                    f"{r.hours:>7.2f} {_cost(r):>7s}")
     if any(not r.gpu.bf16 or r.gpu.tflops < 20 for r in rows):
-        out.append("  (GPUs without bf16 train in fp16 and, below compute capability 8.0, with bucketed SDPA attention (--attention buckets) instead of "
+        out.append("  (GPUs without bf16 train in fp16 and, below compute capability 8.0, with FlexAttention (or --attention buckets) instead of "
                    "varlen: their fast-engine rates are scaled, not measured.)")
     return out
 

@@ -122,10 +122,10 @@ class TrainConfig:
     attention: str = _f("auto", "fast engine: attention kept inside each packed conversation. `varlen`: flash attention over "
                         "the conversations' boundaries (sm80+ GPUs, bf16/fp16): starts in ~20 s on a cold machine. `buckets`: "
                         "the conversations gathered into a few length buckets, SDPA's memory-efficient causal kernel per "
-                        "bucket (any GPU, fp16/fp32: T4, P100); no attention compile. `flex`: FlexAttention: 9-16%% more "
+                        "bucket (any GPU, fp16/fp32: T4, P100); no attention compile (CPU-tested; not yet measured on a GPU). `flex`: FlexAttention: 9-16%% more "
                         "tokens/s on an H100, but its first step compiled for ~4 minutes on a cold machine (324 s with 2 CPU "
                         "cores; seconds once the inductor cache is warm): for long runs on a machine that keeps its cache. "
-                        "`sdpa`: dense mask (CPU). `auto`: varlen where it runs, else buckets on a GPU, sdpa on CPU.",
+                        "`sdpa`: dense mask (CPU). `auto`: varlen where it runs, else flex on a GPU, sdpa on CPU.",
                         choices=["auto", "varlen", "buckets", "flex", "sdpa"])
     fuse_projections: bool = _f(True, "fast engine: one matmul for q/k/v and one for gate/up (same maths; +8-15%% tokens/s "
                                 "measured on an H100).")
