@@ -22,20 +22,11 @@ from typing import Iterable
 
 from sftbench import stats
 from sftbench.errors import UserError
+from sftbench.nltk_data import punkt_tab_found as punkt_tab_available  # one punkt_tab lookup
 
 from ifeval.data import Example
 
 SETUP_HINT = "python scripts/setup_nltk.py"
-
-
-def punkt_tab_available() -> bool:
-    import nltk
-
-    try:
-        nltk.data.find("tokenizers/punkt_tab/english/")
-        return True
-    except LookupError:
-        return False
 
 
 def require_punkt_tab() -> None:

@@ -16,24 +16,14 @@ import pytest
 
 from sftbench.demo_data import make_conversations
 from sftbench.errors import UserError
+from test_train import args as _train_args, run_train  # the tiny run and its flags, written once
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def args(model_dir, data, out, **over) -> list[str]:
-    base = dict(model_name_or_path=str(model_dir), data_path=str(data), output_dir=str(out), max_steps=4,
-                per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=3e-3, warmup_ratio=0.0,
-                lr_scheduler_type="linear", model_max_length=128, max_rounds=6, save_steps=2, logging_steps=1,
-                seed=7, data_cache_dir="none", progress=False, loss_chunk_size=64)
-    base.update(over)
-    return [x for k, v in base.items() for x in (f"--{k}", str(v))]
-
-
-def run_train(argv):
-    from sftbench.train.config import parse_train_config
-    from train_hw_parallel import train
-
-    return train(parse_train_config(argv))
+    """test_train's tiny run, 4 steps with a checkpoint every 2."""
+    return _train_args(model_dir, data, out, **{"max_steps": 4, "save_steps": 2, **over})
 
 
 def cli(argv) -> subprocess.CompletedProcess:
