@@ -252,30 +252,34 @@ def row_reference(a, examples, windows, model, device) -> dict:
 
 def parse_fast_row(name: str, a) -> dict:
     """`fast` (the --token-budget/--checkpoint-layers/--attention/--precision flags) or
-    `fast@BUDGET:K[:fused][:ATTENTION][:fp16|:bf16]` -> row_fast's keyword arguments."""
+    `fast@BUDGET:K[:fused][:nograph][:ATTENTION][:fp16|:bf16]` -> row_fast's keyword arguments."""
     if name == "fast":
         return {"budget": a.token_budget, "ckpt": a.checkpoint_layers, "fuse": False, "attention": a.attention,
-                "precision": a.precision}
+                "precision": a.precision, "graphs": not a.no_graphs}
     from sftbench.train.fast_model import ATTENTIONS
 
     parts = name[5:].split(":")
     if len(parts) < 2 or not parts[0].isdigit():
-        raise _user_error(f"--rows: row {name}: expected fast@BUDGET:K[:fused][:ATTENTION][:fp16|:bf16]")
-    out = {"budget": int(parts[0]), "ckpt": parts[1], "fuse": False, "attention": a.attention, "precision": a.precision}
+        raise _user_error(f"--rows: row {name}: expected fast@BUDGET:K[:fused][:nograph][:ATTENTION][:fp16|:bf16]")
+    out = {"budget": int(parts[0]), "ckpt": parts[1], "fuse": False, "attention": a.attention, "precision": a.precision,
+           "graphs": not a.no_graphs}
     for flag in parts[2:]:
         if flag == "fused":
             out["fuse"] = True
+        elif flag == "nograph":
+            out["graphs"] = False
         elif flag in ATTENTIONS or flag == "auto":
             out["attention"] = flag
         elif flag in ("fp16", "bf16"):
             out["precision"] = flag
         else:
-            raise _user_error(f"--rows: row {name}: unknown flag {flag!r} (fused, {', '.join(ATTENTIONS)}, auto, fp16, bf16)")
+            raise _user_error(f"--rows: row {name}: unknown flag {flag!r} (fused, nograph, {', '.join(ATTENTIONS)}, auto, "
+                              f"fp16, bf16)")
     return out
 
 
 def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: bool = False,
-             attention: str = "auto", precision: str = "bf16") -> dict:
+             attention: str = "auto", precision: str = "bf16", graphs: bool = True) -> dict:
     import torch
 
     from sftbench.train.fast_model import prepare_fast_model
@@ -290,7 +294,7 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: 
                        checkpoint_layers=k, ce_chunk_size=a.ce_chunk, fuse_projections=fuse, max_seqlen=longest,
                        half_precision=device.type == "cuda")
     model.train()
-    engine = _our_engine("fast", model, device, precision, token_budget=budget)
+    engine = _our_engine("fast", model, device, precision, token_budget=budget, cuda_graphs=graphs)
     opt = _our_optimizer(a, model, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
     meter, losses = Meter(), []
@@ -308,12 +312,36 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: 
                      "fuse_projections": fuse, "conversations_per_step": len(windows[0]),
                      "micro_batches_per_step": round(n_bins / len(windows), 2),
                      "packing_efficiency": round(sum(meter.step_tokens) / (n_bins * budget), 3),
-                     "precision": engine.prec.name}
+                     "precision": engine.prec.name,
+                     "cuda_graphs": ("off" if engine.graphs is None else f"failed: {engine.graphs.disabled}"
+                                     if engine.graphs.disabled else f"{engine.graphs.replays} replays")}
     return out
 
 
+KERNEL_CATEGORIES = (  # (category, substrings of a device kernel's name), first match wins
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "wgmma", "splitk")),
+    ("attention", ("flash", "fmha", "attention", "efficient_attention")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("compiled (triton)", ("triton",)),
+    ("copy / cast", ("copy", "memcpy", "memset", "cast", "fill")),
+    ("elementwise / reduce (eager)", ("elementwise", "reduce", "vectorized", "index", "cat", "scatter", "gather")),
+)
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    for cat, keys in KERNEL_CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return "other"
+
+
 def _profile_one_step(a, engine, opt, exs, budget, device) -> str:
-    """Device-kernel breakdown of one optimizer step (for docs/bench_train.md: where the time goes)."""
+    """Device-kernel breakdown of one optimizer step (for docs/bench_train.md: where the time goes): time per
+    category of kernel, the top kernels, and a Chrome trace (profile_trace.json.gz beside profile.txt)."""
+    import gzip
+    import tempfile as _tf
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -328,17 +356,39 @@ def _profile_one_step(a, engine, opt, exs, budget, device) -> str:
         opt.zero_grad(set_to_none=True)
         _sync()
     wall = time.perf_counter() - t0
+    rows = engine.rows_packed - rows_before
     ka = prof.key_averages()
+    cats: dict[str, list[float]] = {}
     dev_us = 0.0
     for e in ka:
-        dev_us += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0) or 0.0
+        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0) or 0.0
+        # Only device events (kernels, copies): a CPU op's self device time repeats its kernels' time.
+        if us <= 0 or getattr(e, "device_type", None) != torch.autograd.DeviceType.CUDA:
+            continue
+        dev_us += us
+        c = cats.setdefault(kernel_category(e.key), [0.0, 0])
+        c[0] += us
+        c[1] += e.count
     try:
-        table = ka.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
+        table = ka.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=90)
     except Exception:
-        table = ka.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
-    return (f"one step, {engine.rows_packed - rows_before} packed micro-batches of {budget} tokens: wall "
-            f"{wall * 1e3:.1f} ms (profiled), sum of device kernel time {dev_us / 1e3:.1f} ms -> GPU busy "
-            f"{100 * dev_us / 1e6 / wall:.0f}%\n" + table)
+        table = ka.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=90)
+    lines = [f"one step, {rows} packed micro-batches of {budget} tokens: wall {wall * 1e3:.1f} ms (profiled), sum of "
+             f"device kernel time {dev_us / 1e3:.1f} ms ({dev_us / 1e3 / max(rows, 1):.1f} ms per row) -> GPU busy "
+             f"{100 * dev_us / 1e6 / wall:.0f}% under the profiler",
+             "| kernels | device ms per row | share | launches per row |", "|---|---|---|---|"]
+    for cat, (us, n) in sorted(cats.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"| {cat} | {us / 1e3 / max(rows, 1):.2f} | {100 * us / max(dev_us, 1):.0f}% | {n / max(rows, 1):.0f} |")
+    try:
+        with _tf.NamedTemporaryFile(suffix=".json", delete=False) as f:
+            tmp = f.name
+        prof.export_chrome_trace(tmp)
+        with open(tmp, "rb") as src, gzip.open(Path(a.out) / "profile_trace.json.gz", "wb") as dst:
+            dst.write(src.read())
+        os.unlink(tmp)
+    except Exception as e:  # the trace is a convenience; the table above is the result
+        lines.append(f"(trace not written: {e})")
+    return "\n".join(lines) + "\n" + table
 
 
 class _TokenCounter:
@@ -539,7 +589,7 @@ def check_rows(a, rows: list[str]) -> None:
             parse_trl_search(a.trl_search)
         elif row not in ("fast", "reference", "hf_trainer"):
             raise _user_error(f"--rows: unknown row {row!r} (hf_trainer, trl_search, trl_liger[@MB[:nogc]], reference, "
-                              f"fast, fast@BUDGET:K[:fused][:ATTENTION][:fp16]).")
+                              f"fast, fast@BUDGET:K[:fused][:nograph][:ATTENTION][:fp16]).")
 
 
 def _reused(a, results: list[dict]) -> list[dict]:
@@ -771,7 +821,7 @@ def parse(argv=None):
     p.add_argument("--rows", default="fast,reference,fast@16384:30:fused,fast@32768:30:fused,trl_search,hf_trainer",
                    help="comma list of rows: hf_trainer; trl_search (TRL+Liger at each --trl-search setting, one "
                         "subprocess each: ratios are to its fastest); trl_liger (micro-batch --trl-batch) or "
-                        "trl_liger@MB[:nogc]; reference; fast; fast@BUDGET:K[:fused][:ATTENTION][:fp16] (K = "
+                        "trl_liger@MB[:nogc]; reference; fast; fast@BUDGET:K[:fused][:nograph][:ATTENTION][:fp16] (K = "
                         "checkpointed layers or auto; fused = one matmul for q/k/v and one for gate/up; ATTENTION = "
                         "varlen, buckets, flex, sdpa or auto; fp16 = fp16 autocast with a gradient scaler, as on a "
                         "T4/P100; e.g. fast@16384:30:fused:buckets:fp16 times the T4 path's cold first step)")
@@ -810,6 +860,8 @@ def parse(argv=None):
     p.add_argument("--attention", default="auto", choices=["auto", "varlen", "buckets", "flex", "sdpa"],
                    help="fast and fast@ rows (unless the row names one): attention kernel (auto: the trainer's choice)")
     p.add_argument("--no-compile", action="store_true", help="fast: skip torch.compile")
+    p.add_argument("--no-graphs", action="store_true", help="fast: run rows eagerly, not as CUDA graphs (the trainer's "
+                   "--cuda_graphs False); a fast@ row's `nograph` flag does the same for that row")
     p.add_argument("--ref-ce-chunk", type=int, default=0, help="reference: --loss_chunk_size of the engine (0 = full-logits "
                    "CE, as this row measured before; the trainer's default is 1024)")
     p.add_argument("--ref-batch", type=int, default=8, help="reference: conversations per padded micro-batch (halved once on OOM)")

@@ -79,9 +79,9 @@ def test_flops_per_token_smollm2_shape(bt):
 def test_row_names(bt):
     a = bt.parse(["--_cpu-debug"])
     assert bt.parse_fast_row("fast@16384:30:fused:buckets:fp16", a) == {
-        "budget": 16384, "ckpt": "30", "fuse": True, "attention": "buckets", "precision": "fp16"}
-    assert bt.parse_fast_row("fast@8192:auto", a) == {
-        "budget": 8192, "ckpt": "auto", "fuse": False, "attention": "auto", "precision": "bf16"}
+        "budget": 16384, "ckpt": "30", "fuse": True, "attention": "buckets", "precision": "fp16", "graphs": True}
+    assert bt.parse_fast_row("fast@8192:auto:nograph", a) == {
+        "budget": 8192, "ckpt": "auto", "fuse": False, "attention": "auto", "precision": "bf16", "graphs": False}
     with pytest.raises(UserError, match="unknown flag 'fp8'"):
         bt.parse_fast_row("fast@8192:30:fp8", a)
     assert bt.parse_trl_row("trl_liger@48", a) == (48, True)

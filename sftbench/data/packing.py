@@ -23,6 +23,8 @@ import torch
 from sftbench.data.masking import IGNORE_INDEX
 from sftbench.errors import UserError
 
+PAD_PIECE = 128  # longest padding segment in cu_seqlens when a max_seqlen is given (varlen, buckets)
+
 
 def _lengths(examples: Sequence[dict]) -> list[int]:
     out = []
@@ -80,7 +82,7 @@ def make_packed_batch(examples: list[dict], token_budget: int, pad_id: int, max_
     """Concatenate `examples` into one row of exactly `token_budget` tokens (CPU tensors).
 
     `max_seqlen`: the longest segment the varlen (flash) attention kernel is launched for.  The padding is
-    then cut into segments of at most that many tokens in `cu_seqlens` (it attends only within itself and
+    then cut into segments of at most min(max_seqlen, PAD_PIECE) tokens in `cu_seqlens` (it attends only within itself and
     carries no loss either way), and a longer conversation is an error.
 
     Returns a dict with
@@ -127,7 +129,9 @@ def make_packed_batch(examples: list[dict], token_budget: int, pad_id: int, max_
     bounds = [0]
     for n in lengths:
         bounds.append(bounds[-1] + n)
-    piece = n_pad if max_seqlen is None else max(1, int(max_seqlen))
+    # Padding attends only to itself; in pieces of at most PAD_PIECE tokens its causal attention costs little
+    # (one 1,024-token piece cost as much attention as three median conversations).
+    piece = n_pad if max_seqlen is None else max(1, min(int(max_seqlen), PAD_PIECE))
     while bounds[-1] < token_budget:
         bounds.append(min(token_budget, bounds[-1] + piece))
     labels_t = torch.tensor(labels, dtype=torch.long).unsqueeze(0)

@@ -74,10 +74,22 @@ class ReferenceEngine(Engine):
 class FastEngine(Engine):
     name = "fast"
 
-    def __init__(self, model, device, d, prec, scaler, *, token_budget: int, pad_id: int):
+    def __init__(self, model, device, d, prec, scaler, *, token_budget: int, pad_id: int, cuda_graphs: bool = False):
         super().__init__(model, device, d, prec, scaler)
         self.token_budget, self.pad_id = token_budget, pad_id
         self.rows_packed = 0  # packed micro-batches run so far (the bench reports rows per step)
+        self.graphs = None
+        if cuda_graphs and device.type == "cuda" and model._sftbench_fast.attention == "varlen" and model._sftbench_fast.compile:
+            from sftbench.train.row_graph import RowGraphs
+
+            self.graphs = RowGraphs(model, device, prec, scaler, self._row_step, log=lambda m: log(d, m))
+
+    def _row_step(self, batch: dict) -> torch.Tensor:
+        """One row forward and backward (what a CUDA graph captures): the CE sum / the window's target count."""
+        with self.prec.autocast():
+            s, _ = fm.packed_loss_sum(self.model, batch)  # looked up per call: tests patch it
+        self.scaler.scale(s.float() / batch["_n_window"]).backward()
+        return s.detach()
 
     def window(self, micro_batches, n_window, seed):
         from sftbench.data.packing import batch_to_device, make_packed_batch, pack_examples
@@ -86,15 +98,20 @@ class FastEngine(Engine):
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         real = 0
         max_seqlen = self.model._sftbench_fast.max_seqlen
+        graphs = self.graphs if self.graphs is not None and self.graphs.disabled is None else None
+        if graphs is not None:
+            graphs.begin_window()
         for b in (pack_examples(examples, self.token_budget, seed=seed) if examples else []):
-            batch = batch_to_device(make_packed_batch([examples[i] for i in b], self.token_budget, self.pad_id,
-                                                      max_seqlen=max_seqlen), self.device)
-            real += int(batch["num_real_tokens"])
+            cpu = make_packed_batch([examples[i] for i in b], self.token_budget, self.pad_id, max_seqlen=max_seqlen)
+            real += int(cpu["num_real_tokens"])
             self.rows_packed += 1
-            with self.prec.autocast():
-                s, _ = fm.packed_loss_sum(self.model, batch)  # looked up per call: tests patch it
-            self.scaler.scale(s.float() / max(n_window, 1)).backward()
-            total += s.detach().double()
+            if graphs is not None and graphs.disabled is None:
+                s = graphs.run(cpu, n_window)
+            else:
+                batch = batch_to_device(cpu, self.device)
+                batch["_n_window"] = max(n_window, 1)
+                s = self._row_step(batch)
+            total += s.double()
         self.d.all_reduce_grads(self.model)  # sum: each rank's loss is already divided by the whole window's count
         return total, real
 
@@ -110,7 +127,8 @@ def make_engine(model, cfg, device, d: Dist, prec, scaler, *, pad_id: int, expli
     if cfg.engine == "fast":
         budget = prepare_fast(model, cfg, device, d, explicit=explicit, half_precision=prec.name in ("bf16", "fp16"))
         if budget:
-            return FastEngine(model, device, d, prec, scaler, token_budget=budget, pad_id=pad_id)
+            return FastEngine(model, device, d, prec, scaler, token_budget=budget, pad_id=pad_id,
+                              cuda_graphs=cfg.cuda_graphs)
         cfg.engine = "reference"
     return ReferenceEngine(model, device, d, prec, scaler, loss_chunk_size=cfg.loss_chunk_size, pad_id=pad_id)
 

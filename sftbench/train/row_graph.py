@@ -1,0 +1,133 @@
+"""CUDA graphs for the fast engine: one packed row's forward and backward replayed as one graph.
+
+Why: with 16,384-token rows an H200 runs a row's ~2,500 kernels in ~68 ms, while the host needed ~100 ms to
+launch them (the compiled layers' wrappers, autograd, the varlen attention op, cuBLAS calls), so the GPU idled
+a third of the time (profile of fast@16384:30:fused, H200, 2026-12-01, docs/bench_train.md).  A graph replay
+costs the host microseconds, so the row runs at the GPU's pace.
+
+How: for each row shape (T tokens, S segment slots) the first row runs eagerly (that compiles the layers),
+then the same computation is captured once over static input buffers; later rows of that shape copy their
+tensors into the buffers (pinned host memory, asynchronous) and replay.  Nothing numerical changes:
+- the gradients accumulate in place into fp32 `.grad` buffers that this object owns and re-attaches at the
+  start of every window (AccumulateGrad adds in place into an existing `.grad`, eagerly and when captured),
+  so the trainer's `zero_grad(set_to_none=True)` is harmless;
+- the loss is divided by the window's target count held in a device scalar (the same fp32 division as the
+  eager `s / n_window`);
+- `cu_seqlens` is padded to S + 1 boundaries with zero-length segments at the end, which flash attention
+  skips, so S can stay fixed while rows hold different numbers of conversations.
+Only the varlen attention path is captured: `buckets` builds its plan on the host from cu_seqlens (a device
+sync), FlexAttention builds a block mask per row.  Any failure to capture falls back to eager rows, logged once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MIN_SLOTS = 64
+_INPUTS = ("input_ids", "position_ids", "shift_labels")
+
+
+def segment_slots(n_segments: int) -> int:
+    """Segment slots S for a row of n segments: the next power of two >= n (at least 64), so a run captures
+    a handful of shapes, not one per row."""
+    s = _MIN_SLOTS
+    while s < n_segments:
+        s *= 2
+    return s
+
+
+def padded_cu_seqlens(cu: torch.Tensor, slots: int) -> torch.Tensor:
+    """cu_seqlens [k+1] -> [slots+1]: the last boundary repeated (zero-length segments at the end)."""
+    k = cu.numel() - 1
+    if k > slots:
+        raise ValueError(f"{k} segments do not fit {slots} slots")
+    return torch.cat([cu, cu[-1:].expand(slots - k)]) if slots > k else cu
+
+
+class _Captured:
+    def __init__(self, static: dict, n_window: torch.Tensor):
+        self.static, self.n_window = static, n_window
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None
+
+
+class RowGraphs:
+    """Runs packed rows (make_packed_batch dicts on the CPU) forward and backward; `run` returns the row's CE sum
+    (0-dim fp32 on the device, detached).  `step(batch)` is the eager computation: fm.packed_loss_sum under the
+    engine's autocast, `scaler.scale(s.float() / n).backward()`."""
+
+    def __init__(self, model, device, prec, scaler, step_fn, log=print):
+        self.model, self.device, self.prec, self.scaler, self.step_fn, self.log = model, device, prec, scaler, step_fn, log
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.grads: list[torch.Tensor] | None = None
+        self.shapes: dict[tuple[int, int], _Captured] = {}
+        self.pool = None
+        self.disabled: str | None = None
+        self.replays = 0
+
+    # ---- the window's gradient buffers
+    def begin_window(self) -> None:
+        """Zeroed fp32 gradient buffers attached as every parameter's .grad (allocated once)."""
+        if self.grads is None:
+            self.grads = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        else:
+            torch._foreach_zero_(self.grads)
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+
+    # ---- one row
+    def run(self, cpu: dict, n_window: int) -> torch.Tensor:
+        t = cpu["input_ids"].shape[1]
+        cu = cpu["cu_seqlens"]
+        key = (t, segment_slots(cu.numel() - 1))
+        cap = self.shapes.get(key)
+        first = cap is None
+        if first:
+            static = {k: torch.empty_like(cpu[k], device=self.device) for k in _INPUTS}
+            static["cu_seqlens"] = torch.empty(key[1] + 1, dtype=cu.dtype, device=self.device)
+            static["max_seqlen"] = cpu["max_seqlen"]
+            cap = self.shapes[key] = _Captured(static, torch.empty((), dtype=torch.float32, device=self.device))
+        self._fill(cap, cpu, key[1], n_window)
+        if cap.graph is not None:
+            cap.graph.replay()
+            self.replays += 1
+            return cap.loss
+        loss = self.step_fn(self._batch(cap, cpu))  # eager (compiles the first time), accumulates into .grad
+        if first and self.disabled is None:
+            self._capture(cap, cpu, key)
+        return loss
+
+    def _batch(self, cap: _Captured, cpu: dict) -> dict:
+        b = dict(cap.static)
+        b["_n_window"] = cap.n_window
+        for k in ("num_targets", "num_real_tokens", "num_examples"):
+            b[k] = cpu[k]
+        b["max_seqlen"] = cap.static["max_seqlen"]
+        return b
+
+    def _fill(self, cap: _Captured, cpu: dict, slots: int, n_window: int) -> None:
+        for k in _INPUTS:
+            cap.static[k].copy_(cpu[k].pin_memory(), non_blocking=True)
+        cap.static["cu_seqlens"].copy_(padded_cu_seqlens(cpu["cu_seqlens"], slots).pin_memory(), non_blocking=True)
+        cap.n_window.fill_(float(max(n_window, 1)))
+
+    def _capture(self, cap: _Captured, cpu: dict, key) -> None:
+        # Capture records and does not run: the buffers and .grad are untouched until the first replay.  The
+        # eager row's freed blocks go back to the device first, so the graph's private pool does not stack on
+        # top of them (the NVML peak stays the eager row's).
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        g = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(g, pool=self.pool):
+                loss = self.step_fn(self._batch(cap, cpu))
+        except Exception as e:  # noqa: BLE001 - any capture failure: keep training eagerly
+            self.disabled = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            self.shapes.clear()
+            torch.cuda.synchronize(self.device)
+            self.log(f"fast engine: CUDA graphs off ({self.disabled}); rows run eagerly")
+            return
+        if self.pool is None:
+            self.pool = g.pool()
+        cap.graph, cap.loss = g, loss
+        torch.cuda.synchronize(self.device)
