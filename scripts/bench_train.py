@@ -311,7 +311,7 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: 
                      "attention": model._sftbench_fast.attention, "compile": model._sftbench_fast.compile,
                      "fuse_projections": fuse, "conversations_per_step": len(windows[0]),
                      "micro_batches_per_step": round(n_bins / len(windows), 2),
-                     "packing_efficiency": round(sum(meter.step_tokens) / max(engine.row_tokens, 1), 3),
+                     "packing_efficiency": round(sum(meter.step_tokens) / (n_bins * budget), 3),
                      "precision": engine.prec.name,
                      "cuda_graphs": ("off" if engine.graphs is None else f"failed: {engine.graphs.disabled}"
                                      if engine.graphs.disabled else f"{engine.graphs.replays} replays")}

@@ -41,29 +41,6 @@ def test_fast_engine_on_cpu_has_no_graphs(tiny_model_dir):
     assert e.graphs is None
 
 
-def test_row_length_rounds_varlen_rows_up_to_the_quantum():
-    from types import SimpleNamespace
-
-    from sftbench.train.engines import ROW_QUANTUM, FastEngine
-    from sftbench.train.fast_model import FastSettings
-
-    assert ROW_QUANTUM == 1024
-    e = FastEngine.__new__(FastEngine)
-    e.token_budget = 16384
-    e.model = SimpleNamespace(_sftbench_fast=FastSettings(attention="varlen", ce_chunk_size=1024))
-    ex = lambda n: {"input_ids": [1] * n}  # noqa: E731
-    assert [e.row_length([ex(n)]) for n in (1, 1024, 1025, 9000)] == [1024, 1024, 2048, 9216]
-    assert e.row_length([ex(8000), ex(8000)]) == 16384 and e.row_length([ex(16384)]) == 16384
-    e.model._sftbench_fast.ce_chunk_size = 4096  # a multiple of the CE chunk: no partial chunk to recompile for
-    assert e.row_length([ex(5000)]) == 8192
-    e.token_budget = 160  # a budget under the quantum: one length, as before
-    assert e.row_length([ex(10)]) == 160
-    for attention in ("buckets", "flex", "sdpa"):  # static rows (compiled per shape, or CPU)
-        e.token_budget = 16384
-        e.model._sftbench_fast = FastSettings(attention=attention)
-        assert e.row_length([ex(10)]) == 16384
-
-
 def _examples(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     out = []
@@ -78,7 +55,7 @@ def _examples(n: int, seed: int) -> list[dict]:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_windows_match_eager_on_gpu(tiny_model_dir):
-    """Five windows (the first row runs eagerly and is captured, later shapes are captured at once, the rest replay) through the graphed
+    """Four windows (the first row of a shape runs eagerly and is captured, the rest replay) through the graphed
     and the eager engine from the same weights: same CE sums and gradients (bf16; flash attention's backward
     sums in a nondeterministic order, hence the tolerance), and the graphs were replayed."""
     from transformers import LlamaForCausalLM
@@ -91,15 +68,14 @@ def test_graphed_windows_match_eager_on_gpu(tiny_model_dir):
     if varlen_supported("cuda"):
         pytest.skip(varlen_supported("cuda"))
     dev = torch.device("cuda", 0)
-    # rows of 1,024 / 2,048 tokens (budget 2,048, quantum 1,024): later shapes are captured without an eager row
-    windows = [_examples(n, seed=s) for s, n in enumerate((12, 40, 12, 70, 40))]
+    windows = [_examples(12, seed=s) for s in range(4)]
     out = {}
     for graphs in (False, True):
         torch.manual_seed(0)
         m = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).to(dev)
         prepare_fast_model(m, attention="varlen", compile=True, max_seqlen=64, checkpoint_layers=1)
         prec = Precision(dev, torch.bfloat16, False, "test")
-        e = FastEngine(m, dev, Dist(), prec, torch.amp.GradScaler("cuda", enabled=False), token_budget=2048, pad_id=2,
+        e = FastEngine(m, dev, Dist(), prec, torch.amp.GradScaler("cuda", enabled=False), token_budget=256, pad_id=2,
                        cuda_graphs=graphs)
         sums, grads = [], []
         for i, w in enumerate(windows):
@@ -110,8 +86,7 @@ def test_graphed_windows_match_eager_on_gpu(tiny_model_dir):
             m.zero_grad(set_to_none=True)  # what the trainer does after each step
         out[graphs] = (sums, grads, e)
     assert out[True][2].graphs is not None and out[True][2].graphs.disabled is None
-    assert out[True][2].graphs.replays > 0 and not out[True][2].graphs.failed
-    assert {t for t, _ in out[True][2].graphs.shapes} == {1024, 2048}
+    assert out[True][2].graphs.replays > 0
     assert out[True][0] == pytest.approx(out[False][0], rel=1e-3)
     for g, g_ref in zip(out[True][1], out[False][1]):
         assert torch.isfinite(g).all()

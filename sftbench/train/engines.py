@@ -71,9 +71,6 @@ class ReferenceEngine(Engine):
         return total, real
 
 
-ROW_QUANTUM = 1024  # packed rows are a multiple of this many tokens (with varlen attention; a CE chunk at most)
-
-
 class FastEngine(Engine):
     name = "fast"
 
@@ -81,23 +78,11 @@ class FastEngine(Engine):
         super().__init__(model, device, d, prec, scaler)
         self.token_budget, self.pad_id = token_budget, pad_id
         self.rows_packed = 0  # packed micro-batches run so far (the bench reports rows per step)
-        self.row_tokens = 0  # their tokens, padding included (the bench's packing efficiency)
         self.graphs = None
         if cuda_graphs and device.type == "cuda" and model._sftbench_fast.attention == "varlen" and model._sftbench_fast.compile:
             from sftbench.train.row_graph import RowGraphs
 
             self.graphs = RowGraphs(model, device, prec, scaler, self._row_step, log=lambda m: log(d, m))
-
-    def row_length(self, exs: list[dict]) -> int:
-        """Tokens in the packed row of `exs`: the token budget, or with varlen attention (layers compiled for any
-        length) the tokens rounded up to a multiple of the row quantum, so a window's last, partly filled row
-        does not compute on up to a budget of padding (0.873 -> ~0.99 of the tokens real at 16,384)."""
-        st = self.model._sftbench_fast
-        if st.attention != "varlen":
-            return self.token_budget
-        q = min(self.token_budget, max(ROW_QUANTUM, st.ce_chunk_size))
-        n = sum(len(e["input_ids"]) for e in exs)
-        return min(self.token_budget, -(-n // q) * q)
 
     def _row_step(self, batch: dict) -> torch.Tensor:
         """One row forward and backward (what a CUDA graph captures): the CE sum / the window's target count."""
@@ -117,11 +102,9 @@ class FastEngine(Engine):
         if graphs is not None:
             graphs.begin_window()
         for b in (pack_examples(examples, self.token_budget, seed=seed) if examples else []):
-            exs = [examples[i] for i in b]
-            cpu = make_packed_batch(exs, self.row_length(exs), self.pad_id, max_seqlen=max_seqlen)
+            cpu = make_packed_batch([examples[i] for i in b], self.token_budget, self.pad_id, max_seqlen=max_seqlen)
             real += int(cpu["num_real_tokens"])
             self.rows_packed += 1
-            self.row_tokens += cpu["input_ids"].shape[1]
             if graphs is not None and graphs.disabled is None:
                 s = graphs.run(cpu, n_window)
             else:

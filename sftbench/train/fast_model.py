@@ -442,9 +442,6 @@ def packed_forward_hidden(model, batch: dict) -> torch.Tensor:
         mask = build_attention_mask(batch["doc_ids"], st.attention, compile=st.compile and input_ids.is_cuda)
     x = core.embed_tokens(input_ids)
     cos, sin = core.rotary_emb(x, position_ids)
-    if st.compile and st.attention == "varlen":  # rows of any length share the compiled layer (FastEngine.row_length)
-        for z in (x, cos, sin):
-            torch._dynamo.maybe_mark_dynamic(z, 1)
     plain = _layer_fn(model, st, checkpointed=False)
     ckpt = _layer_fn(model, st, checkpointed=True) if st.checkpoint_layers else None
     for i, layer in enumerate(core.layers):

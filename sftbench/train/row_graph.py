@@ -5,10 +5,9 @@ launch them (the compiled layers' wrappers, autograd, the varlen attention op, c
 a third of the time (profile of fast@16384:30:fused, H200, 2026-12-01, docs/bench_train.md).  A graph replay
 costs the host microseconds, so the row runs at the GPU's pace.
 
-How: the run's first row runs eagerly (that compiles the layers, for any row length and number of segments),
-then the same computation is captured over static input buffers; every later shape (T tokens, S segment
-slots) is captured when it first occurs, and rows copy their tensors into their shape's buffers (pinned host
-memory, asynchronous) and replay.  All graphs share one memory pool (they never run concurrently).  Nothing numerical changes:
+How: for each row shape (T tokens, S segment slots) the first row runs eagerly (that compiles the layers),
+then the same computation is captured once over static input buffers; later rows of that shape copy their
+tensors into the buffers (pinned host memory, asynchronous) and replay.  Nothing numerical changes:
 - the gradients accumulate in place into fp32 `.grad` buffers that this object owns and re-attaches at the
   start of every window (AccumulateGrad adds in place into an existing `.grad`, eagerly and when captured),
   so the trainer's `zero_grad(set_to_none=True)` is harmless;
@@ -64,7 +63,6 @@ class RowGraphs:
         self.shapes: dict[tuple[int, int], _Captured] = {}
         self.pool = None
         self.disabled: str | None = None
-        self.failed: dict[tuple[int, int], str] = {}
         self.replays = 0
 
     # ---- the window's gradient buffers
@@ -90,16 +88,12 @@ class RowGraphs:
             static["max_seqlen"] = cpu["max_seqlen"]
             cap = self.shapes[key] = _Captured(static, torch.empty((), dtype=torch.float32, device=self.device))
         self._fill(cap, cpu, key[1], n_window)
-        if first and self.pool is not None:
-            # A later shape: the layers are compiled for any T and any number of segments, so capture at once
-            # (an eager row first would hold its activations beside the graphs' pool: a memory peak).
-            self._capture(cap, cpu, key)
         if cap.graph is not None:
             cap.graph.replay()
             self.replays += 1
             return cap.loss
         loss = self.step_fn(self._batch(cap, cpu))  # eager (compiles the first time), accumulates into .grad
-        if first and self.pool is None and self.disabled is None:
+        if first and self.disabled is None:
             self._capture(cap, cpu, key)
         return loss
 
@@ -127,16 +121,11 @@ class RowGraphs:
         try:
             with torch.cuda.graph(g, pool=self.pool):
                 loss = self.step_fn(self._batch(cap, cpu))
-        except Exception as e:  # noqa: BLE001 - any capture failure: this shape runs eagerly from now on
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+        except Exception as e:  # noqa: BLE001 - any capture failure: keep training eagerly
+            self.disabled = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            self.shapes.clear()
             torch.cuda.synchronize(self.device)
-            if self.pool is None:  # the first shape: nothing is captured, keep training eagerly
-                self.disabled = why
-                self.shapes.clear()
-                self.log(f"fast engine: CUDA graphs off ({why}); rows run eagerly")
-            else:
-                self.failed[key] = why
-                self.log(f"fast engine: rows of {key[0]} tokens / {key[1]} segments run eagerly (capture failed: {why})")
+            self.log(f"fast engine: CUDA graphs off ({self.disabled}); rows run eagerly")
             return
         if self.pool is None:
             self.pool = g.pool()
