@@ -314,7 +314,7 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: 
                      "packing_efficiency": round(sum(meter.step_tokens) / (n_bins * budget), 3),
                      "precision": engine.prec.name,
                      "cuda_graphs": ("off" if engine.graphs is None else f"failed: {engine.graphs.disabled}"
-                                     if engine.graphs.disabled else f"{engine.graphs.replays} replays")}
+                                     if engine.graphs.disabled else f"{engine.graphs.replays} replays of {engine.graphs.captures} captures")}
     return out
 
 

@@ -41,6 +41,10 @@ def test_fast_engine_on_cpu_has_no_graphs(tiny_model_dir):
     assert e.graphs is None
 
 
+def _tiny(n: int) -> list[dict]:
+    return [{"input_ids": [5 + i % 50, 7], "labels": [IGN, 7]} for i in range(n)]
+
+
 def _examples(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     out = []
@@ -55,7 +59,7 @@ def _examples(n: int, seed: int) -> list[dict]:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_windows_match_eager_on_gpu(tiny_model_dir):
-    """Four windows (the first row of a shape runs eagerly and is captured, the rest replay) through the graphed
+    """Five windows (the first row runs eagerly and is captured, the rest replay; one row needs more segment slots) through the graphed
     and the eager engine from the same weights: same CE sums and gradients (bf16; flash attention's backward
     sums in a nondeterministic order, hence the tolerance), and the graphs were replayed."""
     from transformers import LlamaForCausalLM
@@ -68,7 +72,9 @@ def test_graphed_windows_match_eager_on_gpu(tiny_model_dir):
     if varlen_supported("cuda"):
         pytest.skip(varlen_supported("cuda"))
     dev = torch.device("cuda", 0)
-    windows = [_examples(12, seed=s) for s in range(4)]
+    # the third window packs 90 two-token conversations into one row: more segments than the graph's 64 slots,
+    # so it is released and captured again with 128
+    windows = [_examples(12, seed=0), _examples(12, seed=1), _tiny(90), _examples(12, seed=3), _examples(12, seed=4)]
     out = {}
     for graphs in (False, True):
         torch.manual_seed(0)
@@ -86,7 +92,8 @@ def test_graphed_windows_match_eager_on_gpu(tiny_model_dir):
             m.zero_grad(set_to_none=True)  # what the trainer does after each step
         out[graphs] = (sums, grads, e)
     assert out[True][2].graphs is not None and out[True][2].graphs.disabled is None
-    assert out[True][2].graphs.replays > 0
+    rg = out[True][2].graphs
+    assert rg.captures == 2 and rg.slots == 128 and rg.replays > 0
     assert out[True][0] == pytest.approx(out[False][0], rel=1e-3)
     for g, g_ref in zip(out[True][1], out[False][1]):
         assert torch.isfinite(g).all()

@@ -5,16 +5,15 @@ launch them (the compiled layers' wrappers, autograd, the varlen attention op, c
 a third of the time (profile of fast@16384:30:fused, H200, 2026-12-01, docs/bench_train.md).  A graph replay
 costs the host microseconds, so the row runs at the GPU's pace.
 
-How: for each row shape (T tokens, S segment slots) the first row runs eagerly (that compiles the layers),
-then the same computation is captured once over static input buffers; later rows of that shape copy their
-tensors into the buffers (pinned host memory, asynchronous) and replay.  Nothing numerical changes:
+How: the first row runs eagerly (that compiles the layers), then the same computation is captured over static
+input buffers; later rows copy their tensors into the buffers (pinned host memory, asynchronous) and replay.  Nothing numerical changes:
 - the gradients accumulate in place into fp32 `.grad` buffers that this object owns and re-attaches at the
   start of every window (AccumulateGrad adds in place into an existing `.grad`, eagerly and when captured),
   so the trainer's `zero_grad(set_to_none=True)` is harmless;
 - the loss is divided by the window's target count held in a device scalar (the same fp32 division as the
   eager `s / n_window`);
 - `cu_seqlens` is padded to S + 1 boundaries with zero-length segments at the end, which flash attention
-  skips, so S can stay fixed while rows hold different numbers of conversations.
+  skips, so S (the graph's segment slots) stays fixed while rows hold different numbers of conversations.
 Only the varlen attention path is captured: `buckets` builds its plan on the host from cu_seqlens (a device
 sync), FlexAttention builds a block mask per row.  Any failure to capture falls back to eager rows, logged once.
 """
@@ -44,25 +43,25 @@ def padded_cu_seqlens(cu: torch.Tensor, slots: int) -> torch.Tensor:
     return torch.cat([cu, cu[-1:].expand(slots - k)]) if slots > k else cu
 
 
-class _Captured:
-    def __init__(self, static: dict, n_window: torch.Tensor):
-        self.static, self.n_window = static, n_window
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.loss: torch.Tensor | None = None
-
-
 class RowGraphs:
     """Runs packed rows (make_packed_batch dicts on the CPU) forward and backward; `run` returns the row's CE sum
-    (0-dim fp32 on the device, detached).  `step(batch)` is the eager computation: fm.packed_loss_sum under the
-    engine's autocast, `scaler.scale(s.float() / n).backward()`."""
+    (0-dim fp32 on the device, detached).  `step_fn(batch)` is the eager computation: fm.packed_loss_sum under
+    the engine's autocast, `scaler.scale(s.float() / batch["_n_window"]).backward()`.
+
+    One graph at a time: rows have the token budget's length, and a row with more segments than the graph has
+    slots releases it (memory first) and is captured again with twice the slots, so the device never holds an
+    eager row's activations beside a graph's pool (a run re-captures a few times at most)."""
 
     def __init__(self, model, device, prec, scaler, step_fn, log=print):
-        self.model, self.device, self.prec, self.scaler, self.step_fn, self.log = model, device, prec, scaler, step_fn, log
+        self.device, self.step_fn, self.log = device, step_fn, log
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.grads: list[torch.Tensor] | None = None
-        self.shapes: dict[tuple[int, int], _Captured] = {}
-        self.pool = None
+        self.tokens, self.slots = 0, 0
+        self.static: dict | None = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None
         self.disabled: str | None = None
+        self.captures = 0
         self.replays = 0
 
     # ---- the window's gradient buffers
@@ -77,41 +76,43 @@ class RowGraphs:
 
     # ---- one row
     def run(self, cpu: dict, n_window: int) -> torch.Tensor:
-        t = cpu["input_ids"].shape[1]
-        cu = cpu["cu_seqlens"]
-        key = (t, segment_slots(cu.numel() - 1))
-        cap = self.shapes.get(key)
-        first = cap is None
-        if first:
-            static = {k: torch.empty_like(cpu[k], device=self.device) for k in _INPUTS}
-            static["cu_seqlens"] = torch.empty(key[1] + 1, dtype=cu.dtype, device=self.device)
-            static["max_seqlen"] = cpu["max_seqlen"]
-            cap = self.shapes[key] = _Captured(static, torch.empty((), dtype=torch.float32, device=self.device))
-        self._fill(cap, cpu, key[1], n_window)
-        if cap.graph is not None:
-            cap.graph.replay()
+        t, n = cpu["input_ids"].shape[1], cpu["cu_seqlens"].numel() - 1
+        if self.graph is not None and (t != self.tokens or n > self.slots):
+            self._release()
+        if self.graph is not None:
+            self._fill(cpu, n_window)
+            self.graph.replay()
             self.replays += 1
-            return cap.loss
-        loss = self.step_fn(self._batch(cap, cpu))  # eager (compiles the first time), accumulates into .grad
-        if first and self.disabled is None:
-            self._capture(cap, cpu, key)
+            return self.loss
+        self.tokens, self.slots = t, max(segment_slots(n), 2 * self.slots)
+        self.static = {k: torch.empty_like(cpu[k], device=self.device) for k in _INPUTS}
+        self.static["cu_seqlens"] = torch.empty(self.slots + 1, dtype=cpu["cu_seqlens"].dtype, device=self.device)
+        self.static["_n_window"] = torch.empty((), dtype=torch.float32, device=self.device)
+        self.static["max_seqlen"] = cpu["max_seqlen"]
+        self._fill(cpu, n_window)
+        loss = self.step_fn(self._batch(cpu))  # eager (compiles the first time), accumulates into .grad
+        self._capture(cpu)
         return loss
 
-    def _batch(self, cap: _Captured, cpu: dict) -> dict:
-        b = dict(cap.static)
-        b["_n_window"] = cap.n_window
+    def _batch(self, cpu: dict) -> dict:
+        b = dict(self.static)
         for k in ("num_targets", "num_real_tokens", "num_examples"):
             b[k] = cpu[k]
-        b["max_seqlen"] = cap.static["max_seqlen"]
         return b
 
-    def _fill(self, cap: _Captured, cpu: dict, slots: int, n_window: int) -> None:
+    def _fill(self, cpu: dict, n_window: int) -> None:
         for k in _INPUTS:
-            cap.static[k].copy_(cpu[k].pin_memory(), non_blocking=True)
-        cap.static["cu_seqlens"].copy_(padded_cu_seqlens(cpu["cu_seqlens"], slots).pin_memory(), non_blocking=True)
-        cap.n_window.fill_(float(max(n_window, 1)))
+            self.static[k].copy_(cpu[k].pin_memory(), non_blocking=True)
+        self.static["cu_seqlens"].copy_(padded_cu_seqlens(cpu["cu_seqlens"], self.slots).pin_memory(), non_blocking=True)
+        self.static["_n_window"].fill_(float(max(n_window, 1)))
 
-    def _capture(self, cap: _Captured, cpu: dict, key) -> None:
+    def _release(self) -> None:
+        self.graph.reset()
+        self.graph = self.loss = None
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+
+    def _capture(self, cpu: dict) -> None:
         # Capture records and does not run: the buffers and .grad are untouched until the first replay.  The
         # eager row's freed blocks go back to the device first, so the graph's private pool does not stack on
         # top of them (the NVML peak stays the eager row's).
@@ -119,15 +120,14 @@ class RowGraphs:
         torch.cuda.empty_cache()
         g = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(g, pool=self.pool):
-                loss = self.step_fn(self._batch(cap, cpu))
+            with torch.cuda.graph(g):
+                loss = self.step_fn(self._batch(cpu))
         except Exception as e:  # noqa: BLE001 - any capture failure: keep training eagerly
             self.disabled = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
-            self.shapes.clear()
+            self.graph = self.loss = None
             torch.cuda.synchronize(self.device)
             self.log(f"fast engine: CUDA graphs off ({self.disabled}); rows run eagerly")
             return
-        if self.pool is None:
-            self.pool = g.pool()
-        cap.graph, cap.loss = g, loss
+        self.graph, self.loss = g, loss
+        self.captures += 1
         torch.cuda.synchronize(self.device)
