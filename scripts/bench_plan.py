@@ -15,8 +15,8 @@ the run), compared with the planner's `total`.  Prints one row per config and th
 fewer than `--min_within` configs are within 10% on torch allocated.
 
 Fast engine rows (`--token_budgets`, `--checkpoint_plans`): the trainer's own code path (sftbench.train.
-fast_model.prepare_fast_model + packed_loss_sum on rows packed by sftbench.data.packing, fused AdamW,
-compiled, bf16), random conversations of up to `--fast_max_length` tokens; peak of the last of `--fast_steps`
+fast_model.prepare_fast_model + FastEngine.window, so CUDA graphs on varlen, on rows packed by
+sftbench.data.packing, fused AdamW, compiled, bf16), random conversations of up to `--fast_max_length` tokens; peak of the last of `--fast_steps`
 steps, and real tokens/s over the steps after the first (compilation).  Printed next to the planner's
 estimate_fast_peak_gib (NVML) and fast_tokens_per_second, with error %.  `--checkpoint_plans` entries are a
 number of checkpointed layers or `auto` (the trainer's choice for --vram_target_gib on this card).
@@ -138,9 +138,8 @@ def measure_fast(dims, token_budget: int, ckpt_layers: int, device, steps: int, 
     """Run the trainer's fast-engine step `steps` times on random packed rows; peak of the last, tokens/s after the first."""
     import torch
 
-    from sftbench.data.packing import batch_to_device, make_packed_batch
     from sftbench.memory import MemoryMonitor
-    from sftbench.train.fast_model import make_fused_adamw, packed_loss_sum, prepare_fast_model
+    from sftbench.train.fast_model import make_fused_adamw, prepare_fast_model
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -151,6 +150,14 @@ def measure_fast(dims, token_budget: int, ckpt_layers: int, device, steps: int, 
                        max_seqlen=max_len, half_precision=True)
     opt = make_fused_adamw(model.parameters(), lr=1e-5)
     dtype = torch.bfloat16 if bf16 else torch.float16
+    # The trainer's own engine (sftbench.train.engines.FastEngine.window: CUDA graphs on varlen), one row per step.
+    from sftbench.device import Precision
+    from sftbench.train.dist import Dist
+    from sftbench.train.engines import FastEngine
+
+    prec = Precision(device, dtype, dtype is torch.float16, "bench_plan")
+    engine = FastEngine(model, device, Dist(), prec, torch.amp.GradScaler("cuda", enabled=dtype is torch.float16),
+                        token_budget=token_budget, pad_id=0, cuda_graphs=True)
     g = torch.Generator().manual_seed(0)
     real, t_start = 0, None
     for step in range(steps):
@@ -170,13 +177,12 @@ def measure_fast(dims, token_budget: int, ckpt_layers: int, device, steps: int, 
             ids = torch.randint(3, dims.vocab, (n,), generator=g).tolist()
             exs.append({"input_ids": ids, "labels": ids})
             used += n
-        batch = batch_to_device(make_packed_batch(exs, token_budget, 0, max_seqlen=max_len), device)
-        with torch.autocast("cuda", dtype=dtype):
-            s, n_t = packed_loss_sum(model, batch)
-        (s.float() / max(n_t, 1)).backward()
-        opt.step()
+        n_t = sum(len(e["input_ids"]) - 1 for e in exs)
+        _, r = engine.window([exs], n_t, seed=step)
+        engine.scaler.step(opt)
+        engine.scaler.update()
         opt.zero_grad(set_to_none=True)
-        real += int(batch["num_real_tokens"])
+        real += r
     torch.cuda.synchronize()
     mon.stop()
     out = {"torch_peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,

@@ -319,8 +319,8 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: 
 
 
 KERNEL_CATEGORIES = (  # (category, substrings of a device kernel's name), first match wins
+    ("attention", ("flash", "fmha", "attention", "efficient_attention")),  # before matmul: flash names carry cutlass types
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "wgmma", "splitk")),
-    ("attention", ("flash", "fmha", "attention", "efficient_attention")),
     ("optimizer", ("adam", "multi_tensor", "foreach")),
     ("compiled (triton)", ("triton",)),
     ("copy / cast", ("copy", "memcpy", "memset", "cast", "fill")),

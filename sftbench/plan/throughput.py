@@ -4,12 +4,15 @@ Reference engine (padded micro-batches through the HF model): a fixed per-micro-
 launches, Python: does not scale with the GPU) plus compute scaled by the GPU's published matrix rate,
 both calibrated on one H100 measurement (docs/bench_train.md's `plan:` line, else DEFAULT_H100_TOKENS_PER_S).
 
-Fast engine (packed rows of `token_budget` tokens, compiled layers): time per packed row =
+Fast engine (packed rows of `token_budget` tokens, compiled layers, each row replayed as a CUDA graph):
+time per packed row =
     FAST overhead (per row, GPU-independent) + tokens x (compute / matrix rate + traffic / memory bandwidth)
-the three coefficients solved from three measurements (FAST_MEASURED): two token budgets on an H200 give the
-per-row overhead and the H200's per-token time; the H100 (same matrix rate, 70% of the bandwidth) splits
-the per-token time into its compute and memory-bandwidth parts.  Checkpointed layers add a recompute
-forward to the compute part ((3 + k / layers) / 4 of the all-checkpointed figure).
+Two token budgets measured on an H200 (FAST_MEASURED) give the per-row overhead and the H200's per-token time;
+the profile of that run splits the per-token time into its matrix part (matmuls and flash attention,
+FAST_MATRIX_SHARE of the device kernel time) and its memory-bound part (the compiled elementwise kernels, the
+fused CE's softmax, gradient accumulation, the optimizer), scaled by the matrix rate and the memory bandwidth
+of another GPU.  Checkpointed layers add a recompute forward to the compute part ((3 + k / layers) / 4 of the
+all-checkpointed figure).  Checked on the H200 (scripts/bench_plan.py, 2026-12-01): see docs/bench_train.md.
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ REFERENCE_GPU = "h100"
 MFU = 0.35
 
 # Fast engine, measured real tokens/s (SmolLM2-135M shape, all 30 layers checkpointed, fused projections,
-# varlen attention): (gpu key, token budget, tokens/s, when).
+# varlen attention, CUDA graphs, rows filled with random conversations; scripts/bench_plan.py):
+# (gpu key, token budget, tokens/s, when).
 FAST_MEASURED = (
-    ("h200", 16384, 147_000.0, "2026-12-01, H200 capped to 8 GiB"),
-    ("h200", 32768, 182_000.0, "2026-12-01, H200 capped to 8 GiB"),
-    ("h100", 16384, 124_000.0, "2026-11-24, H100, 118k-130k over steps"),
+    ("h200", 8192, 176_600.0, "2026-12-01, H200, scripts/bench_plan.py, CUDA graphs"),
+    ("h200", 16384, 200_100.0, "2026-12-01, H200, scripts/bench_plan.py, CUDA graphs"),
 )
+# Share of the device kernel time in matrix units (matmuls + flash attention) in the profile of
+# fast@16384:30:fused on the H200, 2026-12-01 (scripts/bench_train.py profile.txt: 39.5 of 67.7 ms per row).
+FAST_MATRIX_SHARE = 0.58
 
 
 def reference_throughput(root: Path | None = None) -> tuple[float, int, str]:
@@ -72,20 +78,16 @@ def tokens_per_second(spec: PlanSpec, gpu: GPU, ref_tps: float, ref_mb: int, avg
     return tokens / (overhead + compute)
 
 
-def fast_coefficients(measured=FAST_MEASURED) -> tuple[float, float, float]:
-    """(seconds per packed row, compute s*TFLOPS per token, traffic s*GB/s per token) from FAST_MEASURED."""
-    (g1, t1, r1, _), (g2, t2, r2, _), (g3, t3, r3, _) = measured
-    if g1 != g2 or g3 == g1 or t1 == t2:
-        raise ValueError("FAST_MEASURED: two token budgets on one GPU, then one on another GPU")
-    a, b = get_gpu(g1), get_gpu(g3)
-    per_tok_a = (t2 / r2 - t1 / r1) / (t2 - t1)
-    overhead = t1 / r1 - t1 * per_tok_a
-    per_tok_b = (t3 / r3 - overhead) / t3
-    # per_tok = c / tflops + m / bandwidth on both GPUs: two equations in c and m
-    det = (1 / a.tflops) * (1 / b.mem_bw_gbs) - (1 / b.tflops) * (1 / a.mem_bw_gbs)
-    c = (per_tok_a / b.mem_bw_gbs - per_tok_b / a.mem_bw_gbs) / det
-    m = (per_tok_b / a.tflops - per_tok_a / b.tflops) / det
-    return overhead, max(c, 0.0), max(m, 0.0)
+def fast_coefficients(measured=FAST_MEASURED, matrix_share: float = FAST_MATRIX_SHARE) -> tuple[float, float, float]:
+    """(seconds per packed row, compute s*TFLOPS per token, traffic s*GB/s per token) from two token budgets
+    measured on one GPU and the profile's matrix share of the per-token time."""
+    (g1, t1, r1, _), (g2, t2, r2, _) = measured
+    if g1 != g2 or t1 == t2:
+        raise ValueError("FAST_MEASURED: two token budgets on one GPU")
+    gpu = get_gpu(g1)
+    per_tok = (t2 / r2 - t1 / r1) / (t2 - t1)
+    overhead = max(t1 / r1 - t1 * per_tok, 0.0)
+    return overhead, per_tok * matrix_share * gpu.tflops, per_tok * (1 - matrix_share) * gpu.mem_bw_gbs
 
 
 def fast_tokens_per_second(gpu: GPU, token_budget: int, checkpoint_layers: int, layers: int,
