@@ -366,15 +366,16 @@ def test_bucket_attention_op_matches_per_segment_sdpa_with_gradients():
             torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
-def test_auto_picks_flex_on_gpus_without_varlen_and_names_buckets(monkeypatch):
+def test_auto_picks_buckets_on_gpus_without_varlen(monkeypatch):
     import sftbench.train.fast_model as fm
 
     monkeypatch.setattr(fm, "varlen_supported", lambda dev: "flash attention needs compute capability 8.0+, this GPU has 7.5")
     att, why = fm.pick_attention("cuda", half_precision=True)
-    assert att == "flex" and why.startswith("FlexAttention document mask (flash attention needs") and "--attention buckets" in why
+    assert att == "buckets" and why.startswith("SDPA per length bucket of conversations (flash attention needs")
+    assert "--attention flex" in why
     monkeypatch.setattr(fm, "varlen_supported", lambda dev: None)
     assert fm.pick_attention("cuda", half_precision=True)[0] == "varlen"
-    assert fm.pick_attention("cuda", half_precision=False)[0] == "flex"  # fp32: flash needs bf16/fp16
+    assert fm.pick_attention("cuda", half_precision=False)[0] == "buckets"  # fp32: flash needs bf16/fp16
 
 
 @pytest.mark.gpu

@@ -113,8 +113,9 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
     loss_chunk_size: int = _f(1024, "Tokens per chunk of the memory-light cross-entropy (never the full [tokens, vocab] fp32 logits). 0 = plain full-logits CE.")
     engine: str = _f("auto", "`fast`: padding-free packing into --token_budget tokens with attention kept inside each "
-                     "conversation, compiled layers, fused chunked CE (same losses as reference; 2.3x the real tokens/s of TRL+Liger at its "
-                     "fastest setting, micro-batch 48, on an H200 capped to 8 GiB, 2026-12-01; docs/gpu_results.md). "
+                     "conversation, compiled layers, fused chunked CE, each packed row replayed as a CUDA graph (same losses "
+                     "as reference; 3.5x the real tokens/s of TRL+Liger at its fastest setting under the same cap, "
+                     "micro-batch 32, on an H200 capped to 8 GiB, 2026-12-01; docs/bench_train.md). "
                      "`reference`: padded micro-batches through the HF model. `auto`: fast on a CUDA GPU for full fine-tuning "
                      "of a Llama-style model, else reference.", choices=["auto", "reference", "fast"])
     token_budget: int = _f(0, "fast engine: tokens per packed micro-batch (0 = 16384 on a GPU, per_device_train_batch_size x "
@@ -122,10 +123,11 @@ class TrainConfig:
     attention: str = _f("auto", "fast engine: attention kept inside each packed conversation. `varlen`: flash attention over "
                         "the conversations' boundaries (sm80+ GPUs, bf16/fp16): starts in ~20 s on a cold machine. `buckets`: "
                         "the conversations gathered into a few length buckets, SDPA's memory-efficient causal kernel per "
-                        "bucket (any GPU, fp16/fp32: T4, P100); no attention compile (CPU-tested; not yet measured on a GPU). `flex`: FlexAttention: 9-16%% more "
-                        "tokens/s on an H100, but its first step compiled for ~4 minutes on a cold machine (324 s with 2 CPU "
-                        "cores; seconds once the inductor cache is warm): for long runs on a machine that keeps its cache. "
-                        "`sdpa`: dense mask (CPU). `auto`: varlen where it runs, else flex on a GPU, sdpa on CPU.",
+                        "bucket (any GPU, fp16/fp32: T4, P100); no attention compile: its cold first step took 18 s with 2 "
+                        "CPU cores. `flex`: FlexAttention: 9-16%% more tokens/s than varlen on an H100 once compiled, but its "
+                        "first step compiled for ~4 minutes on a cold machine (324 s with 2 CPU cores): for long runs on a "
+                        "machine that keeps its inductor cache. `sdpa`: dense mask (CPU). `auto`: varlen where it runs, else "
+                        "buckets on a GPU, sdpa on CPU.",
                         choices=["auto", "varlen", "buckets", "flex", "sdpa"])
     fuse_projections: bool = _f(True, "fast engine: one matmul for q/k/v and one for gate/up (same maths; +8-15%% tokens/s "
                                 "measured on an H100).")

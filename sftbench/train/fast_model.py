@@ -87,17 +87,18 @@ def varlen_supported(device) -> str | None:
 
 
 def pick_attention(device, half_precision: bool) -> tuple[str, str]:
-    """(attention, reason): varlen on sm80+ GPUs training in bf16/fp16, FlexAttention on other GPUs (and in fp32),
-    sdpa on CPU.  `buckets` (no attention compile, meant for T4/P100) is opt-in until it has run on a GPU: its
-    CPU tests pass, its compiled CUDA path and cold start are not yet measured (docs/gpu_results.md, session 3)."""
+    """(attention, reason): varlen on sm80+ GPUs training in bf16/fp16, `buckets` on other GPUs (T4, P100) and in
+    fp32, sdpa on CPU.  buckets needs no attention compile: its cold first step took 17.9 s with 2 CPU cores, 2
+    compile threads and empty caches, forced in fp16 on an H200 (2026-12-01), where FlexAttention's took 324 s."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return "sdpa", "CPU: dense SDPA with a block-diagonal mask"
     why = "fp32 autocast-free training (flash attention needs bf16/fp16)" if not half_precision else varlen_supported(dev)
     if why is None:
         return "varlen", "varlen flash attention over the conversations' boundaries (no attention compile)"
-    return "flex", (f"FlexAttention document mask ({why}); its first step compiles for minutes on a cold machine: "
-                    f"--attention buckets avoids that compile (SDPA per length bucket; not yet measured on a GPU)")
+    return "buckets", (f"SDPA per length bucket of conversations ({why}); no attention compile, so the first step "
+                       f"starts in seconds (--attention flex: FlexAttention, faster once compiled, but its first step "
+                       f"compiles for minutes on a cold machine)")
 
 
 def _varlen_call():
