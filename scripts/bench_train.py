@@ -60,7 +60,7 @@ if str(ROOT) not in sys.path:
 
 IGN = -100
 PAD_ID = 2  # <|im_end|>, SmolLM2's pad in this project
-TRL_LIGER_PEER = 16564  # tokens/s measured here before (shared/NOTES.md); used only if the row cannot run
+TRL_LIGER_PEER = 57933  # TRL+Liger's best under the 8 GiB cap (micro-batch 32, H200, 2026-12-01); only if no setting runs
 
 
 # ---------------------------------------------------------------------------------------------------------------
