@@ -82,7 +82,7 @@ class FastEngine(Engine):
         if cuda_graphs and device.type == "cuda" and model._sftbench_fast.attention == "varlen" and model._sftbench_fast.compile:
             from sftbench.train.row_graph import RowGraphs
 
-            self.graphs = RowGraphs(model, device, prec, scaler, self._row_step, log=lambda m: log(d, m))
+            self.graphs = RowGraphs(model, device, self._row_step, log=lambda m: log(d, m))
 
     def _row_step(self, batch: dict) -> torch.Tensor:
         """One row forward and backward (what a CUDA graph captures): the CE sum / the window's target count."""

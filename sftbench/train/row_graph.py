@@ -6,7 +6,8 @@ a third of the time (profile of fast@16384:30:fused, H200, 2026-12-01, docs/benc
 costs the host microseconds, so the row runs at the GPU's pace.
 
 How: the first row runs eagerly (that compiles the layers), then the same computation is captured over static
-input buffers; later rows copy their tensors into the buffers (pinned host memory, asynchronous) and replay.  Nothing numerical changes:
+input buffers; later rows copy their tensors into the buffers (pinned host memory, asynchronous) and replay.
+Nothing numerical changes:
 - the gradients accumulate in place into fp32 `.grad` buffers that this object owns and re-attaches at the
   start of every window (AccumulateGrad adds in place into an existing `.grad`, eagerly and when captured),
   so the trainer's `zero_grad(set_to_none=True)` is harmless;
@@ -52,7 +53,7 @@ class RowGraphs:
     slots releases it (memory first) and is captured again with twice the slots, so the device never holds an
     eager row's activations beside a graph's pool (a run re-captures a few times at most)."""
 
-    def __init__(self, model, device, prec, scaler, step_fn, log=print):
+    def __init__(self, model, device, step_fn, log=print):
         self.device, self.step_fn, self.log = device, step_fn, log
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.grads: list[torch.Tensor] | None = None
