@@ -28,8 +28,8 @@ _INPUTS = ("input_ids", "position_ids", "shift_labels")
 
 
 def segment_slots(n_segments: int) -> int:
-    """Segment slots S for a row of n segments: the next power of two >= n (at least 64), so a run captures
-    a handful of shapes, not one per row."""
+    """Segment slots S for a row of n segments: the next power of two >= n (at least 64), so a run re-captures
+    its graph a few times at most, not once per row."""
     s = _MIN_SLOTS
     while s < n_segments:
         s *= 2
