@@ -14,7 +14,7 @@ Run `python conversation_func.py --help` to tokenise a file and eyeball the mask
 
 from __future__ import annotations
 
-from sftbench.chat_template import HOMEWORK_CHATML, template_from_flag
+from sftbench.model.chat_template import HOMEWORK_CHATML, template_from_flag
 from sftbench.data.build import DataStats, build_examples
 from sftbench.data.cache import MASKING_VERSION, cache_key
 from sftbench.data.collate import collate

@@ -9,7 +9,7 @@ atomic checkpoints, exact resume, one process per GPU (DDP) when launched with a
 The homework's entry point; the trainer lives in sftbench/train/: the loop (loop.py: train()), its steps
 (setup.py), the engines (engines.py), checkpoints (checkpoint.py), the OOM policy (oom.py), the config
 and its CLI (config.py).  Data -> conversation_func.py, loss -> sftbench/loss.py (loss_functions.py),
-precision -> sftbench/device.py.
+precision -> sftbench/core/device.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from sftbench.loss import CausalLMLossSum  # noqa: F401  (the reference engine's loss module; tests patch it here)
-from sftbench.train.config import TrainConfig, parse_train_config  # noqa: F401
+from sftbench.config.train import TrainConfig, parse_train_config  # noqa: F401
 from sftbench.train.loop import train
 from sftbench.train.oom import run_with_oom_policy
 

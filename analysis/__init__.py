@@ -1,4 +1,1 @@
-"""Analysis of IFEval sweeps: paired statistics (paired_stats) and the report/plots (report).
-
-Everything here only *reads* result files (see docs/ARCHITECTURE.md); nothing trains or evaluates.
-"""
+"""Homework-compatible entry point only: `python -m analysis.report`.  The code lives in sftbench.analysis."""

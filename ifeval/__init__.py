@@ -1,4 +1,2 @@
-"""IFEval for SFT checkpoints: typed configs (config), prompt sets (data), generation behind one interface
-(generate: hf and fast backends; fast_generate), lm-eval's checkers (scoring), the results schema shared
-by writers and readers (results), one checkpoint end to end (run; `bash ifeval/run.sh MODEL OUT`) and a
-whole run (sweep)."""
+"""Homework-compatible entry points only: `bash ifeval/run.sh`, `python -m ifeval.run`, `python -m ifeval.sweep`.
+The evaluation lives in sftbench.eval (run, sweep, results), sftbench.tasks (prompts, scorers), sftbench.engine (generation)."""

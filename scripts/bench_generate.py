@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""IFEval greedy generation: HF `generate()` vs the fast backend (ifeval/fast_generate.py), side by side
+"""IFEval greedy generation: HF `generate()` vs the fast backend (sftbench/engine/fast_generate.py), side by side
 in one process, under one GPU memory cap.
 
 What it measures (GPU):
@@ -43,21 +43,21 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 def parse_args(argv=None):
-    from ifeval.config import EvalConfig
-    from sftbench.cli import config_defaults
+    from sftbench.eval.config import EvalConfig
+    from sftbench.core.cli import config_defaults
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_Formatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model", default="smollm2-135m-instruct-offline",
-                   help="A model directory, a .gguf file (converted with sftbench.models into a temporary directory), "
+                   help="A model directory, a .gguf file (converted with sftbench.model.offline into a temporary directory), "
                         "`smollm2-135m-instruct-offline`, or `tiny` (random 2-layer Llama for smoke runs).")
     p.add_argument("--data", default=None,
                    help="IFEval jsonl (default: .bench-data/input_data.jsonl if present, else ../shared/data/ifeval/input_data.jsonl).")
     p.add_argument("--limit", type=int, default=None, help="Only the first N prompts (smoke runs).")
     p.add_argument("--max-new-tokens", type=int, default=config_defaults(EvalConfig)["max_new_tokens"],
-                   help="Generation cap per answer (ifeval.config.EvalConfig's default).")
+                   help="Generation cap per answer (sftbench.eval.config.EvalConfig's default).")
     p.add_argument("--memory-cap-gib", type=float, default=8.0,
-                   help="Device memory cap (NVML total, GiB) applied with sftbench.memory.apply_memory_cap; 0 = none.")
+                   help="Device memory cap (NVML total, GiB) applied with sftbench.core.memory.apply_memory_cap; 0 = none.")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cpu.")
     p.add_argument("--hf-batch-sizes", default="32,64,128,192",
                    help="Comma-separated batch sizes to probe for HF generate().")
@@ -90,7 +90,7 @@ def make_tiny_dir(path: Path) -> Path:
     import torch
     from transformers import GenerationConfig
 
-    from sftbench.tiny import build_tiny_model, build_tiny_tokenizer
+    from sftbench.model.tiny import build_tiny_model, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     model = build_tiny_model(len(tok), seed=0)
@@ -106,7 +106,7 @@ def make_tiny_dir(path: Path) -> Path:
 
 
 def resolve_model(spec: str, out_dir: Path) -> Path:
-    from sftbench.models import convert_gguf_to_hf, resolve_model_path
+    from sftbench.model.offline import convert_gguf_to_hf, resolve_model_path
 
     if spec == "tiny":
         return make_tiny_dir(Path(tempfile.mkdtemp(prefix="bench-tiny-")))
@@ -123,7 +123,7 @@ def resolve_model(spec: str, out_dir: Path) -> Path:
 def hf_memory_estimate(shape, bs: int, max_prompt: int, max_new: int, dtype_bytes: int = 2) -> int:
     """Bytes HF generate() needs at batch bs when a row runs to the cap: weights, the DynamicCache, the
     per-layer GQA expansion (repeat_kv with a padding mask) and cache growth copies, logits, slack."""
-    from ifeval.fast_generate import kv_bytes_per_token
+    from sftbench.engine.fast_generate import kv_bytes_per_token
 
     L = max_prompt + max_new
     kv = bs * L * kv_bytes_per_token(shape, dtype_bytes)
@@ -165,7 +165,7 @@ class Phase:
         self.device = device
 
     def __enter__(self):
-        from sftbench.memory import MemoryMonitor
+        from sftbench.core.memory import MemoryMonitor
 
         reset_peaks(self.device)
         self.mon = MemoryMonitor(device_index=self.device.index or 0, interval_s=0.05).start() \
@@ -237,7 +237,7 @@ class Bench:
     tok: object
     examples: list
     ids: list[list[int]]
-    spec: object            # ifeval.generate.GenSpec: the product's cap, stop ids, pad id
+    spec: object            # sftbench.engine.generate.GenSpec: the product's cap, stop ids, pad id
     shape: object           # LlamaShape
     cpu_model: object       # weights on the CPU, copied into the fast engine
     summary: dict
@@ -245,7 +245,7 @@ class Bench:
 
     @property
     def dtype(self):
-        from ifeval.generate import torch_dtype
+        from sftbench.engine.generate import torch_dtype
 
         return torch_dtype(self.dtype_name)
 
@@ -255,15 +255,15 @@ class Bench:
 
 
 def setup(args) -> Bench:
-    """Device, dtype, memory cap, model and prompts: the same functions ifeval/run.py uses."""
+    """Device, dtype, memory cap, model and prompts: the same functions sftbench/eval/run.py uses."""
     import torch
 
-    from ifeval.data import load_jsonl
-    from ifeval.fast_llama import LlamaShape
-    from ifeval.generate import GenSpec, encode, load_model, load_tokenizer, pick_generation_dtype, render_prompts, \
+    from sftbench.tasks.data import load_jsonl
+    from sftbench.engine.fast_llama import LlamaShape
+    from sftbench.engine.generate import GenSpec, encode, load_model, load_tokenizer, pick_generation_dtype, render_prompts, \
         stop_token_ids
-    from sftbench.device import pick_device
-    from sftbench.memory import apply_memory_cap
+    from sftbench.core.device import pick_device
+    from sftbench.core.memory import apply_memory_cap
 
     out_dir = Path(args.out_dir or os.environ.get("OUT") or "bench-out")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -299,7 +299,7 @@ def setup(args) -> Bench:
 # ---------------------------------------------------------------- 1. HF generate()
 def hf_probes(b: Bench, hf, order: list[int]) -> dict:
     """A short forced-length run at each --hf-batch-sizes; returns the best probe that fits at full length."""
-    from ifeval.fast_generate import available_memory_bytes
+    from sftbench.engine.fast_generate import available_memory_bytes
 
     args, probes = b.args, []
     avail = available_memory_bytes(b.device) if b.device.type == "cuda" else None
@@ -378,7 +378,7 @@ def hf_full_run(b: Bench, hf, order: list[int], best: dict) -> dict:
 
 def hf_phase(b: Bench) -> dict:
     """HF generate() through the product's HFGenerator; {} when it failed (the fast rows are kept)."""
-    from ifeval.generate import HFGenerator, load_model
+    from sftbench.engine.generate import HFGenerator, load_model
 
     try:
         hf = HFGenerator(load_model(str(b.model_dir), b.dtype_name, b.device), b.tok, b.spec)
@@ -416,7 +416,7 @@ def fast_run(b: Bench, name: str, gen, prompt_idx: list[int], note: str = "") ->
 
 def fast_phase(b: Bench, hf_done: dict):
     """Checkpoint 1 (build), checkpoint 2 (load + generate), HF's prompts only; returns (gen, ckpt-1 and ckpt-2 answers, reloaded model)."""
-    from ifeval.generate import load_model, make_fast_generator
+    from sftbench.engine.generate import load_model, make_fast_generator
 
     all_idx = list(range(len(b.ids)))
     with Phase(b.device) as ph_build:
@@ -472,7 +472,7 @@ def triton_check(b: Bench, eng) -> None:
     """Triton attention vs the SDPA reference on real-size random data."""
     import torch
 
-    from ifeval.fast_attention import decode_attention_torch, decode_attention_triton
+    from sftbench.engine.fast_attention import decode_attention_torch, decode_attention_triton
 
     s, dev = b.shape, b.device
     g = torch.Generator(device=dev).manual_seed(1)
@@ -489,7 +489,7 @@ def triton_check(b: Bench, eng) -> None:
 
 def variants(b: Bench, model) -> dict:
     """The fast engine without torch.compile / without CUDA graphs (GPU only, until --deadline-s)."""
-    from ifeval.generate import make_fast_generator
+    from sftbench.engine.generate import make_fast_generator
 
     if b.device.type != "cuda":
         return {}
@@ -565,7 +565,7 @@ def speedups(b: Bench, fast1: dict, hf_done: dict) -> dict:
 # ---------------------------------------------------------------- files + table
 def dump(b: Bench, name: str, done: dict) -> None:
     """{key, prompt, response, generated_tokens, hit_cap} per prompt (the Completion's fields)."""
-    from sftbench.io import atomic_write_jsonl
+    from sftbench.core.io import atomic_write_jsonl
 
     atomic_write_jsonl(b.out_dir / name, [
         {"key": b.examples[i].key, "prompt": b.examples[i].prompt, "response": done[i].text,
@@ -602,8 +602,8 @@ def print_report(b: Bench) -> None:
 
 
 def run(args) -> int:
-    """HF generate() and the fast backend, both through ifeval.generate's Generator interface, side by side."""
-    from sftbench.io import atomic_write_json
+    """HF generate() and the fast backend, both through sftbench.engine.generate's Generator interface, side by side."""
+    from sftbench.core.io import atomic_write_json
 
     b = setup(args)
     hf_done = {} if args.skip_hf else hf_phase(b)
@@ -628,9 +628,9 @@ def run(args) -> int:
 
 def score(dir_: str, data: str | None) -> int:
     """Four IFEval accuracies of both backends on the prompts both answered (CPU)."""
-    from ifeval.data import load_jsonl
-    from ifeval.scoring import Scorer, aggregate
-    from sftbench.io import read_jsonl
+    from sftbench.tasks.data import load_jsonl
+    from sftbench.tasks.scoring import Scorer, aggregate
+    from sftbench.core.io import read_jsonl
 
     d = Path(dir_)
     exs = {e.key: e for e in load_jsonl(Path(data) if data else default_data())}
@@ -659,7 +659,7 @@ def score(dir_: str, data: str | None) -> int:
 
 
 def main(argv=None) -> int:
-    from sftbench.errors import UserError, exit_with_user_error
+    from sftbench.core.errors import UserError, exit_with_user_error
 
     args = parse_args(argv)
     try:

@@ -89,7 +89,7 @@ def measure(spec, device, steps: int = 2) -> dict:
     """Run `steps` optimizer steps; peak of the last one."""
     import torch
 
-    from sftbench.memory import MemoryMonitor
+    from sftbench.core.memory import MemoryMonitor
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -138,8 +138,8 @@ def measure_fast(dims, token_budget: int, ckpt_layers: int, device, steps: int, 
     """Run the trainer's fast-engine step `steps` times on random packed rows; peak of the last, tokens/s after the first."""
     import torch
 
-    from sftbench.memory import MemoryMonitor
-    from sftbench.train.fast_model import make_fused_adamw, prepare_fast_model
+    from sftbench.core.memory import MemoryMonitor
+    from sftbench.engine.fast_model import make_fused_adamw, prepare_fast_model
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -151,7 +151,7 @@ def measure_fast(dims, token_budget: int, ckpt_layers: int, device, steps: int, 
     opt = make_fused_adamw(model.parameters(), lr=1e-5)
     dtype = torch.bfloat16 if bf16 else torch.float16
     # The trainer's own engine (sftbench.train.engines.FastEngine.window: CUDA graphs on varlen), one row per step.
-    from sftbench.device import Precision
+    from sftbench.core.device import Precision
     from sftbench.train.dist import Dist
     from sftbench.train.engines import FastEngine
 
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     fast = fast_rows(a, dims, device) if a.token_budgets else []
     if a.skip_reference:
         if a.out:
-            from sftbench.io import atomic_write_json
+            from sftbench.core.io import atomic_write_json
 
             atomic_write_json(a.out, {"gpu": torch.cuda.get_device_name(device), "rows": fast})
         return 0
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     print(f"{within}/{len(rows)} configs within 10% (torch allocated); mean |err| "
           f"{sum(abs(r['err_alloc_pct']) for r in rows) / max(len(rows), 1):.1f}%")
     if a.out:
-        from sftbench.io import atomic_write_json
+        from sftbench.core.io import atomic_write_json
 
         atomic_write_json(a.out, {"gpu": torch.cuda.get_device_name(device), "rows": rows + fast})
     return 0 if within >= a.min_within else 1

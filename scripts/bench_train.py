@@ -4,7 +4,7 @@ setting, our reference engine and our fast engine, side by side on the same data
 VRAM, model FLOPs utilisation and ratios to the peer's best.
 
 Each row runs in its own subprocess (clean CUDA context, so NVML and torch peaks belong to that row alone),
-under `sftbench.memory.apply_memory_cap(--cap-gib)`.  Rows:
+under `sftbench.core.memory.apply_memory_cap(--cap-gib)`.  Rows:
 
   hf_trainer  HF Trainer, micro-batch 1, fp16 AMP, gradient checkpointing (the homework's 8 GB recipe)
   trl_search  TRL SFTTrainer + Liger kernels, bf16, at each --trl-search setting (micro-batches with and without
@@ -77,7 +77,7 @@ def load_examples(spec: str, n_synthetic: int = 2000, seed: int = 0) -> list[dic
             p = rng.randrange(4, n // 2)
             out.append({"input_ids": ids, "labels": [IGN] * p + ids[p:]})
         return out
-    from sftbench.io import read_jsonl
+    from sftbench.core.io import read_jsonl
 
     rows = read_jsonl(spec)
     return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
@@ -125,7 +125,7 @@ def build_model(seed: int = 0, attn: str = "sdpa", tiny: bool = False):
 def prepare(out: str, data_dir: str, max_length: int) -> None:
     """Tokenise the chat data with the real SmolLM2 tokenizer (offline GGUF) via conversation_func."""
     from conversation_func import build_examples, load_tokenizer
-    from sftbench.io import atomic_write_jsonl
+    from sftbench.core.io import atomic_write_jsonl
 
     tok = load_tokenizer("smollm2-135m-instruct-offline")
     exs, stats = build_examples(data_dir, tok, max_length=max_length, max_rounds=None, progress=True,
@@ -188,7 +188,7 @@ def _our_engine(kind: str, model, device, precision: str = "bf16", **kw):
     the T4/P100 precision) autocast on a GPU, fp32 on the CPU."""
     import torch
 
-    from sftbench.device import Precision
+    from sftbench.core.device import Precision
     from sftbench.train.dist import Dist
     from sftbench.train.engines import FastEngine, ReferenceEngine
 
@@ -202,7 +202,7 @@ def _our_engine(kind: str, model, device, precision: str = "bf16", **kw):
 
 
 def _our_optimizer(a, model, device):
-    from sftbench.train.config import TrainConfig
+    from sftbench.config.train import TrainConfig
     from sftbench.train.setup import build_optimizer
 
     return build_optimizer(model, TrainConfig(learning_rate=a.lr, weight_decay=0.0), device)
@@ -256,7 +256,7 @@ def parse_fast_row(name: str, a) -> dict:
     if name == "fast":
         return {"budget": a.token_budget, "ckpt": a.checkpoint_layers, "fuse": False, "attention": a.attention,
                 "precision": a.precision, "graphs": not a.no_graphs}
-    from sftbench.train.fast_model import ATTENTIONS
+    from sftbench.engine.fast_model import ATTENTIONS
 
     parts = name[5:].split(":")
     if len(parts) < 2 or not parts[0].isdigit():
@@ -282,8 +282,8 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: 
              attention: str = "auto", precision: str = "bf16", graphs: bool = True) -> dict:
     import torch
 
-    from sftbench.train.fast_model import prepare_fast_model
-    from sftbench.train.memory_budget import choose_checkpoint_layers, torch_budget_bytes
+    from sftbench.engine.fast_model import prepare_fast_model
+    from sftbench.engine.memory_budget import choose_checkpoint_layers, torch_budget_bytes
 
     if ckpt == "auto":  # the trainer's own plan for --target-gib of device memory
         k = choose_checkpoint_layers(model, budget, torch_budget_bytes(a.target_gib), ce_chunk_size=a.ce_chunk)
@@ -501,7 +501,7 @@ def row_trl_liger(a, examples, windows, model, device, tmp: str, mb: int, gc: bo
 def _tiny_pad_tokenizer():
     """TRL wants a processing_class for its pad id; the data are already token ids, so any tokenizer whose
     pad id is 2 (<|im_end|>) does: the project's tiny tokenizer has SmolLM2's special ids."""
-    from sftbench.tiny import build_tiny_tokenizer
+    from sftbench.model.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     assert tok.pad_token_id == PAD_ID
@@ -511,7 +511,7 @@ def _tiny_pad_tokenizer():
 def run_row(a) -> dict:
     import torch
 
-    from sftbench.memory import MemoryMonitor, apply_memory_cap, torch_peak_gib
+    from sftbench.core.memory import MemoryMonitor, apply_memory_cap, torch_peak_gib
 
     device = torch.device("cuda", 0) if not a.cpu_debug else torch.device("cpu")
     cap_line = apply_memory_cap(a.cap_gib, device)
@@ -573,7 +573,7 @@ def _child(a, row: str, extra: list[str]) -> dict:
 
 
 def _user_error(msg: str):
-    from sftbench.errors import UserError
+    from sftbench.core.errors import UserError
 
     return UserError(msg)
 
@@ -596,7 +596,7 @@ def _reused(a, results: list[dict]) -> list[dict]:
     """--reuse-rows: the earlier run's rows that this call did not run, marked as reused."""
     if not a.reuse_rows:
         return []
-    from sftbench.errors import UserError
+    from sftbench.core.errors import UserError
 
     path = Path(a.reuse_rows)
     if not path.is_file():
@@ -877,14 +877,14 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     a = parse(argv)
-    from sftbench.errors import UserError, exit_with_user_error
+    from sftbench.core.errors import UserError, exit_with_user_error
 
     try:
         if a.command == "prepare":
             prepare(a.out, a.source, a.max_length)
             return 0
         if a.row:
-            from sftbench.io import atomic_write_json
+            from sftbench.core.io import atomic_write_json
 
             res = run_row(a)
             atomic_write_json(a.row_out, res)
@@ -926,7 +926,7 @@ def main(argv=None) -> int:
         head = (f"bench_train: {gpu}, torch {torch.__version__}, transformers {transformers.__version__}, "
                 f"{time.strftime('%Y-%m-%d', time.gmtime())}; data {a.data}; {a.batch_convs} conversations/step "
                 f"(fast@: {a.sweep_batch_convs}); cap {a.cap_gib} GiB; MFU against {a.peak_tflops:g} TFLOP/s\n")
-        from sftbench.io import atomic_write_json, atomic_write_text
+        from sftbench.core.io import atomic_write_json, atomic_write_text
 
         atomic_write_json(Path(a.out) / "summary.json", {"args": {k: v for k, v in vars(a).items() if k != "_argv"},
                                                          "results": results})

@@ -20,7 +20,7 @@ EXTRA_TRAIN=${EXTRA_TRAIN:-}
 "$PY" - <<'PY'
 import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 PY
-MODEL_DIR=$("$PY" -c "from sftbench.models import resolve_model_path as r; print(r('$MODEL'))")
+MODEL_DIR=$("$PY" -c "from sftbench.model.offline import resolve_model_path as r; print(r('$MODEL'))")
 t0=$(date +%s)
 bash scripts/sft_4060_8gb.sh "$MODEL_DIR" "$DATA" "$OUT" --memory_cap_gib "$CAP" --max_steps "$STEPS" --save_steps "$SAVE" \
   --progress False --engine "$ENGINE" $EXTRA_TRAIN
@@ -28,7 +28,7 @@ t1=$(date +%s)
 echo "train wall: $((t1 - t0)) s"
 ifeval_args=(--memory_cap_gib "$CAP")
 [ -n "$IFEVAL" ] && ifeval_args+=(--data "$IFEVAL")
-"$PY" -m ifeval.sweep "$OUT" "$RESULTS" --include_base "$MODEL_DIR" "${ifeval_args[@]}" ${EXTRA_EVAL:-}
+"$PY" -m sftbench.eval.sweep "$OUT" "$RESULTS" --include_base "$MODEL_DIR" "${ifeval_args[@]}" ${EXTRA_EVAL:-}
 t2=$(date +%s)
 echo "sweep wall: $((t2 - t1)) s"
-"$PY" -m analysis.report "$RESULTS" || true
+"$PY" -m sftbench.analysis.report "$RESULTS" || true

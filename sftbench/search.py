@@ -5,7 +5,7 @@
 
 GRID (JSON):
     {"base":    {trainer flag: value, ...},          # every configuration's flags (TrainConfig field names)
-     "eval":    {sweep/eval flag: value, ...},       # passed to every sweep (ifeval.sweep / ifeval/run.py flags)
+     "eval":    {sweep/eval flag: value, ...},       # passed to every sweep (sftbench.eval.sweep / sftbench/eval/run.py flags)
      "configs": [{"name": "lr2e-5", trainer flag: value, ...}, ...],   # named overrides, and/or
      "axes":    {trainer flag: [value, ...], ...}}   # a product (crossed with each named config, if any)
 A flag with value true/false is a boolean; null passes `none`.  TRAINER FLAGS after OUT override the grid's
@@ -18,7 +18,7 @@ the change from the start in points, the exact McNemar p-value against the start
 checkpoint compared, and the verdict.  Resumable and idempotent: a configuration whose training and sweep are
 complete is skipped; a half-trained one resumes from its newest checkpoint (restarts when it has none); a
 configuration whose flags changed since it was trained is an error (rename it or use a new OUT).  Everything runs
-in this one process (train_hw_parallel.main, ifeval.sweep.main), which reuses the evaluation session (scorer,
+in this one process (train_hw_parallel.main, sftbench.eval.sweep.main), which reuses the evaluation session (scorer,
 compiled generator) across configurations.
 """
 
@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ifeval.results import IFBENCH_DIR
-from sftbench.errors import UserError, exit_with_user_error
+from sftbench.eval.results import IFBENCH_DIR
+from sftbench.core.errors import UserError, exit_with_user_error
 
 PROG = "python -m sftbench.search"
 START = "_start"
@@ -79,8 +79,8 @@ def _product_names(axes: dict[str, list]) -> list[tuple[str, dict]]:
 
 def load_grid(path: str | Path, cli_flags: dict[str, Any] | None = None) -> Grid:
     """Read and validate a grid file (UserError naming the file and the entry)."""
-    from sftbench.io import read_json
-    from sftbench.train.config import TrainConfig
+    from sftbench.core.io import read_json
+    from sftbench.config.train import TrainConfig
 
     p = Path(path)
     if not p.is_file():
@@ -133,7 +133,7 @@ def load_grid(path: str | Path, cli_flags: dict[str, Any] | None = None) -> Grid
 
 def check_trainer_flags(c: Config, out_dir: Path) -> None:
     """Parse the configuration's trainer command line now, so a bad value stops the search before any work."""
-    from sftbench.train.config import parse_train_config
+    from sftbench.config.train import parse_train_config
 
     try:
         cfg = parse_train_config(flag_args(c.flags) + ["--output_dir", str(out_dir)], prog=f"{PROG} ({c.name})")
@@ -164,9 +164,9 @@ def resumable(run: Path) -> bool:
 
 
 def result_steps(results: Path) -> set[int]:
-    """Steps with a complete result (checkpoint-<step>/summary.json, ifeval.results.read_summary)."""
-    from ifeval.results import read_summary
-    from sftbench.rundir import checkpoint_step
+    """Steps with a complete result (checkpoint-<step>/summary.json, sftbench.eval.results.read_summary)."""
+    from sftbench.eval.results import read_summary
+    from sftbench.core.rundir import checkpoint_step
 
     steps = {checkpoint_step(c.name) for c in results.iterdir()} if results.is_dir() else set()
     return {s for s in steps if s is not None and read_summary(results / f"checkpoint-{s}") is not None}
@@ -185,24 +185,26 @@ def run_steps(run: Path) -> set[int]:
 # ------------------------------------------------------------------------------------------- the work
 def _train(argv: list[str]) -> int:
     """The trainer's CLI entry, in this process (tests wrap it)."""
-    import train_hw_parallel
+    from sftbench.config.train import parse_train_config
+    from sftbench.train.loop import train
+    from sftbench.train.oom import run_with_oom_policy
 
-    return train_hw_parallel.main(argv)
+    return run_with_oom_policy(parse_train_config(argv), train, "train_hw_parallel.py")
 
 
 def _sweep(argv: list[str], runner=None) -> int:
     """The sweep's CLI entry, in this process (tests wrap it)."""
-    from ifeval import sweep
+    from sftbench.eval import sweep
 
     return sweep.main(argv, runner=runner) if runner is not None else sweep.main(argv)
 
 
 class SessionRunner:
-    """ifeval.run as the sweep sees it, except that EvalSession is built once per settings and kept: the scorer
+    """sftbench.eval.run as the sweep sees it, except that EvalSession is built once per settings and kept: the scorer
     and the compiled generator then serve every configuration of the search."""
 
     def __init__(self):
-        from ifeval import run as runner
+        from sftbench.eval import run as runner
 
         self._runner = runner
         self._sessions: dict[str, Any] = {}
@@ -269,7 +271,7 @@ class Search:
 
     # -- state ---------------------------------------------------------------------------------------------
     def _load_state(self) -> dict:
-        from sftbench.io import read_json
+        from sftbench.core.io import read_json
 
         old = read_json(self.state_file) if self.state_file.is_file() else {}
         state = {"grid": self.grid.path, "eval": self.grid.eval, "configs": old.get("configs", {})}
@@ -287,7 +289,7 @@ class Search:
         return state
 
     def _save(self) -> None:
-        from sftbench.io import atomic_write_json
+        from sftbench.core.io import atomic_write_json
 
         atomic_write_json(self.state_file, self.state)
 
@@ -298,8 +300,8 @@ class Search:
         return self.out / "results" / name
 
     def start_model(self) -> str:
-        from sftbench.cli import config_defaults
-        from sftbench.train.config import TrainConfig
+        from sftbench.core.cli import config_defaults
+        from sftbench.config.train import TrainConfig
 
         flags = self.grid.configs[0].flags
         return str(flags.get("model_name_or_path", config_defaults(TrainConfig)["model_name_or_path"]))
@@ -402,16 +404,16 @@ def _now() -> str:
 # ------------------------------------------------------------------------------------------------ ranking
 def _strict_rows(result_dir: Path) -> dict[str, dict]:
     """{prompt: eval_results_strict.jsonl row} of one checkpoint's result directory."""
-    from ifeval.results import STRICT
-    from sftbench.io import read_jsonl
+    from sftbench.eval.results import STRICT
+    from sftbench.core.io import read_jsonl
 
     return {r["prompt"]: r for r in read_jsonl(result_dir / STRICT)}
 
 
 def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:
     """Every (configuration, trained checkpoint) vs the start: accuracy, delta, exact McNemar p, Holm over all."""
-    from analysis.paired_stats import holm, mcnemar_exact
-    from analysis.seen_unseen import group_accuracy, held_out_of
+    from sftbench.analysis.paired_stats import holm, mcnemar_exact
+    from sftbench.analysis.seen_unseen import group_accuracy, held_out_of
 
     start_dir = search.results_dir(START) / "checkpoint-0"
     start = _strict_rows(start_dir)
@@ -454,7 +456,7 @@ def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:
 def _ifbench_columns(search: "Search", rows: list[dict]) -> None:
     """IFBench prompt-level strict of each row's checkpoint vs the start's (exact McNemar, Holm over the rows),
     where the sweep ran IFBench too (RESULTS/<config>/ifbench/): is a gain instruction following or IFEval's types?"""
-    from analysis.paired_stats import holm, mcnemar_exact
+    from sftbench.analysis.paired_stats import holm, mcnemar_exact
 
     start_dir = search.results_dir(START) / IFBENCH_DIR / "checkpoint-0"
     if not (start_dir / "eval_results_strict.jsonl").is_file():
@@ -521,7 +523,7 @@ def write_ranking(search: Search, alpha: float = 0.05) -> dict:
     import csv
     import io
 
-    from sftbench.io import atomic_write_text
+    from sftbench.core.io import atomic_write_text
 
     rows = ranking_rows(search, alpha)
     start = _strict_rows(search.results_dir(START) / "checkpoint-0")
@@ -555,7 +557,7 @@ def write_ranking(search: Search, alpha: float = 0.05) -> dict:
     lines += ["", f"Paired on the same prompts; ckpt-only / start-only: prompts only the checkpoint / only the start "
                   f"follows fully. Holm over all {len(rows)} (configuration, checkpoint) pairs compared with the "
                   f"start, alpha {alpha}. Instruction-level accuracy on the constraint types seen in training and on "
-                  f"the held-out ones: analysis/seen_unseen.py."]
+                  f"the held-out ones: sftbench/analysis/seen_unseen.py."]
     atomic_write_text(search.out / "ranking.md", "\n".join(lines) + "\n")
     return {"rows": rows, "headline": text, "start": start_acc}
 

@@ -23,14 +23,14 @@ SHARED = Path(os.environ.get("SFTBENCH_SHARED", ROOT.parent / "shared"))
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny Llama (2 layers) + tokenizer with the plain ChatML template."""
-    from sftbench.tiny import make_tiny_model_dir
+    from sftbench.model.tiny import make_tiny_model_dir
 
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from sftbench.tiny import build_tiny_tokenizer
+    from sftbench.model.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 

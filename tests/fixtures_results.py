@@ -11,7 +11,7 @@ Prompt-level strict outcomes are built so the statistics are known by hand (60 p
 
 So the best is checkpoint-20, the defensible pick (earliest not significantly worse, Holm) is
 checkpoint-10, the runner-up checkpoint-30, and best vs last: "beats ... by 3.3 points, p = 0.50".
-Against the start (analysis/verdict.py, Holm over the 4 trained checkpoints) training helped, and the pick
+Against the start (sftbench/analysis/verdict.py, Holm over the 4 trained checkpoints) training helped, and the pick
 is checkpoint-10 too (the earliest significantly above the start and not significantly below the best).
 
 `followed` dicts of other shapes (HURT, NO_CHANGE, NO_START below; the issue-12 presets with n=541) feed
@@ -107,7 +107,7 @@ def _acc(x, n):
 
 def write_fake_result(out: Path, step: int, model_path: str, gpu: bool = True, settings: dict | None = None,
                       settings_hash: str = "fakehash", followed: dict | None = None, n: int = N_PROMPTS) -> dict:
-    """One IFEval result directory as ifeval/run.py writes it (responses, eval results, summary last)."""
+    """One IFEval result directory as sftbench/eval/run.py writes it (responses, eval results, summary last)."""
     out = Path(out)
     rows = outcomes_for(step, n=n, followed=followed)
     strict_rows, loose_rows, resp = [], [], []
@@ -158,7 +158,7 @@ def make_fake_sweep(root: Path, name: str = "run1", gpu: bool = True, followed: 
                     extra_config: dict | None = None, n: int = N_PROMPTS) -> tuple[Path, Path]:
     """A fake run (root/ckpt/<name>) and its complete sweep results (root/results/<name>), sweep.csv included.
     Returns (run_dir, results_dir).  n: prompts per checkpoint."""
-    from ifeval.results import write_sweep_csv
+    from sftbench.eval.results import write_sweep_csv
 
     root = Path(root)
     steps = sorted(followed or FOLLOWED)
@@ -188,7 +188,7 @@ def make_fake_ifbench(results: Path, run_dir: Path | None = None, followed: dict
     """RESULTS/ifbench/ as the sweep writes IFBench results (i12 layout contract): checkpoint-<step>/ result
     dirs whose summary.json settings say "benchmark": "ifbench", and RESULTS/ifbench/sweep.csv (no sweep.json).
     Returns RESULTS/ifbench."""
-    from ifeval.results import write_sweep_csv
+    from sftbench.eval.results import write_sweep_csv
 
     ifb = Path(results) / "ifbench"
     settings = {**SETTINGS, "limit": n, "benchmark": "ifbench", "data_path": "fake/ifbench_test.jsonl"}

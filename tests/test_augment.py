@@ -1,4 +1,4 @@
-"""sftbench.augment / augment_types: every rewrite on fixed inputs (exact output, passes lm-eval's checker),
+"""sftbench.data.augment / augment_types: every rewrite on fixed inputs (exact output, passes lm-eval's checker),
 whole-data runs with their drop counts, self targets with a fake generator, and bad input."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from random import Random
 
 import pytest
 
-from sftbench import augment as A
-from sftbench import augment_types as T
-from sftbench.errors import UserError
+from sftbench.data import augment as A
+from sftbench.data import augment_types as T
+from sftbench.core.errors import UserError
 
 ANSWER = ("Paris is the capital of France. It has about 2,100,000 residents, many museums, and the Seine river. "
           "Visitors love the food.")
@@ -140,8 +140,8 @@ def test_templates_are_ours_and_format():
 
 
 def test_templates_share_no_8_gram_with_ifeval(shared_dir):
-    from sftbench.contamination import find_contaminated
-    from sftbench.io import read_jsonl
+    from sftbench.data.contamination import find_contaminated
+    from sftbench.core.io import read_jsonl
 
     prompts = {r["key"]: r["prompt"] for r in read_jsonl(shared_dir / "data" / "ifeval" / "input_data.jsonl")}
     texts = [{"messages": [{"role": "user", "content": s}]} for t in T.TYPES.values() for v in t.templates.values() for s in v]
@@ -160,7 +160,7 @@ def test_conflicts_are_never_chosen_together():
 
 
 def test_held_out_is_a_fifth_spread_over_categories():
-    from ifeval.scoring import Scorer
+    from sftbench.tasks.scoring import Scorer
 
     known = Scorer().registry.INSTRUCTION_DICT
     assert len(known) == 25 and len(T.HELD_OUT) == 5
@@ -276,7 +276,7 @@ def test_bad_input_names_file_and_line_and_writes_nothing(tmp_path, capsys, cont
         A.main([str(src), str(dst)])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m sftbench.augment: error: ") and f"{src}{needle}" in err
+    assert err.startswith("python -m sftbench.data.augment: error: ") and f"{src}{needle}" in err
     assert list(tmp_path.iterdir()) == [src]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ifeval import data as ifdata
-from ifeval import results
-from ifeval import sweep as sw
-from sftbench.errors import UserError
+from sftbench.tasks import data as ifdata
+from sftbench.eval import results
+from sftbench.eval import sweep as sw
+from sftbench.core.errors import UserError
 
 TIMING = ("load_s", "generate_s", "score_s", "write_s")
 
@@ -29,7 +29,7 @@ def offline_default(monkeypatch):
 
 
 def _tiny_run(root: Path, steps=(1, 2)) -> Path:
-    from sftbench.tiny import make_tiny_model_dir
+    from sftbench.model.tiny import make_tiny_model_dir
 
     run = root / "run"
     for step in steps:
@@ -40,7 +40,7 @@ def _tiny_run(root: Path, steps=(1, 2)) -> Path:
 
 
 def _expected_ifbench_keys(limit: int) -> tuple[list[int], dict]:
-    from ifeval import ifbench
+    from sftbench.tasks import ifbench
 
     exs = ifbench.load_ifbench_prompts()
     bad = ifbench.unscorable(exs)
@@ -49,7 +49,7 @@ def _expected_ifbench_keys(limit: int) -> tuple[list[int], dict]:
 
 # ------------------------------------------------------------------------------------------ the sweep
 def test_sweep_ifeval_and_ifbench_side_by_side(tmp_path, offline_default, monkeypatch, capsys):
-    from ifeval import generate as gen
+    from sftbench.engine import generate as gen
 
     loads = []
     real_load = gen.load_model
@@ -77,7 +77,7 @@ def test_sweep_ifeval_and_ifbench_side_by_side(tmp_path, offline_default, monkey
                     assert results.DROPPED not in s
             else:
                 assert keys == [e.key for e in ifdata.load_jsonl(ifdata.HERE / "prompts" / "ifeval_input_data.jsonl")[:3]]
-                assert s["settings"]["data_path"].endswith("ifeval/prompts/ifeval_input_data.jsonl")
+                assert s["settings"]["data_path"].endswith("sftbench/tasks/prompts/ifeval_input_data.jsonl")
                 assert results.DROPPED not in s
         rows = list(csv.DictReader(open(where / "sweep.csv")))
         assert [r["step"] for r in rows] == ["1", "2"] and {r["benchmark"] for r in rows} == {bench}
@@ -107,7 +107,7 @@ def test_benchmarks_flag_errors(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             sw.main([str(run), str(tmp_path / "res"), "--benchmarks", spec, "--device", "cpu"])
         assert e.value.code == 2
-        assert "ifeval.sweep: error: --benchmarks" in capsys.readouterr().err
+        assert "sftbench.eval.sweep: error: --benchmarks" in capsys.readouterr().err
     assert not (tmp_path / "res").exists()
     with pytest.raises(SystemExit):
         sw.main(["--help"])
@@ -158,7 +158,7 @@ def test_scoring_overlaps_the_next_generation(tmp_path):
 
 # ------------------------------------------------------------------------------------------ run.py
 def test_run_ifbench_on_the_tiny_model(tiny_model_dir, tmp_path, offline_default, capsys):
-    from ifeval import run as runner
+    from sftbench.eval import run as runner
 
     out = tmp_path / "out"
     rc = runner.main([str(tiny_model_dir), str(out), "--benchmark", "ifbench", "--limit", "3", "--max_new_tokens",
@@ -167,7 +167,7 @@ def test_run_ifbench_on_the_tiny_model(tiny_model_dir, tmp_path, offline_default
     s = json.loads((out / "summary.json").read_text())
     keys, bad = _expected_ifbench_keys(3)
     assert s["settings"]["benchmark"] == "ifbench" and s["counts"]["prompts"] == 3
-    assert s["settings"]["data_path"].endswith("ifeval/prompts/ifbench_test.jsonl")
+    assert s["settings"]["data_path"].endswith("sftbench/tasks/prompts/ifbench_test.jsonl")
     assert [json.loads(x)["key"] for x in (out / "responses.jsonl").read_text().splitlines()] == keys
     assert set(s["timing"]) == set(TIMING) and all(v >= 0 for v in s["timing"].values())
     assert sum(s["timing"].values()) <= s["wall_s"] + 1e-3
@@ -186,7 +186,7 @@ def test_run_ifbench_on_the_tiny_model(tiny_model_dir, tmp_path, offline_default
 
 def test_ifeval_settings_hash_unchanged_by_the_benchmark_field():
     """Results written before IFBench (no "benchmark" in settings) keep matching: absent = ifeval."""
-    from ifeval import run as runner
+    from sftbench.eval import run as runner
 
     old = {"backend": "hf", "limit": 3}
     assert runner.settings_hash({**old, "benchmark": "ifeval"}, "/m") == runner.settings_hash(old, "/m")
@@ -197,7 +197,7 @@ def test_ifeval_settings_hash_unchanged_by_the_benchmark_field():
 
 # ------------------------------------------------------------------------------------------ prompts
 def test_default_prompt_source_is_the_packaged_541(offline_default, capsys):
-    from ifeval.prompts import IFEVAL_FILE, IFEVAL_SHA256, sha256
+    from sftbench.tasks.prompts import IFEVAL_FILE, IFEVAL_SHA256, sha256
 
     ps = ifdata.load_prompt_set("full")
     assert len(ps.examples) == 541 and ps.source == str(IFEVAL_FILE) and sha256(IFEVAL_FILE) == IFEVAL_SHA256
@@ -212,7 +212,7 @@ def test_default_prompt_source_is_the_packaged_541(offline_default, capsys):
 
 
 def test_missing_packaged_prompts_is_a_clear_error(offline_default, monkeypatch):
-    import ifeval.prompts as prompts
+    import sftbench.tasks.prompts as prompts
 
     monkeypatch.setattr(prompts, "packaged_ifeval_path", lambda verify=False: None)
     with pytest.raises(UserError, match="shipped IFEval prompts are missing or altered"):
@@ -228,7 +228,7 @@ def test_env_var_still_wins_over_the_packaged_set(offline_default, monkeypatch):
 def test_punkt_tab_is_built_on_first_use(tmp_path, monkeypatch):
     import nltk
 
-    from ifeval import scoring
+    from sftbench.tasks import scoring
 
     monkeypatch.setenv("SFTBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty")])  # NLTK finds no punkt_tab anywhere
@@ -246,7 +246,7 @@ def test_punkt_tab_error_only_when_the_package_is_missing_too(tmp_path, monkeypa
 
     import nltk
 
-    from ifeval import scoring
+    from sftbench.tasks import scoring
 
     monkeypatch.setenv("SFTBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty")])
@@ -262,8 +262,8 @@ def test_fast_engine_reads_safetensors_into_its_buffers(tmp_path):
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM
 
-    from ifeval.fast_generate import FastGenerator
-    from sftbench.tiny import make_tiny_model_dir
+    from sftbench.engine.fast_generate import FastGenerator
+    from sftbench.model.tiny import make_tiny_model_dir
 
     a, b = make_tiny_model_dir(tmp_path / "a", seed=0), make_tiny_model_dir(tmp_path / "b", seed=1)
 

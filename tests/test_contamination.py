@@ -1,4 +1,4 @@
-"""sftbench.contamination: normalisation, a planted IFEval prompt is flagged, the shipped demo data is clean."""
+"""sftbench.data.contamination: normalisation, a planted IFEval prompt is flagged, the shipped demo data is clean."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sftbench import contamination as C
-from sftbench.io import read_jsonl
+from sftbench.data import contamination as C
+from sftbench.core.io import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = ("Write a 300+ word summary of the wikipedia page about the history of the Eiffel Tower. "
@@ -83,6 +83,6 @@ def test_cli_bad_input_exit_2(tmp_path, capsys):
 def test_benchmark_prompts_adapter_tolerates_missing_ifbench(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "_ifbench_file", lambda: None)
     logs = []
-    got = C.benchmark_prompts(ifeval_path=str(REPO / "ifeval" / "tiny_prompts.jsonl"), log=logs.append)
+    got = C.benchmark_prompts(ifeval_path=str(REPO / "sftbench" / "tasks" / "tiny_prompts.jsonl"), log=logs.append)
     assert set(got) == {"ifeval"} and len(got["ifeval"]) == 6
     assert any("IFBench prompts not found" in m for m in logs)

@@ -19,8 +19,8 @@ from conversation_func import (
     truncate_example,
     truncate_rounds,
 )
-from sftbench.chat_template import PLAIN_CHATML
-from sftbench.errors import UserError
+from sftbench.model.chat_template import PLAIN_CHATML
+from sftbench.core.errors import UserError
 
 IM_END_ID = 2
 
@@ -432,9 +432,9 @@ def test_bad_records_hint_names_the_trainers_flag(tmp_path, tiny_tokenizer):
 
 
 def test_cli_defaults_are_the_trainers_and_old_flags_still_work():
-    from sftbench.cli import config_defaults, config_from_namespace
+    from sftbench.core.cli import config_defaults, config_from_namespace
     from sftbench.data.cli import InspectConfig, build_parser
-    from sftbench.train.config import TrainConfig
+    from sftbench.config.train import TrainConfig
 
     ap, names = build_parser()
     ns = ap.parse_args(["d.jsonl"])

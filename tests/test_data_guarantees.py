@@ -15,7 +15,7 @@ import pytest
 from sftbench.data.build import build_examples
 from sftbench.data.masking import IGNORE_INDEX, render_and_mask
 from sftbench.data.records import load_records
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from fixtures_results import fake_model_dir, make_fake_run, make_fake_sweep, write_fake_result
-from analysis import report
-from ifeval import data as ifdata
-from ifeval import generate as gen
-from ifeval import run as runner
-from ifeval import sweep as sw
-from ifeval.config import EvalConfig
-from sftbench import fingerprint as fpr
-from sftbench.errors import UserError
+from sftbench.analysis import report
+from sftbench.tasks import data as ifdata
+from sftbench.engine import generate as gen
+from sftbench.eval import run as runner
+from sftbench.eval import sweep as sw
+from sftbench.eval.config import EvalConfig
+from sftbench.core import fingerprint as fpr
+from sftbench.core.errors import UserError
 
 TINY = str(ifdata.TINY_PROMPTS)
 
@@ -38,7 +38,7 @@ def cfg(**kw):
 
 def retrain(model_dir: Path, seed: int) -> None:
     """Other weights at the same path, as a retrain into the same run directory writes them."""
-    from sftbench.tiny import build_tiny_model, build_tiny_tokenizer
+    from sftbench.model.tiny import build_tiny_model, build_tiny_tokenizer
 
     time.sleep(0.01)  # a later mtime than the results written before
     build_tiny_model(len(build_tiny_tokenizer()), seed=seed).save_pretrained(model_dir)
@@ -150,8 +150,8 @@ def test_sweep_after_retrain_reevaluates_and_pairs_the_same_weights(tiny_model_d
     assert [r["checkpoint"] for r in csv.DictReader(open(res / "sweep.csv"))] == ["checkpoint-5"]
     logs.clear()
     assert sweep().run_once() == (1, 1)
-    assert "[ifeval.sweep] checkpoint-10: weights changed since it was evaluated; re-evaluating" in logs
-    assert "[ifeval.sweep] 1 checkpoint(s) already evaluated with these settings: checkpoint-5" in logs
+    assert "[sftbench.eval.sweep] checkpoint-10: weights changed since it was evaluated; re-evaluating" in logs
+    assert "[sftbench.eval.sweep] 1 checkpoint(s) already evaluated with these settings: checkpoint-5" in logs
     new = json.loads((res / "checkpoint-10" / "summary.json").read_text())
     assert new["model_fingerprint"] == fpr.fingerprint(run / "checkpoint-10") != old_fp
     rows = list(csv.DictReader(open(res / "sweep.csv")))
@@ -189,7 +189,7 @@ def test_report_stops_on_a_corrupted_middle_summary(tmp_path, capsys):
         report.main([str(res)])
     err = capsys.readouterr().err
     assert e.value.code == 2
-    assert f"analysis.report: error: {f}:" in err and "malformed JSON" in err
+    assert f"sftbench.analysis.report: error: {f}:" in err and "malformed JSON" in err
     assert "cannot be read" in err and f"delete {res / 'checkpoint-10'}" in err
     assert not (res / "report.md").exists()
 
@@ -202,7 +202,7 @@ def test_report_names_a_summary_that_is_not_an_object(tmp_path, capsys):
         report.main([str(res)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
-    assert f"analysis.report: error: {f}: not a result summary (valid JSON, but a list, not an object)." in err
+    assert f"sftbench.analysis.report: error: {f}: not a result summary (valid JSON, but a list, not an object)." in err
 
 
 # ------------------------------------------------------------------------------------------ item 9: broken checkpoints
@@ -258,7 +258,7 @@ def test_sweep_names_a_checkpoint_without_weights(tmp_path, capsys):
     logs: list[str] = []
     s = sw.Sweep(run, tmp_path / "res", EvalConfig(), fake.evaluate_checkpoint, log=logs.append)
     assert s.run_once() == (1, 0) and fake.evaluate_checkpoint.calls == ["checkpoint-5"]
-    assert logs[0] == (f"[ifeval.sweep] checkpoint-10: skipped, not a complete checkpoint (no weights "
+    assert logs[0] == (f"[sftbench.eval.sweep] checkpoint-10: skipped, not a complete checkpoint (no weights "
                        f"(model.safetensors, model.safetensors.index.json, pytorch_model.bin, ...)): "
                        f"{run / 'checkpoint-10'}")
 
@@ -276,7 +276,7 @@ def test_sweep_csv_drops_results_of_replaced_weights_without_fingerprint(tmp_pat
     s = sw.Sweep(run, res, EvalConfig(max_new_tokens=64, system_prompt="none", limit=60), ev, log=logs.append)
     assert [st for _, _, st in s.plan()] == ["done", "stale"]
     assert s.run_once() == (1, 1) and ev.calls == ["checkpoint-10"]
-    assert "[ifeval.sweep] checkpoint-10: weights changed since it was evaluated; re-evaluating" in logs
+    assert "[sftbench.eval.sweep] checkpoint-10: weights changed since it was evaluated; re-evaluating" in logs
 
 
 def test_sweep_stops_on_a_truncated_checkpoint_keeping_what_is_done(tiny_model_dir, tmp_path, capsys):
@@ -289,7 +289,7 @@ def test_sweep_stops_on_a_truncated_checkpoint_keeping_what_is_done(tiny_model_d
         sw.main([str(run), str(res), "--data", TINY, "--limit", "2", "--max_new_tokens", "4", "--device", "cpu"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
-    assert f"ifeval.sweep: error: {w}: truncated safetensors file" in err
+    assert f"sftbench.eval.sweep: error: {w}: truncated safetensors file" in err
     assert json.loads((res / "checkpoint-5" / "summary.json").read_text())["complete"] is True
     assert not (res / "checkpoint-10").exists()
 
@@ -301,7 +301,7 @@ def test_sweep_csv_keeps_results_of_pruned_checkpoints(tmp_path):
     for step in (5, 10):
         write_fake_result(res / f"checkpoint-{step}", step, str((run / f"checkpoint-{step}").resolve()), gpu=False)
     shutil.rmtree(run / "checkpoint-5")
-    from ifeval.results import sweep_rows
+    from sftbench.eval.results import sweep_rows
 
     assert [(r["checkpoint"], r["train_loss"]) for r in sweep_rows(res, run)] == [("checkpoint-5", 1.95),
                                                                                  ("checkpoint-10", 1.9)]

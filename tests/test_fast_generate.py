@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ifeval.fast_generate import FastGenerator, plan_batch, kv_bytes_per_token
-from ifeval.fast_llama import LlamaShape
-from sftbench.errors import UserError
+from sftbench.engine.fast_generate import FastGenerator, plan_batch, kv_bytes_per_token
+from sftbench.engine.fast_llama import LlamaShape
+from sftbench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 384
@@ -29,7 +29,7 @@ GIB = 1024**3
 
 
 def lively_model(seed: int = 0, std: float = 0.15):
-    from sftbench.tiny import build_tiny_model
+    from sftbench.model.tiny import build_tiny_model
 
     model = build_tiny_model(VOCAB, seed=seed).eval()
     g = torch.Generator().manual_seed(seed)
@@ -194,7 +194,7 @@ def test_load_weights_reuses_buffers_and_follows_new_checkpoint(model):
 
 
 def test_load_weights_rejects_other_architecture(model):
-    from sftbench.tiny import build_tiny_model
+    from sftbench.model.tiny import build_tiny_model
 
     gen = FastGenerator(model, None, max_new_tokens=4, stop_token_ids=[], device="cpu", dtype=torch.float32)
     with pytest.raises(ValueError, match="architecture differs"):
@@ -251,7 +251,7 @@ def test_triton_decode_kernel_matches_reference_interpreted():
     """The split-K kernel (run by Triton's CPU interpreter) against SDPA with a length mask, fresh random data."""
     out = _run_interpreted("""
         import torch
-        from ifeval.fast_attention import decode_attention_triton, decode_attention_torch
+        from sftbench.engine.fast_attention import decode_attention_triton, decode_attention_torch
         torch.manual_seed(0)
         for (B, H, KVH, D, L, S) in [(5, 9, 3, 64, 300, 4), (3, 4, 2, 16, 70, 1), (4, 9, 3, 64, 130, 3)]:
             q = torch.randn(B, H, D); kn = torch.randn(B, KVH, D); vn = torch.randn(B, KVH, D)
@@ -272,7 +272,7 @@ def test_generator_with_triton_attention_matches_hf_interpreted():
     out = _run_interpreted("""
         import torch
         from tests.test_fast_generate import lively_model, make_prompts, hf_greedy
-        from ifeval.fast_generate import FastGenerator
+        from sftbench.engine.fast_generate import FastGenerator
         m = lively_model(0); m.generation_config.eos_token_id = None
         prompts = make_prompts([5, 17, 1])
         ref = hf_greedy(m, prompts, 6, [])

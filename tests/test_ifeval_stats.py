@@ -1,11 +1,11 @@
-"""sftbench.stats: CI math against hand-computed values."""
+"""sftbench.core.stats: CI math against hand-computed values."""
 
 import math
 
 import numpy as np
 import pytest
 
-from sftbench import stats
+from sftbench.core import stats
 
 
 def test_wilson_hand_computed():

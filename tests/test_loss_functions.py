@@ -136,7 +136,7 @@ def test_grad_accumulation_equivalence_tiny_llama(tiny_tokenizer):
     batch has padding that the unpadded micro-batches do not), when each micro-batch's CE sum is divided by the
     window's total target count.  Also checks the chunked loss through the real model gives the same gradients."""
     from conversation_func import collate
-    from sftbench.tiny import build_tiny_model
+    from sftbench.model.tiny import build_tiny_model
 
     model = build_tiny_model(len(tiny_tokenizer), seed=0)
     model.eval()  # no dropout (there is none, but be explicit)

@@ -1,4 +1,4 @@
-"""sftbench.memory: the 8 GiB cap, without a GPU (torch.cuda calls faked)."""
+"""sftbench.core.memory: the 8 GiB cap, without a GPU (torch.cuda calls faked)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ def test_memory_cap_is_the_same_when_applied_again_in_one_process(monkeypatch):
     process's own torch reservation as CUDA context: that once shrank the fast generator to a sliver of the cap."""
     import torch
 
-    from sftbench.memory import GIB, apply_memory_cap
+    from sftbench.core.memory import GIB, apply_memory_cap
 
     state = {"reserved": 0}
     fracs = []

@@ -1,12 +1,12 @@
-"""sftbench/nltk_data.py: punkt_tab built on first use into a user cache, offline."""
+"""sftbench/core/nltk_data.py: punkt_tab built on first use into a user cache, offline."""
 
 import sys
 
 import nltk
 import pytest
 
-from sftbench import nltk_data
-from sftbench.errors import UserError
+from sftbench.core import nltk_data
+from sftbench.core.errors import UserError
 
 
 @pytest.fixture

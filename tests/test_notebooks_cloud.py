@@ -46,7 +46,7 @@ def test_notebook_is_valid_and_covers_the_workflow(name):
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     nbformat.validate(nb)
     src = "\n".join(c.source for c in nb.cells)
-    for must in ("scripts/sft_4060_8gb.sh", "--resume_from_checkpoint latest", "scripts/sweep.sh", "analysis.report",
+    for must in ("scripts/sft_4060_8gb.sh", "--resume_from_checkpoint latest", "scripts/sweep.sh", "sftbench.analysis.report",
                  "pip install", "sftbench.plan"):
         assert must in src, f"{name} lacks {must}"
     if name.startswith("colab"):

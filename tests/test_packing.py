@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sftbench.errors import UserError
-from sftbench.train.fast_model import (
+from sftbench.core.errors import UserError
+from sftbench.engine.fast_model import (
     choose_checkpoint_layers,
     packed_forward_hidden,
     packed_loss_sum,
@@ -283,7 +283,7 @@ def test_agrees_with_loss_functions_chunked_ce(model, convs):
 # ---- attention choice; varlen flash attention (GPU only) ----------------------------------------------
 
 def test_pick_attention_on_cpu_and_varlen_refused_there(model):
-    from sftbench.train.fast_model import pick_attention, varlen_supported
+    from sftbench.engine.fast_model import pick_attention, varlen_supported
 
     assert pick_attention("cpu", half_precision=True)[0] == "sdpa"
     assert varlen_supported("cpu") == "not a CUDA device"
@@ -298,7 +298,7 @@ def test_varlen_matches_sdpa_on_gpu(tiny_model_dir, convs, compiled):
     """bf16 on the GPU: varlen (padding cut into max_seqlen pieces) gives dense SDPA's losses and gradients."""
     from transformers import LlamaForCausalLM
 
-    from sftbench.train.fast_model import varlen_supported
+    from sftbench.engine.fast_model import varlen_supported
     from sftbench.data.packing import batch_to_device
 
     if varlen_supported("cuda"):
@@ -324,7 +324,7 @@ def test_varlen_matches_sdpa_on_gpu(tiny_model_dir, convs, compiled):
 # ---- buckets: SDPA per length bucket (GPUs without varlen) -------------------------------------------
 
 def test_bucket_lengths_and_plan_exact():
-    from sftbench.train.fast_model import bucket_length, bucket_plan
+    from sftbench.engine.fast_model import bucket_length, bucket_plan
 
     assert [bucket_length(n) for n in (1, 16, 17, 24, 25, 33, 48, 49, 97, 600, 1024)] == \
         [16, 16, 24, 24, 32, 48, 48, 64, 128, 768, 1024]
@@ -340,7 +340,7 @@ def test_bucket_lengths_and_plan_exact():
 def test_bucket_attention_op_matches_per_segment_sdpa_with_gradients():
     """The custom op (what the compiled layer calls; CPU backward written out) and the eager function give each
     segment's own causal SDPA, with GQA, in float64."""
-    from sftbench.train.fast_model import bucket_attention, bucket_plan
+    from sftbench.engine.fast_model import bucket_attention, bucket_plan
 
     torch.manual_seed(0)
     cu = torch.tensor([0, 37, 101, 121, 126, 160], dtype=torch.int32)
@@ -367,7 +367,7 @@ def test_bucket_attention_op_matches_per_segment_sdpa_with_gradients():
 
 
 def test_auto_picks_buckets_on_gpus_without_varlen(monkeypatch):
-    import sftbench.train.fast_model as fm
+    import sftbench.engine.fast_model as fm
 
     monkeypatch.setattr(fm, "varlen_supported", lambda dev: "flash attention needs compute capability 8.0+, this GPU has 7.5")
     att, why = fm.pick_attention("cuda", half_precision=True)

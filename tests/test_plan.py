@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from sftbench.errors import UserError
-from sftbench.gpus import GPUS, PRICES, PRICES_AS_OF, get_gpu
+from sftbench.core.errors import UserError
+from sftbench.core.gpus import GPUS, PRICES, PRICES_AS_OF, get_gpu
 from sftbench.plan import (GIB, SMOLLM2_135M, ModelDims, PlanSpec, estimate_peak_gib, fits, layer_activation_bytes,
                            load_model_dims, main, max_micro_batch, measure_data, oom_advice, oom_advice_for_config,
                            pick_auto_batch, plan_rows)
 
 ROOT = Path(__file__).resolve().parents[1]
-# the tiny test model's shape (sftbench/tiny.py): hidden 64, intermediate 128, 2 layers, 4 heads / 2 KV, vocab 384
+# the tiny test model's shape (sftbench/model/tiny.py): hidden 64, intermediate 128, 2 layers, 4 heads / 2 KV, vocab 384
 TINY = ModelDims(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vocab=384, tie_word_embeddings=True)
 
 
 def test_parameter_counts_match_real_models():
-    from sftbench.tiny import build_tiny_model
+    from sftbench.model.tiny import build_tiny_model
 
     # by hand: per layer q 64*64 + k 64*32 + v 64*32 + o 64*64 + 3 * 64*128 = 36864, + 2 norms of 64
     assert TINY.layer_linear_params == 36864
@@ -36,7 +36,7 @@ def test_parameter_counts_match_real_models():
 
 def test_lora_param_count_matches_peft():
     peft = pytest.importorskip("peft")
-    from sftbench.tiny import build_tiny_model
+    from sftbench.model.tiny import build_tiny_model
 
     m = peft.get_peft_model(build_tiny_model(384), peft.LoraConfig(
         r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
@@ -238,13 +238,13 @@ def test_planner_trainer_and_bench_share_one_torch_free_memory_policy():
     import sys
 
     import sftbench.plan.fast as plan_fast
-    import sftbench.train.memory_budget as mb
+    import sftbench.engine.memory_budget as mb
 
     assert plan_fast.choose_checkpoint_layers is mb.choose_checkpoint_layers
     assert plan_fast.trainer_memory_budget_bytes(8.0, 6.0, None) == mb.torch_budget_bytes(8.0, 6.0) == \
         int((6.0 - 1.3) * 0.9 * GIB)
     # importable where torch is not (bash scripts/plan.sh outside the venv)
-    code = ("import sys; sys.modules['torch'] = None; import sftbench.train.memory_budget, sftbench.plan.fast; "
+    code = ("import sys; sys.modules['torch'] = None; import sftbench.engine.memory_budget, sftbench.plan.fast; "
             "print(sftbench.plan.fast.trainer_checkpoint_layers(sftbench.plan.fast.FastSpec(), 8.0))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "30"

@@ -1,4 +1,4 @@
-"""ifeval/prompts/: the shipped prompt sets, their checksums, licence notice and package data."""
+"""sftbench/tasks/prompts/: the shipped prompt sets, their checksums, licence notice and package data."""
 
 import json
 import tomllib
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ifeval import prompts
+from sftbench.tasks import prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ def test_ifbench_file_is_shipped_with_its_checksum():
 
 def test_package_data_and_notice():
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert cfg["tool"]["setuptools"]["package-data"]["ifeval.prompts"] == ["*.jsonl", "NOTICE"]
+    assert cfg["tool"]["setuptools"]["package-data"]["sftbench.tasks.prompts"] == ["*.jsonl", "NOTICE"]
     notice = (Path(prompts.__file__).parent / "NOTICE").read_text()
     for needle in ("ifbench_test.jsonl", "ODC-BY-1.0", prompts.IFBENCH_SHA256,
                    "ifeval_input_data.jsonl", "google-research", prompts.IFEVAL_SHA256, "Apache License 2.0"):
@@ -46,7 +46,7 @@ def test_packaged_ifeval_is_googles_file(shared_dir):
 
 @pytest.mark.skipif(prompts.packaged_ifeval_path() is None, reason="this checkout does not ship the IFEval prompts")
 def test_packaged_ifeval_loads_with_our_validation():
-    from ifeval.data import HW100_KEYS, load_jsonl
+    from sftbench.tasks.data import HW100_KEYS, load_jsonl
 
     exs = load_jsonl(prompts.packaged_ifeval_path())
     assert len(exs) == 541 and len({e.key for e in exs}) == 541

@@ -1,4 +1,4 @@
-"""analysis.paired_stats against hand-computed values; analysis.report files, pick and notebook."""
+"""sftbench.analysis.paired_stats against hand-computed values; sftbench.analysis.report files, pick and notebook."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import paired_stats as ps
-from analysis import report
+from sftbench.analysis import paired_stats as ps
+from sftbench.analysis import report
 from fixtures_results import FOLLOWED, N_PROMPTS, make_fake_sweep
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
-"""Issue 12: the report answers "did training help?" with the start as a candidate (analysis/verdict.py wired
-into analysis/report.py, the multi-run comparison and the notebook), and shows IFBench beside IFEval.
+"""Issue 12: the report answers "did training help?" with the start as a candidate (sftbench/analysis/verdict.py wired
+into sftbench/analysis/report.py, the multi-run comparison and the notebook), and shows IFBench beside IFEval.
 
 Result trees are written on disk by tests/fixtures_results.py (prompts 0..k-1 followed; see its docstring),
 the report is run, and report.md's exact sentences are asserted.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis import report
-from analysis import verdict as V
+from sftbench.analysis import report
+from sftbench.analysis import verdict as V
 from fixtures_results import HURT, ISSUE_PRESET_A, NO_CHANGE, NO_START, make_fake_ifbench, make_fake_sweep
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""CUDA graphs of the fast engine (sftbench/train/row_graph.py): slot sizes and padded boundaries on the CPU;
+"""CUDA graphs of the fast engine (sftbench/engine/row_graph.py): slot sizes and padded boundaries on the CPU;
 on a GPU (opt-in, -m gpu), graphed windows give the eager engine's losses and gradients."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from sftbench.train.row_graph import padded_cu_seqlens, segment_slots
+from sftbench.engine.row_graph import padded_cu_seqlens, segment_slots
 
 IGN = -100
 
@@ -29,10 +29,10 @@ def test_padded_cu_seqlens_appends_zero_length_segments():
 def test_fast_engine_on_cpu_has_no_graphs(tiny_model_dir):
     from transformers import LlamaForCausalLM
 
-    from sftbench.device import Precision
+    from sftbench.core.device import Precision
     from sftbench.train.dist import Dist
     from sftbench.train.engines import FastEngine
-    from sftbench.train.fast_model import prepare_fast_model
+    from sftbench.engine.fast_model import prepare_fast_model
 
     m = prepare_fast_model(LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), attention="sdpa")
     prec = Precision(torch.device("cpu"), None, False, "test")
@@ -64,10 +64,10 @@ def test_graphed_windows_match_eager_on_gpu(tiny_model_dir):
     sums in a nondeterministic order, hence the tolerance), and the graphs were replayed."""
     from transformers import LlamaForCausalLM
 
-    from sftbench.device import Precision
+    from sftbench.core.device import Precision
     from sftbench.train.dist import Dist
     from sftbench.train.engines import FastEngine
-    from sftbench.train.fast_model import prepare_fast_model, varlen_supported
+    from sftbench.engine.fast_model import prepare_fast_model, varlen_supported
 
     if varlen_supported("cuda"):
         pytest.skip(varlen_supported("cuda"))

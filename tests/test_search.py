@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from sftbench import search as S
-from sftbench.demo_data import make_conversations
-from sftbench.errors import UserError
+from sftbench.data.demo import make_conversations
+from sftbench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-IFEVAL = ROOT / "ifeval" / "prompts" / "ifeval_input_data.jsonl"
+IFEVAL = ROOT / "sftbench" / "tasks" / "prompts" / "ifeval_input_data.jsonl"
 
 
 def grid_file(tmp_path: Path, model_dir: Path, data: Path) -> Path:

@@ -1,4 +1,4 @@
-"""analysis/seen_unseen.py: instruction-level accuracy on seen vs held-out constraint types, table and sentence."""
+"""sftbench/analysis/seen_unseen.py: instruction-level accuracy on seen vs held-out constraint types, table and sentence."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis import seen_unseen as S
+from sftbench.analysis import seen_unseen as S
 
 NC, LC, Q = "punctuation:no_comma", "change_case:english_lowercase", "startend:quotation"
 

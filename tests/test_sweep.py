@@ -1,4 +1,4 @@
-"""ifeval/sweep.py: discovery, skip/resume, settings changes, --watch, sweep.csv, CLI (fake evaluator)."""
+"""sftbench/eval/sweep.py: discovery, skip/resume, settings changes, --watch, sweep.csv, CLI (fake evaluator)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from fixtures_results import fake_model_dir, make_fake_run, write_fake_result
-from ifeval import sweep as sw
-from sftbench.errors import UserError
+from sftbench.eval import sweep as sw
+from sftbench.core.errors import UserError
 
 
 @dataclass
 class FakeConfig:
-    """Stands in for ifeval.run.EvalConfig."""
+    """Stands in for sftbench.eval.run.EvalConfig."""
 
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N prompts"})
     max_new_tokens: int = field(default=1280, metadata={"help": "generation cap"})
@@ -225,7 +225,7 @@ def test_cli_include_base_default_and_passthrough(tmp_path, capsys):
         sw.main([str(run), str(res), "--limit", "3", "--max_new_tokens", "4"], runner=_fake_runner(ev2))
     assert e.value.code == 2 and ev2.calls == []
     err = capsys.readouterr().err
-    assert "ifeval.sweep: error:" in err and "--force" in err and "limit: 2 -> 3" in err
+    assert "sftbench.eval.sweep: error:" in err and "--force" in err and "limit: 2 -> 3" in err
 
 
 def test_cli_errors_and_help(tmp_path, capsys):
@@ -252,8 +252,8 @@ def test_cli_errors_and_help(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ end to end
 def test_end_to_end_tiny_run_on_cpu(tmp_path, shared_dir):
     """The real runner over a tiny run dir (two checkpoints): --limit 2 --max_new_tokens 4 on CPU."""
-    runner = pytest.importorskip("ifeval.run")
-    from sftbench.tiny import make_tiny_model_dir
+    runner = pytest.importorskip("sftbench.eval.run")
+    from sftbench.model.tiny import make_tiny_model_dir
 
     run = tmp_path / "run"
     for step, seed in ((1, 0), (2, 1)):
@@ -278,13 +278,13 @@ def test_end_to_end_tiny_run_on_cpu(tmp_path, shared_dir):
     before = (res / "checkpoint-1" / "summary.json").read_text()
     assert sw.main(argv) == 0
     assert (res / "checkpoint-1" / "summary.json").read_text() == before
-    from analysis import report
+    from sftbench.analysis import report
     assert report.main([str(res)]) == 0 and "smoke test" in (res / "report.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------ run-dir discovery
 def test_rundir_list_checkpoints_one_definition(tmp_path):
-    from sftbench import rundir
+    from sftbench.core import rundir
 
     run = make_fake_run(tmp_path / "run", steps=(5, 10), final_step=None)
     fake_model_dir(run / ".checkpoint-20.tmp", 20)          # being written
@@ -299,8 +299,8 @@ def test_rundir_list_checkpoints_one_definition(tmp_path):
 
 
 def test_results_schema_defaults_come_from_eval_config():
-    from ifeval import results
-    from ifeval.config import EvalConfig
+    from sftbench.eval import results
+    from sftbench.eval.config import EvalConfig
 
     assert results.FULL_MAX_NEW_TOKENS == EvalConfig().max_new_tokens == 1280
     assert results.CSV_COLUMNS[:6] == ["step", "checkpoint", "kind", "prompt_strict", "prompt_strict_lo",

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftbench.demo_data import make_conversations
-from sftbench.errors import UserError
+from sftbench.data.demo import make_conversations
+from sftbench.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def args(model_dir, data, out, **over) -> list[str]:
 
 
 def run_train(argv):
-    from sftbench.train.config import parse_train_config
+    from sftbench.config.train import parse_train_config
     from train_hw_parallel import train
 
     return train(parse_train_config(argv))
@@ -225,7 +225,7 @@ def test_help_explains_every_flag():
 
 
 def test_homework_command_line_is_accepted():
-    from sftbench.train.config import parse_train_config
+    from sftbench.config.train import parse_train_config
 
     cfg = parse_train_config(
         "--model_name_or_path M --data_path D --output_dir O --num_train_epochs 5 --per_device_train_batch_size 1 "
@@ -236,7 +236,7 @@ def test_homework_command_line_is_accepted():
 
 
 def test_precision_policy_on_cpu():
-    from sftbench.device import pick_precision
+    from sftbench.core.device import pick_precision
 
     p = pick_precision(torch.device("cpu"), bf16=False, fp16=True)
     assert p.autocast_dtype is None and not p.use_grad_scaler and "fp32" in p.reason
@@ -292,7 +292,7 @@ def test_oom_is_answered_with_advice_and_fallback(tiny_model_dir, data, tmp_path
 def test_fast_engine_oom_fallback_halves_the_token_budget(tiny_model_dir, data, tmp_path, monkeypatch, capsys):
     """Fast engine: a simulated OOM on packed micro-batches over 256 tokens; the plain run exits 3 naming
     --token_budget, --oom_fallback retries at 256 tokens and gives the losses of a run started at 256."""
-    import sftbench.train.fast_model as fm
+    import sftbench.engine.fast_model as fm
     import train_hw_parallel as thp
 
     real = fm.packed_loss_sum
@@ -354,7 +354,7 @@ def test_resume_from_an_older_checkpoint_is_refused(straight_run, tiny_model_dir
 def test_effective_batch_is_divided_by_micro_batch_and_world_size():
     """--effective_batch (what the presets state) -> accumulation per process; a later explicit
     --gradient_accumulation_steps (a user's override of a preset) wins; a non-divisor is a clean error."""
-    from sftbench.train.config import parse_train_config, resolve_accumulation
+    from sftbench.config.train import parse_train_config, resolve_accumulation
 
     cfg = parse_train_config(["--effective_batch", "64", "--per_device_train_batch_size", "2"])
     resolve_accumulation(cfg, world=2)
@@ -368,8 +368,8 @@ def test_effective_batch_is_divided_by_micro_batch_and_world_size():
 
 
 def test_precision_flag_and_hf_booleans():
-    from sftbench.device import pick_precision, requested_precision
-    from sftbench.train.config import parse_train_config
+    from sftbench.core.device import pick_precision, requested_precision
+    from sftbench.config.train import parse_train_config
 
     assert parse_train_config([]).precision == "fp32"
     assert requested_precision("auto", bf16=False, fp16=True) == "fp16"  # the HF booleans win

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from sftbench.demo_data import make_conversations
-from sftbench.io import read_json, read_jsonl
+from sftbench.data.demo import make_conversations
+from sftbench.core.io import read_json, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ifeval_prompt(key: int) -> str:
-    rows = read_jsonl(ROOT / "ifeval" / "prompts" / "ifeval_input_data.jsonl")
+    rows = read_jsonl(ROOT / "sftbench" / "tasks" / "prompts" / "ifeval_input_data.jsonl")
     return next(r["prompt"] for r in rows if r["key"] == key)
 
 
@@ -36,7 +36,7 @@ def argv(model_dir, data, out, **over) -> list[str]:
 
 
 def train(args):
-    from sftbench.train.config import parse_train_config
+    from sftbench.config.train import parse_train_config
     from train_hw_parallel import train as _train
 
     return _train(parse_train_config(args))
@@ -63,7 +63,7 @@ def test_planted_ifeval_prompt_is_counted_and_dropped_unless_kept(tiny_model_dir
 
 
 def test_clean_data_is_read_from_data_path_unchanged(tiny_model_dir, tmp_path):
-    from sftbench.train.config import parse_train_config
+    from sftbench.config.train import parse_train_config
     from sftbench.train.dist import Dist
     from sftbench.train.prepare import prepare_data
 
@@ -76,7 +76,7 @@ def test_clean_data_is_read_from_data_path_unchanged(tiny_model_dir, tmp_path):
 
 def test_augment_fraction_on_the_fly_is_cached_and_logged(tiny_model_dir, tmp_path, capsys):
     pytest.importorskip("lm_eval")
-    from sftbench.augment_types import HELD_OUT
+    from sftbench.data.augment_types import HELD_OUT
 
     data = write_data(tmp_path / "chat.jsonl", n=24)
     cache = tmp_path / "cache"
@@ -109,7 +109,7 @@ def test_augment_fraction_on_the_fly_is_cached_and_logged(tiny_model_dir, tmp_pa
 
 
 def test_bad_augment_settings_are_user_errors_before_any_work(tiny_model_dir, tmp_path):
-    from sftbench.errors import UserError
+    from sftbench.core.errors import UserError
 
     data = write_data(tmp_path / "chat.jsonl")
     with pytest.raises(UserError, match="--augment_fraction 1.5: give a share between 0 and 1"):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sftbench.demo_data import make_conversations
-from sftbench.errors import UserError
+from sftbench.data.demo import make_conversations
+from sftbench.core.errors import UserError
 from test_train import args as _train_args, run_train  # the tiny run and its flags, written once
 
 ROOT = Path(__file__).resolve().parents[1]

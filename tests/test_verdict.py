@@ -1,8 +1,8 @@
-"""analysis/verdict.py: did training help? Hand-made per-prompt fixtures, exact sentences."""
+"""sftbench/analysis/verdict.py: did training help? Hand-made per-prompt fixtures, exact sentences."""
 
 import pytest
 
-from analysis import verdict as V
+from sftbench.analysis import verdict as V
 
 
 def bools(n_true: int, n: int = 40, offset: int = 0) -> list[bool]:

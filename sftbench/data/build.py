@@ -14,7 +14,7 @@ from sftbench.data import cache as _cache
 from sftbench.data import masking
 from sftbench.data.normalise import normalize_messages, rounds_limit, truncate_rounds
 from sftbench.data.records import BadRecord, Loaded, apply_bad_record_policy, check_bad_record_policy, read_records, where_of
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 
 ENCODE_BATCH = 256  # tokenise in batches: the fast tokenizer's batch call is several times faster per text
 

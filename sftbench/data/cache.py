@@ -59,6 +59,6 @@ def read_cache(path: Path, key: str) -> tuple[list[dict], dict] | None:
 
 
 def write_cache(path: Path, key: str, examples: list[dict], stats: dict) -> None:
-    from sftbench.io import atomic_write_jsonl
+    from sftbench.core.io import atomic_write_jsonl
 
     atomic_write_jsonl(path, [{"key": key, "masking_version": MASKING_VERSION, "stats": stats}, *examples])

@@ -2,7 +2,7 @@
 examples with the supervised tokens wrapped in [[ ]], to check the loss mask by eye.
 
 The settings shared with the trainer (tokenizer, model_max_length, max_rounds, masking, truncation_side,
-skip_bad_records) take their defaults and help from sftbench.train.config.TrainConfig, so this view and a
+skip_bad_records) take their defaults and help from sftbench.config.train.TrainConfig, so this view and a
 training run agree unless a flag says otherwise.  The flags of earlier versions (--max_length, --mode,
 --on_bad_record, dashed spellings) are still accepted, hidden from --help.
 """
@@ -15,10 +15,10 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
-from sftbench.cli import HelpFormatter, add_config_arguments, config_defaults, config_from_namespace, setting
+from sftbench.core.cli import HelpFormatter, add_config_arguments, config_defaults, config_from_namespace, setting
 from sftbench.data.records import BAD_RECORD_POLICIES
-from sftbench.errors import UserError
-from sftbench.train.config import TrainConfig
+from sftbench.core.errors import UserError
+from sftbench.config.train import TrainConfig
 
 _TRAIN_DEFAULTS = config_defaults(TrainConfig)
 _TRAIN_META = {f.name: dict(f.metadata) for f in dataclasses.fields(TrainConfig)}
@@ -83,7 +83,7 @@ def build_parser(prog: str = "conversation_func.py") -> tuple[argparse.ArgumentP
 
 def inspect(cfg: InspectConfig) -> int:
     """Tokenise cfg.data_path as the trainer would; print DataStats, token counts and highlighted examples."""
-    from sftbench.chat_template import template_from_flag
+    from sftbench.model.chat_template import template_from_flag
     from sftbench.data.build import build_examples
     from sftbench.data.masking import IGNORE_INDEX, highlight
     from sftbench.data.tokenizer import load_tokenizer
@@ -116,6 +116,6 @@ def main(argv: list[str] | None = None, prog: str = "conversation_func.py") -> i
     try:
         return inspect(cfg)
     except UserError as e:
-        from sftbench.errors import exit_with_user_error
+        from sftbench.core.errors import exit_with_user_error
 
         exit_with_user_error(e, ap.prog)

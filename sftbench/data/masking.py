@@ -17,9 +17,9 @@ prediction made at t-1 with labels[t].
 
 from __future__ import annotations
 
-from sftbench.chat_template import HOMEWORK_CHATML, IM_END, PLAIN_CHATML
+from sftbench.model.chat_template import HOMEWORK_CHATML, IM_END, PLAIN_CHATML
 from sftbench.data.normalise import round_starts, truncate_rounds
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 from sftbench.loss import IGNORE_INDEX  # one definition, in the loss home
 
 MODES = ("assistant", "homework")

@@ -3,7 +3,7 @@
 Why: padded micro-batches spend most of their compute on padding when chat lengths vary (median ~450,
 max 1024), and every distinct shape costs a recompilation under torch.compile.  Packing puts several
 conversations into one row of exactly `token_budget` tokens (the tail is padding), so the compiled
-graphs see one static shape.  Attention stays inside each conversation (see sftbench/train/fast_model.py),
+graphs see one static shape.  Attention stays inside each conversation (see sftbench/engine/fast_model.py),
 positions restart at 0 per conversation, and no loss crosses a boundary: the first token of every
 conversation is labelled -100, so after the causal shift the last token of conversation A never predicts
 the first token of conversation B.
@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from sftbench.data.masking import IGNORE_INDEX
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 
 PAD_PIECE = 128  # longest padding segment in cu_seqlens when a max_seqlen is given (varlen, buckets)
 

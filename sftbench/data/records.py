@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 
 CONVERSATION_KEYS = ("messages", "conversations")
 DATA_SUFFIXES = (".jsonl", ".json")
@@ -64,9 +64,9 @@ def data_files(data_path: str) -> list[Path]:
 
 
 def iter_jsonl_lenient(path: Path, bad: list[BadRecord]) -> Iterable[tuple[int, Any]]:
-    """Like sftbench.io.iter_jsonl, but collects malformed lines (bad JSON, bytes that are not UTF-8) instead of
+    """Like sftbench.core.io.iter_jsonl, but collects malformed lines (bad JSON, bytes that are not UTF-8) instead of
     stopping at the first."""
-    from sftbench.io import iter_jsonl_lines, json_error_text, utf8_error_text
+    from sftbench.core.io import iter_jsonl_lines, json_error_text, utf8_error_text
 
     for i, start, raw in iter_jsonl_lines(path):
         try:
@@ -84,7 +84,7 @@ def iter_jsonl_lenient(path: Path, bad: list[BadRecord]) -> Iterable[tuple[int, 
 
 def read_json_records(path: Path) -> list[Any]:
     """The records of a .json file: a list, or an object with the list under "data"/"train", or one conversation."""
-    from sftbench.io import read_json
+    from sftbench.core.io import read_json
 
     obj = read_json(path)
     if isinstance(obj, dict):
@@ -118,7 +118,7 @@ def _read_file(f: Path, lenient: bool, bad: list[BadRecord]) -> list[Record]:
         return [(str(f), i, r) for i, r in enumerate(read_json_records(f), start=1)]
     if lenient:
         return [(str(f), i, r) for i, r in iter_jsonl_lenient(f, bad)]
-    from sftbench.io import iter_jsonl
+    from sftbench.core.io import iter_jsonl
 
     return [(str(f), i, r) for i, r in iter_jsonl(f)]
 

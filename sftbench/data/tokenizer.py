@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sftbench.chat_template import IM_END, PLAIN_CHATML
+from sftbench.model.chat_template import IM_END, PLAIN_CHATML
 from sftbench.data.records import looks_like_hub_id
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 
 
 def _first_line(e: Exception) -> str:
@@ -15,13 +15,13 @@ def _first_line(e: Exception) -> str:
 
 def _from_name(name: str):
     if name == "tiny":
-        from sftbench.tiny import build_tiny_tokenizer
+        from sftbench.model.tiny import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
-    from sftbench.models import OFFLINE_NAMES
+    from sftbench.model.offline import OFFLINE_NAMES
 
     if name in OFFLINE_NAMES:
-        from sftbench.models import load_offline_tokenizer
+        from sftbench.model.offline import load_offline_tokenizer
 
         return load_offline_tokenizer()
     from transformers import AutoTokenizer
@@ -51,8 +51,8 @@ def _apply_template_file(tok, path: str) -> None:
 def load_tokenizer(name_or_path: str, chat_template: str | None = None):
     """Load a tokenizer, ready to render chat data and to pad batches.
 
-    name_or_path: 'tiny' (sftbench.tiny's test tokenizer), an offline name such as
-    'smollm2-135m-instruct-offline' (sftbench.models.OFFLINE_NAMES: the real SmolLM2 tokenizer from its GGUF,
+    name_or_path: 'tiny' (sftbench.model.tiny's test tokenizer), an offline name such as
+    'smollm2-135m-instruct-offline' (sftbench.model.offline.OFFLINE_NAMES: the real SmolLM2 tokenizer from its GGUF,
     no network), a local model directory, or a Hugging Face hub id.
     chat_template: path of a Jinja file that replaces the tokenizer's own template (checked by rendering one
     message: UserError naming file:line on a syntax error).

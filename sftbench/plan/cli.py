@@ -6,8 +6,8 @@ import json
 import sys
 from dataclasses import asdict, replace
 
-from sftbench.errors import UserError, exit_with_user_error
-from sftbench.gpus import EXTRA_GPUS, GPU, GPUS, PRICES, PRICES_AS_OF, get_gpu, training_precision
+from sftbench.core.errors import UserError, exit_with_user_error
+from sftbench.core.gpus import EXTRA_GPUS, GPU, GPUS, PRICES, PRICES_AS_OF, get_gpu, training_precision
 from sftbench.plan.config import PROG, PlanConfig, parse
 from sftbench.plan.data import DataSize, measure_data
 from sftbench.plan.dims import load_model_dims
@@ -67,7 +67,7 @@ def _header(spec: PlanSpec, fast: FastSpec, data: DataSize, tc, pc: PlanConfig, 
                    f"refuse; lower --gradient_accumulation_steps.")
     out.append(f"Reference engine's throughput scaled from {ref[0]:,.0f} tokens/s on an H100 at micro-batch {ref[1]} "
                f"({ref[2]}); fast engine's from measured runs (sftbench/plan/throughput.py); prices as of "
-               f"{PRICES_AS_OF} (sftbench/gpus.py, --price KEY=USD)")
+               f"{PRICES_AS_OF} (sftbench/core/gpus.py, --price KEY=USD)")
     return out
 
 

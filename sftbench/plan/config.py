@@ -2,7 +2,7 @@
 
 The planner plans a training command, so it takes the trainer's flags (`--model_max_length`,
 `--per_device_train_batch_size`, `--gradient_accumulation_steps`, `--engine`, `--token_budget`, ...) with the
-trainer's defaults, read from sftbench.train.config.TrainConfig: a training command line can be pasted in.
+trainer's defaults, read from sftbench.config.train.TrainConfig: a training command line can be pasted in.
 Options that only make sense for a plan (which GPUs, prices, JSON) live in PlanConfig.
 The planner's earlier short names stay accepted (hidden): OLD_NAMES.
 """
@@ -14,9 +14,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from sftbench.cli import HelpFormatter, add_config_arguments, config_from_namespace, field_type, setting
-from sftbench.gpus import GPUS, PRICES_AS_OF
-from sftbench.train.config import TrainConfig
+from sftbench.core.cli import HelpFormatter, add_config_arguments, config_from_namespace, field_type, setting
+from sftbench.core.gpus import GPUS, PRICES_AS_OF
+from sftbench.config.train import TrainConfig
 
 PROG = "python -m sftbench.plan"
 

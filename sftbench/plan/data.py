@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 
 @dataclass
 class DataSize:
@@ -49,7 +49,7 @@ def measure_data(data: str, avg_tokens: float | None = None) -> DataSize:
         raise UserError(f"--data {p}: is a directory; give one .jsonl/.json file or a number of examples.")
     chars = turns = 0
     if p.suffix == ".json":
-        from sftbench.io import read_json
+        from sftbench.core.io import read_json
 
         obj = read_json(p)
         recs = obj if isinstance(obj, list) else obj.get("data", obj.get("train", [])) if isinstance(obj, dict) else []
@@ -60,7 +60,7 @@ def measure_data(data: str, avg_tokens: float | None = None) -> DataSize:
             chars, turns = chars + c, turns + t
         n = len(recs)
     else:
-        from sftbench.io import iter_jsonl
+        from sftbench.core.io import iter_jsonl
 
         n = 0
         for _, r in iter_jsonl(p):

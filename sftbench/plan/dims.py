@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 
 @dataclass(frozen=True)
 class ModelDims:
@@ -101,11 +101,11 @@ def load_model_dims(name_or_path: str) -> ModelDims:
         f = p / "config.json"
         if not f.is_file():
             raise UserError(f"{p}: no config.json in this directory (give a model directory, or a checkpoint-<step>/ inside a run).")
-        from sftbench.io import read_json
+        from sftbench.core.io import read_json
 
         return dims_from_config(read_json(f), p.name)
     if p.is_file() and p.name.endswith(".json"):
-        from sftbench.io import read_json
+        from sftbench.core.io import read_json
 
         return dims_from_config(read_json(p), p.stem)
     key = name_or_path.strip().lower()

@@ -1,6 +1,6 @@
 """The fast engine's memory model: packed rows of `token_budget` tokens, checkpointed layers, fused CE.
 
-The number of checkpointed layers is the trainer's own choice (sftbench.train.fast_model.
+The number of checkpointed layers is the trainer's own choice (sftbench.engine.fast_model.
 choose_checkpoint_layers, with the budget the trainer derives from --vram_target_gib / --memory_cap_gib /
 the card), so the plan shows the configuration the trainer will run.  The predicted peak then uses
 coefficients calibrated on measured runs (the trainer's choice keeps its own, more conservative 24 KiB per
@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 from sftbench.plan.dims import SMOLLM2_135M, ModelDims
 from sftbench.plan.memory import ALLOCATOR_SLACK_FRACTION, GIB, Breakdown
-from sftbench.train.memory_budget import DEFAULT_GPU_TOKEN_BUDGET, choose_checkpoint_layers, torch_budget_bytes
+from sftbench.engine.memory_budget import DEFAULT_GPU_TOKEN_BUDGET, choose_checkpoint_layers, torch_budget_bytes
 
 # Activation bytes per token of a stored (not checkpointed) compiled layer, measured (see the docstring).
 FAST_STORED_LAYER_BYTES = 2304 + 16384

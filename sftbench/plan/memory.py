@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 from sftbench.plan.dims import SMOLLM2_135M, ModelDims, load_model_dims
 
 GIB = 1024**3
@@ -313,7 +313,7 @@ def oom_advice(spec: PlanSpec, gpu_mem_gib: float) -> str:
 
 
 def spec_from_train_config(cfg, dims: ModelDims | None = None) -> PlanSpec:
-    """PlanSpec of a sftbench.train.config.TrainConfig (fields read with getattr, so older configs work)."""
+    """PlanSpec of a sftbench.config.train.TrainConfig (fields read with getattr, so older configs work)."""
     if dims is None:
         name = getattr(cfg, "model_name_or_path", "smollm2-135m-instruct-offline")
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from sftbench.gpus import GPUS, PRICES, PRICES_AS_OF, GPU
+from sftbench.core.gpus import GPUS, PRICES, PRICES_AS_OF, GPU
 from sftbench.plan.data import DataSize
 from sftbench.plan.fast import FastSpec, fast_plan_for_gpu, max_token_budget
 from sftbench.plan.memory import Breakdown, PlanSpec, estimate_peak_gib, max_length_that_fits, max_micro_batch, oom_advice

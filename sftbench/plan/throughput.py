@@ -21,7 +21,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from sftbench.gpus import GPU, get_gpu
+from sftbench.core.gpus import GPU, get_gpu
 from sftbench.plan.memory import PlanSpec
 
 # Throughput default: tokens/s of the reference recipe (micro-batch 1, gradient checkpointing) on one H100,

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from sftbench import rundir
-from sftbench.errors import UserError
-from sftbench.io import atomic_write_json, read_json
+from sftbench.core import rundir
+from sftbench.core.errors import UserError
+from sftbench.core.io import atomic_write_json, read_json
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints in a run dir with trainer state, sorted by step: [(step, path)] (sftbench.rundir's
+    """Complete checkpoints in a run dir with trainer state, sorted by step: [(step, path)] (sftbench.core.rundir's
     one definition of a complete checkpoint: config.json + weights, plus trainer_state.json)."""
     return rundir.list_checkpoints(run_dir, require=("trainer_state.json",))
 

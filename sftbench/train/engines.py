@@ -12,7 +12,7 @@ unscales, clips and steps the optimizer.
 
 - ReferenceEngine: padded micro-batches through the HF model (CausalLMLossSum), DDP across ranks.
 - FastEngine: the window packed into --token_budget-token rows (sftbench.data.packing), attention kept per
-  conversation, compiled layers, fused CE (sftbench.train.fast_model); one all-reduce of the gradients,
+  conversation, compiled layers, fused CE (sftbench.engine.fast_model); one all-reduce of the gradients,
   since ranks may pack different numbers of rows.
 scripts/bench_train.py times these same `window` calls.
 """
@@ -23,10 +23,10 @@ import contextlib
 
 import torch
 
-from sftbench.errors import UserError
+from sftbench.core.errors import UserError
 from sftbench.loss import CausalLMLossSum
-from sftbench.train import fast_model as fm
-from sftbench.train import memory_budget as mb
+from sftbench.engine import fast_model as fm
+from sftbench.engine import memory_budget as mb
 from sftbench.train.dist import Dist, log
 
 
@@ -80,7 +80,7 @@ class FastEngine(Engine):
         self.rows_packed = 0  # packed micro-batches run so far (the bench reports rows per step)
         self.graphs = None
         if cuda_graphs and device.type == "cuda" and model._sftbench_fast.attention == "varlen" and model._sftbench_fast.compile:
-            from sftbench.train.row_graph import RowGraphs
+            from sftbench.engine.row_graph import RowGraphs
 
             self.graphs = RowGraphs(model, device, self._row_step, log=lambda m: log(d, m))
 

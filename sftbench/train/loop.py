@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from sftbench.train.config import TrainConfig
+from sftbench.config.train import TrainConfig
 from sftbench.train.setup import (build_model_and_engine, finish, log_step, open_run_dir, optimizer_step, restore,
                                   save_step, start, window_of)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from sftbench.errors import UserError, exit_with_user_error
+from sftbench.core.errors import UserError, exit_with_user_error
 
 
 def run_with_oom_policy(cfg, train_fn, prog: str) -> int:

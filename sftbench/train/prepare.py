@@ -1,9 +1,9 @@
 """What the trainer does to the records before the data stage tokenises them (issue 13).
 
 1. The contamination guard, always: every training example whose user text shares a 13-word n-gram with an
-   IFEval or IFBench prompt (sftbench/contamination.py) is counted, listed in OUT/contamination.json and dropped
-   unless --keep_contaminated.  The prompts are the ones shipped in ifeval/prompts/ (no network).
-2. --augment_fraction F > 0: verifiable constraints added to a share of the conversations (sftbench/augment.py),
+   IFEval or IFBench prompt (sftbench/data/contamination.py) is counted, listed in OUT/contamination.json and dropped
+   unless --keep_contaminated.  The prompts are the ones shipped in sftbench/tasks/prompts/ (no network).
+2. --augment_fraction F > 0: verifiable constraints added to a share of the conversations (sftbench/data/augment.py),
    cached in the tokenised-data cache folder (augment-<key>.jsonl); stats in OUT/augment_stats.json.
 
 When either changes the records, the data stage reads a content-addressed JSONL of them instead of
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftbench.train.config import TrainConfig
+from sftbench.config.train import TrainConfig
 from sftbench.train.dist import Dist, log
 
 
@@ -43,7 +43,7 @@ class Prepared:
 
 def augment_config(cfg: TrainConfig, model_path: str):
     """The AugmentConfig of a TrainConfig's augment_* fields."""
-    from sftbench.augment import AugmentConfig
+    from sftbench.data.augment import AugmentConfig
 
     return AugmentConfig(fraction=cfg.augment_fraction, types=cfg.augment_types, hold_out_types=cfg.augment_hold_out_types,
                          max_constraints=cfg.augment_max_constraints, seed=cfg.augment_seed, targets=cfg.augment_targets,
@@ -55,7 +55,7 @@ def checked_augment_config(cfg: TrainConfig, model_path: str | None = None):
     """augment_config, validated; its errors name the trainer's --augment_* flags."""
     import re
 
-    from sftbench.errors import UserError
+    from sftbench.core.errors import UserError
 
     acfg = augment_config(cfg, model_path or _resolved(cfg))
     try:
@@ -67,8 +67,8 @@ def checked_augment_config(cfg: TrainConfig, model_path: str | None = None):
 
 @functools.lru_cache(maxsize=1)
 def installed_prompts() -> dict[str, dict]:
-    """sftbench.contamination.installed_prompts, once per process (a recipe search trains many runs in one)."""
-    from sftbench.contamination import installed_prompts as read
+    """sftbench.data.contamination.installed_prompts, once per process (a recipe search trains many runs in one)."""
+    from sftbench.data.contamination import installed_prompts as read
 
     return read(log=lambda m: print(f"[train] {m}", flush=True))
 
@@ -87,7 +87,7 @@ def read_conversations(cfg: TrainConfig) -> tuple[list[dict], str, dict]:
 
 def guard(records: list[dict], keep: bool, d: Dist) -> tuple[list[dict], dict]:
     """(records left, the OUT/contamination.json report)."""
-    from sftbench.contamination import DEFAULT_N, drop_contaminated, find_contaminated
+    from sftbench.data.contamination import DEFAULT_N, drop_contaminated, find_contaminated
 
     t0 = time.monotonic()
     prompts = installed_prompts()
@@ -109,7 +109,7 @@ def _resolved(cfg: TrainConfig) -> str | None:
     """The starting model's local path, for --augment_targets self only (else unused)."""
     if cfg.augment_targets != "self":
         return None
-    from sftbench.models import resolve_model_path
+    from sftbench.model.offline import resolve_model_path
 
     return resolve_model_path(cfg.model_name_or_path)
 
@@ -123,7 +123,7 @@ def _cache_dir(cfg: TrainConfig) -> str | None:
 def prepare_data(cfg: TrainConfig, d: Dist, model_path: str | None = None) -> Prepared:
     """Guard (and augment) the records; the path the data stage reads and the reports for the run directory."""
     from sftbench.data.normalise import rounds_limit, truncate_rounds
-    from sftbench.io import atomic_write_jsonl
+    from sftbench.core.io import atomic_write_jsonl
 
     acfg = checked_augment_config(cfg, model_path) if cfg.augment_fraction > 0 else None
     records, fingerprint, skipped = read_conversations(cfg)
@@ -158,7 +158,7 @@ def prepare_data(cfg: TrainConfig, d: Dist, model_path: str | None = None) -> Pr
 
 def augment(records: list[dict], acfg, fingerprint: str, cache: str, d: Dist) -> tuple[str, dict]:
     """(the augmented JSONL the data stage reads, the OUT/augment_stats.json report)."""
-    from sftbench.augment import augment_cached, cache_key
+    from sftbench.data.augment import augment_cached, cache_key
 
     out, stats, hit = augment_cached(records, acfg, fingerprint, cache, log=lambda m: log(d, m))
     key = cache_key(fingerprint, acfg)[:16]
@@ -171,7 +171,7 @@ def augment(records: list[dict], acfg, fingerprint: str, cache: str, d: Dist) ->
 
 def write_reports(out: Path, prep: Prepared | None) -> None:
     """OUT/contamination.json and OUT/augment_stats.json (rank 0, once the run directory is opened)."""
-    from sftbench.io import atomic_write_json
+    from sftbench.core.io import atomic_write_json
 
     for name, obj in (prep.reports if prep else {}).items():
         atomic_write_json(out / name, obj)

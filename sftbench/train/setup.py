@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from sftbench.errors import UserError
-from sftbench.train.config import TrainConfig, resolve_accumulation
+from sftbench.core.errors import UserError
+from sftbench.config.train import TrainConfig, resolve_accumulation
 from sftbench.train.dist import Dist, log
 from sftbench.train.engines import causal_lm, make_engine
 
@@ -79,8 +79,8 @@ def window_of(run: Run, step: int) -> tuple[list[list[dict]], int]:
 
 def start(cfg: TrainConfig) -> Run:
     """Device, validation, tokenizer and data: everything that can fail on bad input, before any weights load."""
-    from sftbench.device import pick_device, pick_precision
-    from sftbench.models import resolve_model_path
+    from sftbench.core.device import pick_device, pick_precision
+    from sftbench.model.offline import resolve_model_path
     from sftbench.train import checkpoint as ck
 
     d = Dist()
@@ -162,7 +162,7 @@ def check_output_dir(out: Path, resuming: bool, start_over: bool = False) -> boo
 
     Refused: a file; a directory with files the trainer did not write and no run (a model directory, say); a run
     (fresh start); a run that stopped before its first checkpoint, unless --start_over."""
-    from sftbench.rundir import checkpoint_step
+    from sftbench.core.rundir import checkpoint_step
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out}: exists and is a file.")
@@ -222,7 +222,7 @@ def check_resume_settings(cfg: TrainConfig, resume: Path, out: Path, world: int,
                           fingerprint: str) -> dict:
     """{setting: {"from", "to"}} that differ from the checkpoint's sft_config.json; UserError for those that break
     exact resume, unless --allow_changed_settings."""
-    from sftbench.io import read_json
+    from sftbench.core.io import read_json
 
     saved_path = Path(resume) / "sft_config.json"
     if not saved_path.is_file():
@@ -289,7 +289,7 @@ def build_model_and_engine(run: Run) -> None:
     """fp32 master weights (LoRA adapters on top for --method lora), the engine, optimizer, schedule, scaler."""
     from transformers import AutoModelForCausalLM, get_scheduler
 
-    from sftbench.memory import apply_memory_cap
+    from sftbench.core.memory import apply_memory_cap
 
     cfg, d, device = run.cfg, run.d, run.device
     explicit = cfg.engine == "fast"
@@ -402,7 +402,7 @@ def record_history(run: Run) -> None:
     also removes what the stopped run left (its metrics, half-written checkpoint temporaries)."""
     import shutil
 
-    from sftbench.io import append_jsonl
+    from sftbench.core.io import append_jsonl
 
     out, when = run.out, time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if run.starting_over:
@@ -418,8 +418,8 @@ def record_history(run: Run) -> None:
 
 def open_run_dir(run: Run) -> None:
     """sft_config.json, metrics.jsonl cut back to the resumed step, the start-up log, trackers, monitor, bar."""
-    from sftbench.io import atomic_write_json, atomic_write_jsonl, read_jsonl
-    from sftbench.memory import MemoryMonitor
+    from sftbench.core.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+    from sftbench.core.memory import MemoryMonitor
     from sftbench.train.prepare import write_reports
 
     cfg, d, out = run.cfg, run.d, run.out
@@ -473,8 +473,8 @@ def optimizer_step(run: Run) -> tuple[float, float]:
 
 def log_step(run: Run, step: int, grad_norm: float, lr: float, real_tokens: int, n_window: int, dt: float) -> None:
     """A metrics.jsonl row (every --logging_steps and at the end), the tracker and the progress bar."""
-    from sftbench.io import append_jsonl
-    from sftbench.memory import GIB
+    from sftbench.core.io import append_jsonl
+    from sftbench.core.memory import GIB
 
     cfg, global_step = run.cfg, step + 1
     if run.d.main and (global_step % cfg.logging_steps == 0 or global_step == run.total_steps):
@@ -526,8 +526,8 @@ def save_step(run: Run, global_step: int) -> None:
 
 def finish(run: Run) -> dict:
     """The final model in OUT itself, memory samples, trackers closed, process group torn down."""
-    from sftbench.io import atomic_write_jsonl
-    from sftbench.memory import GIB
+    from sftbench.core.io import atomic_write_jsonl
+    from sftbench.core.memory import GIB
     from sftbench.train.checkpoint import save_final
 
     d, out, total = run.d, run.out, run.total_steps
