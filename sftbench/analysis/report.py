@@ -62,6 +62,7 @@ class SweepData:
     settings: dict
     eval_config: dict
     outcomes: dict[str, dict] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)  # checkpoint -> why its results were left out
 
     @property
     def checkpoints(self) -> list[str]:
@@ -79,8 +80,10 @@ class SweepData:
         return read_json(f) if f is not None and f.is_file() else {}
 
 
-def load_sweep(results_dir: str | os.PathLike, name: str | None = None) -> SweepData:
-    """Read a sweep directory.  sweep.csv is rebuilt from the result dirs when missing.  UserError if empty."""
+def load_sweep(results_dir: str | os.PathLike, name: str | None = None, allow_incomplete: bool = False) -> SweepData:
+    """Read a sweep directory.  sweep.csv is rebuilt from the result dirs when missing.  UserError if empty, and
+    when a checkpoint's results are stale or damaged (`results.result_problems`) unless allow_incomplete, which
+    leaves those checkpoints out (SweepData.excluded says which and why)."""
     res = Path(results_dir)
     if not res.is_dir():
         raise UserError(f"{res}: results directory not found (run `bash scripts/sweep.sh RUN_DIR {res}` first).")
@@ -92,6 +95,14 @@ def load_sweep(results_dir: str | os.PathLike, name: str | None = None) -> Sweep
               file=sys.stderr)
         run_dir = None
     table = results.read_sweep_csv(res, run_dir, state)
+    csv_steps = ({str(c): int(st) for c, st in zip(table["checkpoint"], table["step"])}
+                 if (res / results.SWEEP_CSV).is_file() else None)
+    problems = results.result_problems(res, csv_steps)
+    if problems and not allow_incomplete:
+        raise IncompleteResults(incomplete_message(res, problems))
+    table = table[~table["checkpoint"].astype(str).isin(problems)].reset_index(drop=True)
+    if table.empty:
+        raise IncompleteResults(incomplete_message(res, problems) + " No usable checkpoint is left.")
     settings: dict = {}
     outcomes = {}
     for ck in table["checkpoint"]:
@@ -99,7 +110,19 @@ def load_sweep(results_dir: str | os.PathLike, name: str | None = None) -> Sweep
             settings = dict(results.load_summary(res / ck).get("settings") or {})
         outcomes[ck] = results.load_outcomes(res / ck)
     return SweepData(res, name or res.name, table, run_dir, settings,
-                     dict(state.get("eval_config") or {}), outcomes)
+                     dict(state.get("eval_config") or {}), outcomes, problems)
+
+
+class IncompleteResults(UserError):
+    """Stale or damaged checkpoint results (the report stops rather than mix them in)."""
+
+
+def incomplete_message(res: Path, problems: dict[str, str]) -> str:
+    """The refusal when results are stale or damaged: one line per checkpoint, then what to do."""
+    lines = "; ".join(f"{name}: {why}" for name, why in problems.items())
+    return (f"{res}: the results of {len(problems)} checkpoint(s) are stale or damaged, so the curve, verdict and "
+            f"pick would mix them in: {lines}. Rerun the sweep (python -m sftbench.eval.sweep RUN_DIR {res}) to "
+            f"re-evaluate them, or pass --allow_incomplete to leave them out of the report (it lists them).")
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -249,12 +272,12 @@ def verdict_markdown(vr: VerdictReport) -> str:
     return doc.markdown()
 
 
-def load_ifbench(sweep: SweepData) -> SweepData | None:
+def load_ifbench(sweep: SweepData, allow_incomplete: bool = False) -> SweepData | None:
     """RESULTS/ifbench/ as a sweep when RESULTS/ifbench/sweep.csv exists (i12: IFBench beside IFEval), else None."""
     d = sweep.results_dir / IFBENCH_DIR
     if not (d / results.SWEEP_CSV).is_file():
         return None
-    ifb = load_sweep(d, name=f"{sweep.name} (IFBench)")
+    ifb = load_sweep(d, name=f"{sweep.name} (IFBench)", allow_incomplete=allow_incomplete)
     ifb.settings.setdefault("benchmark", "ifbench")
     if ifb.run_dir is None:
         ifb.run_dir = sweep.run_dir
@@ -612,10 +635,13 @@ def _settings_lines(doc: Doc, sweep: SweepData) -> None:
     doc.p(f"Results: `{sweep.results_dir}`; run: `{sweep.run_dir or 'unknown'}`. Settings: {shown or 'not recorded'}.")
 
 
-def ifbench_section(doc: Doc, sweep: SweepData) -> tuple[SweepData | None, VerdictReport | None]:
+def ifbench_section(doc: Doc, sweep: SweepData, allow_incomplete: bool = False
+                    ) -> tuple[SweepData | None, VerdictReport | None]:
     """Under the IFEval verdict: the IFBench verdict (same code) when RESULTS/ifbench/sweep.csv exists."""
     try:
-        ifb = load_ifbench(sweep)
+        ifb = load_ifbench(sweep, allow_incomplete)
+    except IncompleteResults:
+        raise
     except UserError as e:
         doc.h(2, "Did training help on IFBench?")
         doc.p(f"The IFBench results in `{sweep.results_dir / IFBENCH_DIR}` could not be read: {e}")
@@ -627,6 +653,7 @@ def ifbench_section(doc: Doc, sweep: SweepData) -> tuple[SweepData | None, Verdi
     note = settings_note(ifb)
     if note:
         doc.p(f"**IFBench eval settings: {note}**")
+    excluded_note(doc, ifb)
     vr = analyse_verdict(ifb)
     verdict_section(doc, vr)
     return ifb, vr
@@ -636,7 +663,9 @@ def seen_unseen_section(doc: Doc, sweep: SweepData) -> None:
     """Instruction-level strict accuracy on the constraint types seen in training vs held out of it (issue 13):
     a gain only on seen types is fitting the augmentation, not instruction following."""
     held = seen_unseen.held_out_of(sweep.run_dir)
-    per = seen_unseen.per_checkpoint(seen_unseen.load_results(sweep.results_dir), held)
+    kept = {int(st) for st in sweep.table["step"]}  # stale or damaged checkpoints stay out of this section too
+    per = seen_unseen.per_checkpoint({st: rows for st, rows in seen_unseen.load_results(sweep.results_dir).items()
+                                      if st in kept}, held)
     if not per:
         return
     steps = sorted(per)
@@ -648,17 +677,26 @@ def seen_unseen_section(doc: Doc, sweep: SweepData) -> None:
         doc.p(f"From the start to step {steps[-1]}: {seen_unseen.sentence(per[0], per[steps[-1]])}")
 
 
-def single_report(sweep: SweepData, out_dir: Path | None = None) -> dict:
+def excluded_note(doc: Doc, sweep: SweepData) -> None:
+    """With --allow_incomplete: which checkpoints were left out of the curve, verdict and pick, and why."""
+    if sweep.excluded:
+        doc.p(f"**Left out of this report ({len(sweep.excluded)} checkpoint(s) with stale or damaged results; "
+              f"rerun the sweep to re-evaluate them):**")
+        doc.ul([f"{name}: {why}" for name, why in sweep.excluded.items()])
+
+
+def single_report(sweep: SweepData, out_dir: Path | None = None, allow_incomplete: bool = False) -> dict:
     """Write report.md, report.html and PNGs for one sweep.  Returns {"md", "html", "verdict", "ifbench"}."""
     out = Path(out_dir or sweep.results_dir)
     doc = Doc(out)
     bench = benchmark(sweep)
     doc.h(1, f"{bench} sweep: {sweep.name}")
     _settings_lines(doc, sweep)
+    excluded_note(doc, sweep)
     vr = analyse_verdict(sweep)
     doc.h(2, f"Did training help? ({bench}: the starting model against every checkpoint)")
     verdict_section(doc, vr)
-    ifb, ifb_vr = ifbench_section(doc, sweep)
+    ifb, ifb_vr = ifbench_section(doc, sweep, allow_incomplete)
     seen_unseen_section(doc, sweep)
     doc.h(2, "Checkpoints")
     doc.p("Accuracies in % with 95% confidence intervals in brackets. Unpaired intervals overlap even when a "
@@ -702,6 +740,9 @@ def compare_report(sweeps: list[SweepData], out_dir: Path) -> dict:
         note = settings_note(s)
         if note:
             doc.p(f"**Eval settings of {s.name}: {note}**")
+        if s.excluded:
+            doc.p(f"**{s.name}: left out (stale or damaged results):** "
+                  + "; ".join(f"{n}: {why}" for n, why in s.excluded.items()) + ".")
     verdicts = {s.name: analyse_verdict(s) for s in sweeps}
     doc.h(2, "Best model overall")
     lines = best_overall(sweeps, verdicts)
@@ -742,16 +783,17 @@ def compare_report(sweeps: list[SweepData], out_dir: Path) -> dict:
     return {"md": md, "html": ht, "verdicts": verdicts, "best_overall": lines}
 
 
-def write_report(results_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> dict:
+def write_report(results_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | None = None,
+                 allow_incomplete: bool = False) -> dict:
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"--out {out_dir}: exists and is a file; give a directory.")
-    sweeps = [load_sweep(d) for d in results_dirs]
+    sweeps = [load_sweep(d, allow_incomplete=allow_incomplete) for d in results_dirs]
     names = [s.name for s in sweeps]
     if len(set(names)) != len(names):
         for s in sweeps:
             s.name = str(s.results_dir)
     if len(sweeps) == 1:
-        return single_report(sweeps[0], Path(out_dir) if out_dir else None)
+        return single_report(sweeps[0], Path(out_dir) if out_dir else None, allow_incomplete)
     if out_dir is None:
         out_dir = Path(os.path.commonpath([str(s.results_dir.resolve()) for s in sweeps])) / "comparison"
     return compare_report(sweeps, Path(out_dir))
@@ -764,9 +806,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results_dirs", nargs="+", help="sweep result directories (from scripts/sweep.sh)")
     p.add_argument("--out", default=None, help="output directory (default: the results directory; with several, "
                                                "their common parent's comparison/)")
+    p.add_argument("--allow_incomplete", action="store_true",
+                   help="leave checkpoints whose results are stale (other weights now at their path) or damaged "
+                        "(a missing file or sweep.csv row, a cut results file) out of the report and list them, "
+                        "instead of stopping")
     args = p.parse_args(argv)
     try:
-        res = write_report(args.results_dirs, args.out)
+        res = write_report(args.results_dirs, args.out, args.allow_incomplete)
     except UserError as e:
         exit_with_user_error(e, PROG)
     print(f"[{PROG}] wrote {res['md']} and {res['html']}")

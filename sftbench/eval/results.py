@@ -9,6 +9,7 @@ No torch import: analysis and the sweep's CLI load it cheaply.
     make_summary(...) -> dict          the summary.json fields
     read_summary(result_dir)           complete summary or None;   load_summary: any summary (UserError if unreadable)
     check_summaries(results_dir)       UserError naming a checkpoint's unreadable summary.json (the report)
+    result_problems(results_dir, csv_steps)  {checkpoint: why} stale (fingerprint) or damaged results (the report)
     weights_changed(record, file, model_path)  why a summary is not about the weights now there, or None
     load_outcomes(result_dir)          per-prompt strict/loose outcomes from eval_results_*.jsonl
     sweep_rows(results_dir, run_dir, state) -> [row]   one sweep.csv row per complete result dir
@@ -71,6 +72,10 @@ CSV_COLUMNS = (["step", "checkpoint", "kind"]
                + ["n_prompts", "hit_cap_fraction", "tokens_per_s", "wall_s", "torch_peak_allocated_gib",
                   "nvml_peak_gib", "train_loss", "train_loss_step", "model_path"]
                + ["benchmark", "load_s", "generate_s", "score_s", "write_s"])
+# sweep.csv columns the report computes with: a cell that is not a number (or empty) is an error naming it
+NUMERIC_COLUMNS = (["step"] + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
+                   + ["n_prompts", "hit_cap_fraction", "tokens_per_s", "wall_s", "torch_peak_allocated_gib",
+                      "nvml_peak_gib", "train_loss", "train_loss_step"])
 # summary.json "timing": seconds of each stage of this process's evaluation (0 for a stage it skipped).
 # load: tokenizer, prompts rendered, weights into the generator; generate; score (checkers + CIs); write.
 # In a sweep scoring and writing overlap the next checkpoint's generation, so wall_s >= their sum.
@@ -223,6 +228,50 @@ def weights_changed(record: dict, record_file: str | os.PathLike, model_path: st
     return None
 
 
+def result_problems(results_dir: str | os.PathLike, csv_steps: dict[str, int] | None = None) -> dict[str, str]:
+    """{checkpoint name: why its results must not be used} for a sweep's results directory (the report's check).
+
+    csv_steps: sweep.csv's {checkpoint name: step} (None: no sweep.csv; rows are rebuilt from the result dirs).
+    A checkpoint is damaged when sweep.csv has a row for it but checkpoint-<step>/ lacks summary.json (or it is
+    not complete) or eval_results_{strict,loose}.jsonl, when a results file has fewer rows than the summary's
+    prompt count, or when a complete result directory has no row in sweep.csv; it is stale when the weights at
+    its model_path are not the ones evaluated (`weights_changed`: the fingerprint, when the path is reachable).
+    """
+    res = Path(results_dir)
+    names = {c.name for c in res.iterdir() if c.is_dir() and checkpoint_step(c.name) is not None} if res.is_dir() else set()
+    if csv_steps is not None:
+        names |= set(csv_steps)
+    out: dict[str, str] = {}
+    for name in sorted(names, key=lambda n: (checkpoint_step(n) is None, checkpoint_step(n) or 0, n)):
+        d = res / name
+        summary = read_summary(d)
+        if summary is None:
+            if csv_steps is not None and name in csv_steps:
+                out[name] = (f"sweep.csv has a row for it but {d}/{SUMMARY} is missing or incomplete"
+                             if d.is_dir() else f"sweep.csv has a row for it but {d}/ is missing")
+            continue
+        if csv_steps is not None and name not in csv_steps:
+            out[name] = f"{d} is complete but has no row in {res / SWEEP_CSV}"
+            continue
+        want = (summary.get("counts") or {}).get("prompts")
+        bad = []
+        for fname in (STRICT, LOOSE):
+            f = d / fname
+            if not f.is_file():
+                bad.append(f"{fname} is missing")
+                continue
+            n = sum(1 for line in f.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+            if isinstance(want, int) and n < want:
+                bad.append(f"{fname} has {n} rows, its {SUMMARY} counts {want} prompts")
+        if bad:
+            out[name] = "; ".join(bad)
+            continue
+        why = weights_changed(summary, d / SUMMARY, summary.get("model_path"))
+        if why is not None:
+            out[name] = f"stale: the {why} ({summary.get('model_path')})"
+    return out
+
+
 def load_outcomes(result_dir: str | os.PathLike) -> dict:
     """{prompt key: {"ids": [instruction ids], "n", "strict", "loose", "strict_followed", "loose_followed",
     "strict_list", "loose_list"}} from eval_results_{strict,loose}.jsonl ({} when absent)."""
@@ -324,6 +373,20 @@ def read_sweep_csv(results_dir: str | os.PathLike, run_dir=None, state: dict | N
     missing = [c for c in ("step", "checkpoint", *METRICS) if c not in table.columns]
     if missing:
         raise UserError(f"{f}: missing column(s) {', '.join(missing)}; rerun the sweep to rewrite it.")
+    for col in table.columns:
+        if col in NUMERIC_COLUMNS and table[col].dtype == object:
+            num = pd.to_numeric(table[col], errors="coerce")
+            bad = table[col].notna() & num.isna()
+            if not bad.any():
+                table[col] = num
+                continue
+            i = int(bad.to_numpy().argmax())
+            raise UserError(f"{f}: row {i + 1} (line {i + 2}), column {col}: {table[col].iloc[i]!r} is not a "
+                            f"number. Rerun the sweep to rewrite sweep.csv (python -m sftbench.eval.sweep RUN_DIR "
+                            f"{results}), or fix that cell.")
+    if table["step"].isna().any():
+        i = int(table["step"].isna().to_numpy().argmax())
+        raise UserError(f"{f}: row {i + 1} (line {i + 2}), column step: empty. Rerun the sweep to rewrite sweep.csv.")
     return table.sort_values("step").reset_index(drop=True)
 
 
