@@ -7,14 +7,15 @@ The work is done in sftbench/data/, one module per step:
   masking.py    rendered with a chat template, tokenised once with character offsets, labels = -100 except
                 the supervised tokens ("assistant" or the homework's "homework" mode), truncated to max_length
   build.py      the whole stage (build_examples, DataStats); cache.py: the tokenised-data cache
-  collate.py    right-padded batches; tokenizer.py: load_tokenizer; cli.py: this file's command line
+  collate.py    right-padded batches; cli.py: this file's command line
+(load_tokenizer and the chat template: sftbench/model/hf.py and chat_template.py)
 
 Run `python conversation_func.py --help` to tokenise a file and eyeball the mask (defaults: the trainer's).
 """
 
 from __future__ import annotations
 
-from sftbench.model.chat_template import HOMEWORK_CHATML, template_from_flag
+from sftbench.model.chat_template import HOMEWORK_CHATML, resolve_chat_template
 from sftbench.data.build import DataStats, build_examples
 from sftbench.data.cache import MASKING_VERSION, cache_key
 from sftbench.data.collate import collate
@@ -30,13 +31,13 @@ from sftbench.data.masking import (
 )
 from sftbench.data.normalise import ALL_ROUNDS, ROLE_ALIASES, normalize_messages, rounds_limit, truncate_rounds
 from sftbench.data.records import CONVERSATION_KEYS, DATA_SUFFIXES, BadRecord, load_records, where_of
-from sftbench.data.tokenizer import load_tokenizer
+from sftbench.model.hf import load_tokenizer
 
 __all__ = [
     "ALL_ROUNDS", "BadRecord", "CONVERSATION_KEYS", "DATA_SUFFIXES", "DataStats", "HOMEWORK_CHATML", "IGNORE_INDEX",
     "MASKING_VERSION", "MODES", "ROLE_ALIASES", "TRUNCATION_SIDES", "build_examples", "cache_key", "collate",
     "has_target", "highlight", "load_records", "load_tokenizer", "main", "normalize_messages", "render_and_mask",
-    "resolve_template", "rounds_limit", "template_from_flag", "truncate_example", "truncate_rounds", "where_of",
+    "resolve_chat_template", "resolve_template", "rounds_limit", "truncate_example", "truncate_rounds", "where_of",
 ]
 
 

@@ -11,12 +11,16 @@ What it measures (GPU):
      HF finished (like-for-like ratio), variants without torch.compile / without CUDA graphs, and a timed
      decode window at full batch against its memory-traffic floor.
   3. Agreement: identical responses (token ids) fast vs HF on the prompts both generated.
+  4. With --sample: the fast backend sampling --sample-n answers per prompt (--sample-temperature, --sample-top-p)
+     against greedy over the same prompts repeated --sample-n times (the same sequences, slots and cap):
+     tokens/s and ms per decode step of each, and their ratio (the issue's bar: sampling within 1.25x of greedy).
 Prints a table last; writes bench_summary.json, fast_responses.jsonl, hf_responses.jsonl to --out-dir.
 
 Scoring (lm-eval's checkers, CPU, no GPU needed):  --score DIR  reads those files and prints the four
 IFEval accuracies of both backends on the shared prompts, and their differences.
 
 Smoke run on a CPU:  python scripts/bench_generate.py --model tiny --device cpu --limit 12 --max-new-tokens 24
+Sampling vs greedy only:  python scripts/bench_generate.py --skip-hf --variants "" --sample
 """
 
 from __future__ import annotations
@@ -70,6 +74,11 @@ def parse_args(argv=None):
                         "compile). Empty for none.")
     p.add_argument("--deadline-s", type=float, default=470.0,
                    help="Skip the optional fast-backend variants once this many seconds have passed since start.")
+    p.add_argument("--sample", action="store_true",
+                   help="Also time the fast backend's sampling against greedy at the same batch (see 4. below).")
+    p.add_argument("--sample-n", type=int, default=4, help="--sample: answers per prompt.")
+    p.add_argument("--sample-temperature", type=float, default=0.7, help="--sample: temperature (> 0).")
+    p.add_argument("--sample-top-p", type=float, default=1.0, help="--sample: nucleus share (1 = no truncation).")
     p.add_argument("--out-dir", default=None, help="Where to write results ($OUT if set, else ./bench-out).")
     p.add_argument("--score", default=None, metavar="DIR",
                    help="Score DIR/fast_responses.jsonl and DIR/hf_responses.jsonl with lm-eval's checkers and exit.")
@@ -436,6 +445,34 @@ def fast_phase(b: Bench, hf_done: dict):
     return gen, fast1, fast2, m2
 
 
+def sample_phase(b: Bench, gen) -> None:
+    """Sampling vs greedy on the same number of sequences (prompts x --sample-n), the same engine and slots; each
+    row's time is its decode loop (stats generate_s), set-up (plan, compile, the sampling graph's capture) apart."""
+    args, n = b.args, b.args.sample_n
+    ids = b.ids
+    rows = {}
+    for name, kw, prompts in (
+            (f"fast greedy x{n}", {}, [p for p in ids for _ in range(n)]),
+            (f"fast sample n={n} T={args.sample_temperature} top_p={args.sample_top_p}",
+             dict(n=n, temperature=args.sample_temperature, top_p=args.sample_top_p, seed=0), ids)):
+        with Phase(b.device) as ph:  # the timed part is the decode loop (generate_s): planning, compiling
+            gen.engine.generate(prompts, progress=False, **kw)  # and capturing the sampling graph are set-up
+        st = gen.engine.last_stats
+        r = row(name, st["slots"], len(prompts) * kw.get("n", 1), st["generate_s"], st["generated_tokens"], ph.torch_peak_gib,
+                ph.nvml_peak_gib, st["hit_cap"], f"{1000 * st['generate_s'] / max(st['decode_steps'], 1):.3f} ms/step")
+        r["stats"] = {k: v for k, v in st.items() if k != "plan"}
+        b.rows.append(r)
+        rows[name] = r
+        print(f"[bench] {name}: {r['wall_s']} s, {r['tokens_per_s']} tok/s, stats {r['stats']}", flush=True)
+    g, smp = rows.values()
+    step = lambda r: r["stats"]["generate_s"] / max(r["stats"]["decode_steps"], 1)  # noqa: E731
+    b.summary["sampling"] = {
+        "greedy_tokens_per_s": g["tokens_per_s"], "sample_tokens_per_s": smp["tokens_per_s"],
+        "greedy_over_sample_tokens_per_s": round(g["tokens_per_s"] / max(smp["tokens_per_s"], 1e-9), 3),
+        "greedy_ms_per_step": round(1000 * step(g), 3), "sample_ms_per_step": round(1000 * step(smp), 3),
+        "slots": smp["stats"]["slots"], "n": n, "temperature": args.sample_temperature, "top_p": args.sample_top_p}
+
+
 def decode_window(b: Bench, eng) -> None:
     """One timed graph replay at full batch (all slots active, positions spread over the cap) vs its memory floor."""
     import torch
@@ -599,6 +636,12 @@ def print_report(b: Bench) -> None:
     if "hf_error" in s:
         print(f"HF baseline incomplete: {s['hf_error']}")
     print(f"fast checkpoint after the first: {s['fast_ckpt2_total_s']} s (load_weights + generate)")
+    if "sampling" in s:
+        m = s["sampling"]
+        print(f"sampling (n={m['n']}, T={m['temperature']}, top_p={m['top_p']}, {m['slots']} slots): "
+              f"{m['sample_tokens_per_s']} tok/s vs greedy {m['greedy_tokens_per_s']} "
+              f"({m['greedy_over_sample_tokens_per_s']}x slower); decode step {m['sample_ms_per_step']} ms vs "
+              f"{m['greedy_ms_per_step']} ms")
 
 
 def run(args) -> int:
@@ -612,6 +655,8 @@ def run(args) -> int:
         decode_window(b, gen.engine)
     if b.device.type == "cuda" and gen.engine.attention == "triton":
         triton_check(b, gen.engine)
+    if args.sample:
+        sample_phase(b, gen)
     del gen
     reset_peaks(b.device)
     var = variants(b, m2)

@@ -15,6 +15,7 @@
 #     machine (cold compile cache), random-init SmolLM2-135M shape, same data: first step 20.4 s (compiling),
 #     then 130k real tokens/s over steps 3-8, peak torch 3.95 GiB, NVML 5.57 GiB (session 2, .gpu-min runs).
 #     With FlexAttention (--attention flex) the cold first step took 247 s; see docs/gpu_results.md.
-PRESET=(--effective_batch 64 --warmup_ratio 0.2 --gradient_checkpointing True --save_total_limit 2)
-# Everything else is TrainConfig's default (python train_hw_parallel.py --help).
+# The flags: sftbench/presets.py (PRESETS["4060_8gb"], shared with `sftbench train --preset 4060_8gb`); everything
+# else is TrainConfig's default (python train_hw_parallel.py --help).
+PRESET=4060_8gb
 . "$(dirname "$0")/_preset.sh"

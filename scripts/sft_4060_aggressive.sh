@@ -5,8 +5,7 @@
 # conversations, 8 steps): first step 14.9 s (compiling), 122k real tokens/s over steps 3-8, peak torch 3.95 GiB,
 # NVML 5.50 GiB (the token budget, not the length, sets the fast engine's memory).
 # Plan: python -m sftbench.plan --max_length 768 --grad_accum 48
-PRESET=(--effective_batch 48 --num_train_epochs 6 --learning_rate 6e-5 --warmup_ratio 0.2
-        --model_max_length 768 --weight_decay 0.02 --gradient_checkpointing True --max_rounds 8
-        --save_total_limit 2)
-# Everything else is TrainConfig's default (python train_hw_parallel.py --help).
+# The flags: sftbench/presets.py (PRESETS["4060_aggressive"], shared with `sftbench train --preset 4060_aggressive`); everything
+# else is TrainConfig's default (python train_hw_parallel.py --help).
+PRESET=4060_aggressive
 . "$(dirname "$0")/_preset.sh"

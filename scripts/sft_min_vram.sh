@@ -5,7 +5,7 @@
 # tokens/s, peak torch 3.16 GiB, NVML 5.14 GiB. With --engine reference the planner predicts ~2.6 GiB torch / ~3.9 GiB
 # NVML at length 512, micro-batch 1, checkpointing (measured by scripts/bench_plan.py: 2.64 / 4.12 GiB).
 # For the fast engine lower the packed micro-batch too, e.g. --token_budget 8192 --vram_target_gib 5.
-PRESET=(--effective_batch 32 --warmup_ratio 0.2 --model_max_length 512 --gradient_checkpointing True
-        --max_rounds 4 --save_total_limit 2 --loss_chunk_size 256)
-# Everything else is TrainConfig's default (python train_hw_parallel.py --help).
+# The flags: sftbench/presets.py (PRESETS["min_vram"], shared with `sftbench train --preset min_vram`); everything
+# else is TrainConfig's default (python train_hw_parallel.py --help).
+PRESET=min_vram
 . "$(dirname "$0")/_preset.sh"

@@ -18,15 +18,20 @@ the change from the start in points, the exact McNemar p-value against the start
 checkpoint compared, and the verdict.  Resumable and idempotent: a configuration whose training and sweep are
 complete is skipped; a half-trained one resumes from its newest checkpoint (restarts when it has none); a
 configuration whose flags changed since it was trained is an error (rename it or use a new OUT).  Everything runs
-in this one process (train_hw_parallel.main, sftbench.eval.sweep.main), which reuses the evaluation session (scorer,
-compiled generator) across configurations.
+in this one process: each configuration's flags become a TrainConfig (through the trainer's own parser, before any
+work) and the grid's eval flags an EvalConfig + SweepConfig (through the sweep's); the search then calls the
+trainer (sftbench.train.loop.train under sftbench.train.oom's policy) and the sweep (sftbench.eval.sweep.sweep) as
+functions, reusing one evaluation session (scorer, compiled generator) across configurations.  The statistics and
+the verdict's words come from sftbench.analysis (paired_stats, verdict).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
+import io
 import itertools
 import json
 import re
@@ -34,7 +39,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sftbench.eval.results import IFBENCH_DIR
 from sftbench.core.errors import UserError, exit_with_user_error
@@ -92,7 +97,7 @@ def load_grid(path: str | Path, cli_flags: dict[str, Any] | None = None) -> Grid
     unknown = set(g) - {"base", "eval", "configs", "axes", "description"}
     if unknown:
         raise UserError(f"{p}: unknown top-level key(s) {sorted(unknown)}; use base, eval, configs, axes, description.")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = set(TrainConfig().to_dict())  # the trainer's flat flag names (sub-configs walked)
 
     def check_flags(d: Any, where: str) -> dict:
         if not isinstance(d, dict):
@@ -131,18 +136,57 @@ def load_grid(path: str | Path, cli_flags: dict[str, Any] | None = None) -> Grid
     return Grid(str(p), configs, dict(ev))
 
 
-def check_trainer_flags(c: Config, out_dir: Path) -> None:
-    """Parse the configuration's trainer command line now, so a bad value stops the search before any work."""
+def parsed(where: str, parse: Callable, *args):
+    """parse(*args) with a command-line parser's usage error (argparse prints it and exits 2) turned into one
+    UserError naming `where` (the grid file and the entry), so a bad grid value stops the search before any work."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parse(*args)
+    except SystemExit:
+        lines = [l for l in err.getvalue().splitlines() if l.strip()]
+        why = lines[-1].split(" error: ", 1)[-1] if lines else "invalid flags"
+        raise UserError(f"{where}: {why}") from None
+
+
+def train_config(grid: Grid, c: Config, out_dir: Path, resume: bool = False):
+    """The configuration's TrainConfig (--output_dir out_dir; resume: --resume_from_checkpoint latest), built by
+    the trainer's own parser from the grid's flags: a bad value is a UserError naming the grid file and the
+    configuration.  With --augment_fraction, the augmentation settings are checked too."""
     from sftbench.config.train import parse_train_config
 
-    try:
-        cfg = parse_train_config(flag_args(c.flags) + ["--output_dir", str(out_dir)], prog=f"{PROG} ({c.name})")
-    except SystemExit:
-        raise UserError(f"configuration {c.name}: its trainer flags are invalid (see the message above).") from None
+    argv = flag_args(c.flags) + ["--output_dir", str(out_dir)] + (["--resume_from_checkpoint", "latest"] if resume else [])
+    cfg = parsed(f"{grid.path}: configuration {c.name}", parse_train_config, argv, f"{PROG} ({c.name})")
     if cfg.augment_fraction > 0:
         from sftbench.train.prepare import checked_augment_config
 
         checked_augment_config(cfg, model_path="-")
+    return cfg
+
+
+def check_trainer_flags(c: Config, out_dir: Path, grid: Grid | None = None) -> None:
+    """Build the configuration's TrainConfig now, so a bad value stops the search before any work."""
+    train_config(grid or Grid("the grid", [c], {}), c, out_dir)
+
+
+def eval_configs(grid: Grid):
+    """(EvalConfig, SweepConfig) of the grid's "eval" flags, through the sweep's own parser (UserError naming the
+    grid file on a bad flag)."""
+    from sftbench.eval.config import EvalConfig
+    from sftbench.eval.sweep import configs_from_flags
+
+    return parsed(f"{grid.path}: \"eval\"", configs_from_flags, eval_flag_args(grid.eval), EvalConfig)
+
+
+def eval_flag_args(flags: dict[str, Any]) -> list[str]:
+    """The sweep's flags: a boolean is a switch (--dry_run), None passes `none`."""
+    out = []
+    for k, v in flags.items():
+        if isinstance(v, bool):
+            out += [f"--{k}"] if v else []
+        else:
+            out += [f"--{k}", "none" if v is None else str(v)]
+    return out
 
 
 # ------------------------------------------------------------------------------------- what is done already
@@ -183,38 +227,43 @@ def run_steps(run: Path) -> set[int]:
 
 
 # ------------------------------------------------------------------------------------------- the work
-def _train(argv: list[str]) -> int:
-    """The trainer's CLI entry, in this process (tests wrap it)."""
-    from sftbench.config.train import parse_train_config
+TRAIN_PROG = "train_hw_parallel.py"
+
+
+def _train(cfg) -> int:
+    """The trainer, in this process, under its out-of-memory policy (tests wrap it)."""
     from sftbench.train.loop import train
     from sftbench.train.oom import run_with_oom_policy
 
-    return run_with_oom_policy(parse_train_config(argv), train, "train_hw_parallel.py")
+    return run_with_oom_policy(cfg, train, TRAIN_PROG)
 
 
-def _sweep(argv: list[str], runner=None) -> int:
-    """The sweep's CLI entry, in this process (tests wrap it)."""
-    from sftbench.eval import sweep
+def _sweep(run_dir: Path, results_dir: Path, cfg, opts, runner: "EvalStage | None") -> None:
+    """The sweep, in this process (tests wrap it)."""
+    from sftbench.eval.sweep import sweep
 
-    return sweep.main(argv, runner=runner) if runner is not None else sweep.main(argv)
+    sweep(run_dir, results_dir, cfg, opts, runner=runner)
 
 
-class SessionRunner:
-    """sftbench.eval.run as the sweep sees it, except that EvalSession is built once per settings and kept: the scorer
-    and the compiled generator then serve every configuration of the search."""
+class EvalStage:
+    """The evaluation stage as the sweep calls it (sftbench.eval.run's EvalConfig, evaluate_checkpoint,
+    start_checkpoint, expected_settings_hash and EvalSession), except that an EvalSession is built once per
+    settings and kept: the scorer and the compiled generator then serve every configuration of the search."""
 
     def __init__(self):
-        from sftbench.eval import run as runner
+        from sftbench.eval import run
 
-        self._runner = runner
+        self.EvalConfig = run.EvalConfig
+        self.evaluate_checkpoint = run.evaluate_checkpoint
+        self.start_checkpoint = run.start_checkpoint
+        self.expected_settings_hash = run.expected_settings_hash
+        self._session_cls = run.EvalSession
         self._sessions: dict[str, Any] = {}
-        if hasattr(runner, "EvalSession"):
-            self.EvalSession = self._session
 
-    def _session(self, *args, **kw):
-        key = repr((args, sorted(kw.items())))
+    def EvalSession(self, cfg):  # noqa: N802 (the runner's class name: the sweep calls runner.EvalSession(cfg))
+        key = repr(cfg)
         if key not in self._sessions:
-            self._sessions[key] = self._runner.EvalSession(*args, **kw)
+            self._sessions[key] = self._session_cls(cfg)
         return self._sessions[key]
 
     def release_gpu(self) -> None:
@@ -222,22 +271,16 @@ class SessionRunner:
         needs the memory under the same cap); their weights buffers and compiled kernels are kept for the next
         sweep, which reloads the next checkpoint's weights into them."""
         for s in self._sessions.values():
-            g = getattr(s, "fast_generator", None)
-            engine = getattr(g, "engine", None)
-            if hasattr(engine, "release_buffers"):
-                engine.release_buffers()
-            if hasattr(s, "generator"):
-                s.generator = s.generator_key = None
+            if s.fast_generator is not None:  # a FastBackend: its engine holds the KV cache
+                s.fast_generator.engine.release_buffers()
+            s.generator = s.generator_key = None
         _free_memory()
 
-    def __getattr__(self, name):
-        return getattr(self._runner, name)
 
-
-def _call(what: str, fn, argv: list[str], *a) -> None:
+def _call(what: str, fn, *args) -> None:
     try:
-        rc = fn(argv, *a)
-    except SystemExit as e:  # a CLI's user error: it has printed `prog: error: ...`
+        rc = fn(*args)
+    except SystemExit as e:  # a stage's user error: it has printed `prog: error: ...`
         rc = e.code if isinstance(e.code, int) else 2
     if rc:
         raise UserError(f"{what} stopped (exit status {rc}); fix the cause above and rerun the same command: "
@@ -256,10 +299,11 @@ def _free_memory() -> None:
 
 
 class Search:
-    def __init__(self, grid: Grid, out: str | Path, alpha: float = 0.05, log=print, runner=None):
+    def __init__(self, grid: Grid, out: str | Path, alpha: float = 0.05, log=print, runner: EvalStage | None = None):
         self.grid, self.out, self.alpha, self._log = grid, Path(out), alpha, log
         self.t0 = time.monotonic()
-        self.runner = runner
+        self.runner = runner  # None: the plain sftbench.eval.run (a session per sweep)
+        self._eval: tuple | None = None
         self.only: set[str] | None = None  # --only: run these configurations (the ranking covers every one done)
         self.state_file = self.out / "search.json"
         self.state = self._load_state()
@@ -306,14 +350,16 @@ class Search:
         flags = self.grid.configs[0].flags
         return str(flags.get("model_name_or_path", config_defaults(TrainConfig)["model_name_or_path"]))
 
-    def eval_args(self) -> list[str]:
-        out = []
-        for k, v in self.grid.eval.items():
-            if isinstance(v, bool):
-                out += [f"--{k}"] if v else []
-            else:
-                out += [f"--{k}", "none" if v is None else str(v)]
-        return out
+    def eval_configs(self, include_base: str):
+        """(EvalConfig, SweepConfig with include_base) of the grid's eval flags, parsed once."""
+        if self._eval is None:
+            self._eval = eval_configs(self.grid)
+        cfg, opts = self._eval
+        return cfg, dataclasses.replace(opts, include_base=include_base)
+
+    def _sweep(self, what: str, run: Path, res: Path) -> None:
+        cfg, opts = self.eval_configs(self.start_model())
+        _call(what, _sweep, run, res, cfg, opts, self.runner)
 
     # -- the steps -----------------------------------------------------------------------------------------
     def plan(self) -> list[tuple[Config, str]]:
@@ -337,25 +383,22 @@ class Search:
         if 0 not in result_steps(res):
             empty.mkdir(parents=True, exist_ok=True)
             self.log(f"[search] evaluating the starting model {self.start_model()} once (step 0 of every configuration)")
-            _call("the sweep of the starting model", _sweep,
-                  [str(empty), str(res), "--include_base", self.start_model(), *self.eval_args()], self.runner)
+            self._sweep("the sweep of the starting model", empty, res)
         return res / "checkpoint-0"
 
     def train(self, c: Config, action: str) -> None:
         run = self.run_dir(c.name)
-        argv = flag_args(c.flags) + ["--output_dir", str(run)]
+        cfg = train_config(self.grid, c, run, resume=action == "resume")
         if action == "restart":
             self.log(f"[search] {c.name}: {run} holds no resumable checkpoint; starting it again")
             shutil.rmtree(run)
-        if action == "resume":
-            argv += ["--resume_from_checkpoint", "latest"]
         self.state["configs"][c.name] = {"flags": c.flags, "swept": False, "started": _now()}
         self._save()
         self.log(f"[search] {c.name}: training ({'resuming' if action == 'resume' else 'from the start'}): "
                  f"{' '.join(flag_args({k: v for k, v in c.flags.items() if k not in self.common()}))}")
-        if hasattr(self.runner, "release_gpu"):
+        if self.runner is not None:
             self.runner.release_gpu()
-        _call(f"training of {c.name}", _train, argv)
+        _call(f"training of {c.name}", _train, cfg)
         _free_memory()
 
     def sweep(self, c: Config, start_result: Path) -> None:
@@ -367,8 +410,7 @@ class Search:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(src, dst.parent / ".checkpoint-0.tmp", dirs_exist_ok=True)
                 (dst.parent / ".checkpoint-0.tmp").rename(dst)
-        _call(f"the sweep of {c.name}", _sweep,
-              [str(run), str(res), "--include_base", self.start_model(), *self.eval_args()], self.runner)
+        self._sweep(f"the sweep of {c.name}", run, res)
         rec = self.state["configs"].setdefault(c.name, {"flags": c.flags})
         rec.update({"swept": True, "finished": _now()})
         self._save()
@@ -411,8 +453,9 @@ def _strict_rows(result_dir: Path) -> dict[str, dict]:
 
 
 def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:
-    """Every (configuration, trained checkpoint) vs the start: accuracy, delta, exact McNemar p, Holm over all."""
-    from sftbench.analysis.paired_stats import holm, mcnemar_exact
+    """Every (configuration, trained checkpoint) vs the start: accuracy, delta, exact McNemar p, Holm over all
+    (sftbench.analysis.verdict.compare_with_start), and the verdict's label (verdict.versus_label)."""
+    from sftbench.analysis import verdict as V
     from sftbench.analysis.seen_unseen import group_accuracy, held_out_of
 
     start_dir = search.results_dir(START) / "checkpoint-0"
@@ -420,6 +463,8 @@ def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:
     prompts = list(start)
     common = search.common()
     rows: list[dict] = []
+    outcomes: list[tuple[int, list[bool]]] = []
+    a = [bool(start[p]["follow_all_instructions"]) for p in prompts]
     for c in search.grid.configs:
         res = search.results_dir(c.name)
         held = held_out_of(search.run_dir(c.name))
@@ -428,24 +473,19 @@ def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:
             if set(got) != set(prompts):
                 raise UserError(f"{res}/checkpoint-{step}: scored on other prompts than the start "
                                 f"({len(got)} vs {len(prompts)}); results with different settings cannot be paired.")
-            a = [bool(start[p]["follow_all_instructions"]) for p in prompts]
             b = [bool(got[p]["follow_all_instructions"]) for p in prompts]
-            start_only, ckpt_only = sum(x and not y for x, y in zip(a, b)), sum(y and not x for x, y in zip(a, b))
+            outcomes.append((step, b))
             ga = group_accuracy(got.values(), held)
             rows.append({"config": c.name, "step": step, "checkpoint": f"checkpoint-{step}",
                          "prompt_strict": sum(b) / len(b), "start_prompt_strict": sum(a) / len(a),
                          "delta_points": round(100 * (sum(b) - sum(a)) / len(b), 2),
-                         "ckpt_only": ckpt_only, "start_only": start_only,
-                         "p_mcnemar": mcnemar_exact(start_only, ckpt_only),
                          "inst_seen": ga.seen, "inst_held_out": ga.held_out, "n_prompts": len(b),
                          "overrides": json.dumps({k: v for k, v in c.flags.items() if k not in common}, sort_keys=True),
                          "result_dir": str(res / f"checkpoint-{step}")})
     _ifbench_columns(search, rows)
-    for r, adj in zip(rows, holm([r["p_mcnemar"] for r in rows])):
-        r["p_holm"] = adj
-        sig = adj < alpha
-        r["verdict"] = ("better than start" if sig and r["delta_points"] > 0 else
-                        "worse than start" if sig and r["delta_points"] < 0 else "no significant change")
+    for r, vs in zip(rows, V.compare_with_start(a, outcomes)):
+        r.update({"versus": vs, "ckpt_only": vs.better, "start_only": vs.worse, "p_mcnemar": vs.p_value,
+                  "p_holm": vs.p_holm, "verdict": V.versus_label(vs, alpha)})
     rows.sort(key=lambda r: (-r["prompt_strict"], r["p_holm"] if r["delta_points"] > 0 else -r["p_holm"],
                              r["config"], r["step"]))
     for i, r in enumerate(rows, start=1):
@@ -456,26 +496,26 @@ def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:
 def _ifbench_columns(search: "Search", rows: list[dict]) -> None:
     """IFBench prompt-level strict of each row's checkpoint vs the start's (exact McNemar, Holm over the rows),
     where the sweep ran IFBench too (RESULTS/<config>/ifbench/): is a gain instruction following or IFEval's types?"""
-    from sftbench.analysis.paired_stats import holm, mcnemar_exact
+    from sftbench.analysis.verdict import compare_with_start
 
     start_dir = search.results_dir(START) / IFBENCH_DIR / "checkpoint-0"
     if not (start_dir / "eval_results_strict.jsonl").is_file():
         return
     start = _strict_rows(start_dir)
-    have = []
+    a = [bool(start[k]["follow_all_instructions"]) for k in start]
+    have, outcomes = [], []
     for r in rows:
         d = search.results_dir(r["config"]) / IFBENCH_DIR / r["checkpoint"]
         got = _strict_rows(d) if (d / "eval_results_strict.jsonl").is_file() else None
         if not got or set(got) != set(start):
             continue
-        a = [bool(start[k]["follow_all_instructions"]) for k in start]
         b = [bool(got[k]["follow_all_instructions"]) for k in start]
         r["ifbench_strict"], r["ifbench_start"] = sum(b) / len(b), sum(a) / len(a)
         r["ifbench_delta_points"] = round(100 * (sum(b) - sum(a)) / len(b), 2)
-        r["ifbench_p_mcnemar"] = mcnemar_exact(sum(x and not y for x, y in zip(a, b)), sum(y and not x for x, y in zip(a, b)))
         have.append(r)
-    for r, adj in zip(have, holm([r["ifbench_p_mcnemar"] for r in have])):
-        r["ifbench_p_holm"] = adj
+        outcomes.append((r["step"], b))
+    for r, vs in zip(have, compare_with_start(a, outcomes)):
+        r["ifbench_p_mcnemar"], r["ifbench_p_holm"] = vs.p_value, vs.p_holm
 
 
 CSV_COLUMNS = ("rank", "config", "step", "checkpoint", "prompt_strict", "delta_points", "ckpt_only", "start_only",
@@ -483,27 +523,11 @@ CSV_COLUMNS = ("rank", "config", "step", "checkpoint", "prompt_strict", "delta_p
                "ifbench_p_holm", "n_prompts", "overrides", "result_dir")
 
 
-def headline(rows: list[dict], start_acc: float, alpha: float) -> str:
-    """The search's verdict in one or two sentences."""
-    k = len(rows)
-    how = f"exact McNemar test against the start, Holm-corrected over {k} checkpoint{'s' if k != 1 else ''}, alpha {alpha}"
-    better = [r for r in rows if r["verdict"] == "better than start"]
-    worse = [r for r in rows if r["verdict"] == "worse than start"]
-    b = rows[0]
-    if better:
-        w = better[0]
-        return (f"Training helped: {w['config']} {w['checkpoint']} follows {100 * w['prompt_strict']:.1f}% of the "
-                f"prompts (prompt-level strict) against {100 * start_acc:.1f}% for the starting model, "
-                f"{w['delta_points']:+.1f} points, p = {w['p_holm']:.3g} ({how}); {len(better)} of {k} checkpoints "
-                f"are significantly better.")
-    tail = f" {len(worse)} of {k} checkpoints are significantly worse than the start." if worse else ""
-    if b["delta_points"] > 0 or not worse:
-        return (f"No configuration is significantly better than the starting model ({100 * start_acc:.1f}%, "
-                f"prompt-level strict); the best, {b['config']} {b['checkpoint']}, is {b['delta_points']:+.1f} "
-                f"points from it, p = {b['p_holm']:.3g} ({how}). Keep the starting model.{tail}")
-    return (f"Training hurt: every checkpoint is below the starting model ({100 * start_acc:.1f}%, prompt-level "
-            f"strict); the best, {b['config']} {b['checkpoint']}, is {b['delta_points']:+.1f} points, "
-            f"p = {b['p_holm']:.3g} ({how}). Keep the starting model.{tail}")
+def headline(rows: list[dict], alpha: float) -> str:
+    """The search's verdict in one or two sentences (sftbench.analysis.verdict.family_headline); rows ranked."""
+    from sftbench.analysis.verdict import family_headline
+
+    return family_headline([(f"{r['config']} {r['checkpoint']}", r["versus"]) for r in rows], alpha)
 
 
 def _fmt(v, kind: str) -> str:
@@ -534,7 +558,7 @@ def write_ranking(search: Search, alpha: float = 0.05) -> dict:
     for r in rows:
         w.writerow({k: "" if r.get(k) is None else r[k] for k in CSV_COLUMNS})
     atomic_write_text(search.out / "ranking.csv", buf.getvalue())
-    text = headline(rows, start_acc, alpha) if rows else "No trained checkpoint has results yet."
+    text = headline(rows, alpha) if rows else "No trained checkpoint has results yet."
     lines = [f"# Recipe search: {search.grid.path}", "", text, "",
              f"Starting model: {search.start_model()}, prompt-level strict {100 * start_acc:.1f}% over {len(start)} "
              f"prompts (step 0 of every configuration). Shared flags: "
@@ -600,9 +624,10 @@ def main(argv: list[str] | None = None) -> int:
             missing = sorted(set(want) - {c.name for c in grid.configs})
             if missing:
                 raise UserError(f"--only: no configuration named {', '.join(missing)} in {ns.grid}.")
-        for c in grid.configs:
-            check_trainer_flags(c, Path(ns.out) / "runs" / c.name)
-        search = Search(grid, ns.out, ns.alpha, runner=None if ns.dry_run else SessionRunner())
+        for c in grid.configs:  # every configuration's TrainConfig and the eval configs, before any work
+            train_config(grid, c, Path(ns.out) / "runs" / c.name)
+        eval_configs(grid)
+        search = Search(grid, ns.out, ns.alpha, runner=None if ns.dry_run else EvalStage())
         search.only = set(want) if ns.only else None
         if ns.dry_run:
             for c, action in search.plan():

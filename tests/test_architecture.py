@@ -26,6 +26,7 @@ LAYERS = [
     ("sftbench.tasks", 4),       # prompt sets + scorers
     ("sftbench.data", 5),        # records .. packing, augment, contamination
     ("sftbench.config", 6),      # the composite TrainConfig
+    ("sftbench.presets", 6),     # the presets' flag lists (no imports)
     ("sftbench.plan", 7),
     ("sftbench.train", 8),
     ("sftbench.eval", 9),

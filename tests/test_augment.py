@@ -195,7 +195,8 @@ def test_augment_records_counts_drops(checker):
     assert (stats.records, stats.selected, stats.kept) == (4, 4, 1)
     assert stats.dropped == {"checker_failed": 1, "no_suitable_type": 1, "no_final_answer": 1}
     assert stats.failed_checks == {"change_case:english_capital": 1}
-    assert stats.per_type == {"change_case:english_capital": {"tried": 2, "kept": 1}}
+    assert stats.per_type == {"change_case:english_capital": {"tried": 2, "passed_as_generated": 0,
+                                                              "passed_after_rewrite": 1, "kept": 1}}
     assert out[0]["messages"][1]["content"] == ANSWER.upper()
     assert out[0]["messages"][0]["content"].startswith(REQUEST)
     assert out[0]["constraints"] == [{"instruction_id": "change_case:english_capital", "kwargs": {}}]
@@ -228,7 +229,8 @@ def test_self_targets_with_a_fake_generator(checker):
         calls.append((list(prompts), n, temperature))
         return [["Paris, the capital, is lovely.", "Paris is lovely and old."], ["Red, or green, or blue."]][:len(prompts)]
 
-    cfg = A.AugmentConfig(fraction=1.0, types="punctuation:no_comma", targets="self", samples=2, temperature=0.5)
+    cfg = A.AugmentConfig(fraction=1.0, types="punctuation:no_comma", targets="self", samples=2, temperature=0.5,
+                          multi_turn=False)
     out, stats = A.augment_records(records, cfg, checker=checker, generate=fake)
     assert len(calls) == 1 and calls[0][1:] == (2, 0.5) and len(calls[0][0]) == 2
     assert calls[0][0][0].startswith(REQUEST) and calls[0][0][0] == out[0]["messages"][0]["content"]
@@ -290,7 +292,7 @@ def test_missing_file_exit_2(tmp_path, capsys):
 def test_cli_on_demo_data(tmp_path, capsys, checker):
     from pathlib import Path
 
-    demo = Path(__file__).resolve().parents[1] / "data" / "demo_chat.jsonl"
+    demo = Path(__file__).resolve().parents[1] / "sftbench" / "data" / "demo_chat.jsonl"
     src = tmp_path / "in.jsonl"
     src.write_text("".join(demo.read_text().splitlines(keepends=True)[:40]))
     dst, st = tmp_path / "out.jsonl", tmp_path / "stats.json"

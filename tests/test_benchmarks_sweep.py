@@ -49,11 +49,11 @@ def _expected_ifbench_keys(limit: int) -> tuple[list[int], dict]:
 
 # ------------------------------------------------------------------------------------------ the sweep
 def test_sweep_ifeval_and_ifbench_side_by_side(tmp_path, offline_default, monkeypatch, capsys):
-    from sftbench.engine import generate as gen
+    from sftbench.eval import run as runner
 
     loads = []
-    real_load = gen.load_model
-    monkeypatch.setattr(gen, "load_model", lambda p, *a, **k: loads.append(p) or real_load(p, *a, **k))
+    real_load = runner.load_model
+    monkeypatch.setattr(runner, "load_model", lambda p, *a, **k: loads.append(p) or real_load(p, *a, **k))
     run = _tiny_run(tmp_path)
     res = tmp_path / "res"
     argv = [str(run), str(res), "--benchmarks", "ifeval,ifbench", "--limit", "3", "--max_new_tokens", "4",

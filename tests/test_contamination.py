@@ -44,7 +44,7 @@ def test_sharegpt_records_are_read():
 
 def test_planted_ifeval_prompt_in_demo_data_is_flagged_and_demo_is_clean(shared_dir):
     prompts = {r["key"]: r["prompt"] for r in read_jsonl(shared_dir / "data" / "ifeval" / "input_data.jsonl")}
-    demo = read_jsonl(REPO / "data" / "demo_chat.jsonl")
+    demo = read_jsonl(REPO / "sftbench" / "data" / "demo_chat.jsonl")
     assert len(demo) == 300
     assert C.find_contaminated(demo, {"ifeval": prompts}) == []
     planted = list(demo)

@@ -452,7 +452,7 @@ def test_cli_defaults_are_the_trainers_and_old_flags_still_work():
 
 
 def test_load_tokenizer_template_and_pad(tmp_path):
-    from sftbench.data.tokenizer import load_tokenizer
+    from sftbench.model.hf import load_tokenizer
 
     tok = load_tokenizer("tiny")
     assert tok.chat_template == PLAIN_CHATML and tok.pad_token == "<|im_end|>"

@@ -12,7 +12,6 @@ unchanged in an old worktree: `GOLDEN_PRINT=1 pytest tests/test_golden_loss.py -
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -37,9 +36,11 @@ CONVERSATIONS = [
 ]
 
 N_LOSSES = 8
-GOLDEN = {  # engine: (first 8 logged losses, sha256 of the final weights' bytes, tensors in name order)
-    "reference": (None, None),
-    "fast": (None, None),
+GOLDEN = {  # engine: (first 8 logged losses, (sum, sum of |w|) of the final weights in float64)
+    "reference": ([5.983346, 5.977072, 5.850139, 5.573943, 5.467915, 5.396915, 5.230278, 5.192278],
+                  (327.0404892742913, 1977.6039169717965)),
+    "fast": ([5.983345, 5.977073, 5.850139, 5.573943, 5.467914, 5.396915, 5.230279, 5.192278],
+             (327.0404850730183, 1977.6039144564702)),
 }
 
 
@@ -61,33 +62,31 @@ def recipe(model_dir: Path, data: Path, out: Path, engine: str) -> list[str]:
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))]
 
 
-def weights_sha256(model_dir: Path) -> str:
-    """sha256 over the final weights' raw bytes, tensors in name order (independent of the file's header layout)."""
+def weights_checksum(model_dir: Path) -> tuple[float, float]:
+    """(sum, sum of |w|) over the final weights in float64: a checksum that a different CPU's last-bit rounding
+    leaves within rel 1e-6 (scripts/check_identity.py compares the weights bit for bit)."""
     from safetensors.torch import load_file
 
     sd = load_file(str(model_dir / "model.safetensors"))
-    h = hashlib.sha256()
-    for name in sorted(sd):
-        h.update(name.encode())
-        h.update(sd[name].contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
-    return h.hexdigest()
+    ws = [sd[name].double() for name in sorted(sd)]
+    return sum(float(w.sum()) for w in ws), sum(float(w.abs().sum()) for w in ws)
 
 
-def run_recipe(model_dir: Path, tmp: Path, engine: str) -> tuple[list[float], str]:
+def run_recipe(model_dir: Path, tmp: Path, engine: str) -> tuple[list[float], tuple[float, float]]:
     import train_hw_parallel
 
     out = tmp / engine
     assert train_hw_parallel.main(recipe(model_dir, write_data(tmp / "chat.jsonl"), out, engine)) == 0
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
-    return [r["loss"] for r in rows], weights_sha256(out)
+    return [r["loss"] for r in rows], weights_checksum(out)
 
 
 @pytest.mark.parametrize("engine", ["reference", "fast"])
 def test_golden_losses_and_final_weights(engine, tiny_model_dir, tmp_path):
-    losses, sha = run_recipe(tiny_model_dir, tmp_path, engine)
+    losses, checksum = run_recipe(tiny_model_dir, tmp_path, engine)
     if os.environ.get("GOLDEN_PRINT"):
-        print(f"\nGOLDEN {engine}: {losses!r} {sha}")
-    want_losses, want_sha = GOLDEN[engine]
+        print(f"\nGOLDEN {engine}: ({losses!r}, {checksum!r})")
+    want_losses, want_checksum = GOLDEN[engine]
     assert len(losses) == N_LOSSES
     assert losses == pytest.approx(want_losses, rel=1e-4)
-    assert sha == want_sha
+    assert checksum == pytest.approx(want_checksum, rel=1e-6)

@@ -11,6 +11,7 @@ import pytest
 
 from sftbench.tasks import data as ifdata
 from sftbench.engine import generate as gen
+from sftbench.model import hf
 from sftbench.eval import run as runner
 from sftbench.core.errors import UserError
 
@@ -79,12 +80,12 @@ def test_output_files_and_fields(tiny_model_dir, tmp_path, session):
 
 
 def test_finish_and_stop_ids(tiny_tokenizer):
-    assert gen.finish([5, 6, 2, 9], [0, 2], 8) == ([5, 6], 3, False)
-    assert gen.finish([5, 6, 7], [0, 2], 3) == ([5, 6, 7], 3, True)
-    assert gen.finish([0], [0, 2], 3) == ([], 1, False)
+    assert hf.finish([5, 6, 2, 9], [0, 2], 8) == ([5, 6], 3, False)
+    assert hf.finish([5, 6, 7], [0, 2], 3) == ([5, 6, 7], 3, True)
+    assert hf.finish([0], [0, 2], 3) == ([], 1, False)
     from transformers import GenerationConfig
 
-    assert gen.stop_token_ids(tiny_tokenizer, GenerationConfig(eos_token_id=0)) == [0, 2]
+    assert hf.stop_token_ids(tiny_tokenizer, GenerationConfig(eos_token_id=0)) == [0, 2]
 
 
 def test_resume_after_interruption(tiny_model_dir, tmp_path, session, monkeypatch):
@@ -161,10 +162,10 @@ def test_no_chat_template(tmp_path, session):
 
     d = make_tiny_model_dir(tmp_path / "base", chat_template=False)
     out = tmp_path / "out"
-    with pytest.raises(UserError, match="no chat template.*--chat_template"):
-        runner.evaluate_checkpoint(str(d), out, cfg(), loaded=session)
-    _no_out(out)
-    s = runner.evaluate_checkpoint(str(d), out, cfg(limit=1, chat_template="plain_chatml"), loaded=session)
+    # no template and none given: plain ChatML, as training uses it, said and recorded (tests/test_chat_template.py)
+    s = runner.evaluate_checkpoint(str(d), out, cfg(limit=1), loaded=session)
+    assert s["settings"]["chat_template"] == "chatml (tokenizer has none)"
+    s = runner.evaluate_checkpoint(str(d), tmp_path / "out2", cfg(limit=1, chat_template="plain_chatml"), loaded=session)
     assert s["settings"]["chat_template"] == "plain_chatml" and len(s["settings"]["chat_template_sha256"]) == 64
 
 
@@ -272,8 +273,8 @@ def test_fast_backend_matches_hf(tiny_model_dir, tmp_path, session):
 
 def test_generator_interface_completions(tiny_model_dir, tiny_tokenizer):
     """HFGenerator.generate -> Completions: stop token cut, counted, hit_cap; a smaller cap per call."""
-    tok = gen.load_tokenizer(str(tiny_model_dir))
-    model = gen.load_model(str(tiny_model_dir), "fp32", __import__("torch").device("cpu"))
+    tok = hf.load_tokenizer(str(tiny_model_dir), padding_side="left")
+    model = hf.load_model(str(tiny_model_dir), "fp32", __import__("torch").device("cpu"))
     spec = gen.GenSpec(max_new_tokens=6, stop_ids=[0, 2], pad_id=int(tok.pad_token_id))
     g = gen.HFGenerator(model, tok, spec)
     ids = gen.encode(tok, gen.render_prompts(tok, ["Say hi.", "Write a longer answer about cats."]))

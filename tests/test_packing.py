@@ -369,11 +369,16 @@ def test_bucket_attention_op_matches_per_segment_sdpa_with_gradients():
 def test_auto_picks_buckets_on_gpus_without_varlen(monkeypatch):
     import sftbench.engine.fast_model as fm
 
-    monkeypatch.setattr(fm, "varlen_supported", lambda dev: "flash attention needs compute capability 8.0+, this GPU has 7.5")
+    import sftbench.core.capabilities as capm
+
+    # the decision lives in sftbench.core.capabilities (tests/test_capabilities.py covers each missing feature)
+    monkeypatch.setattr(capm, "_cuda_capability", lambda dev: (7, 5))
+    monkeypatch.setattr(capm, "_gpu_name", lambda dev: "Tesla T4")
+    monkeypatch.setattr(capm, "_import_varlen", lambda: None)
+    monkeypatch.setattr(capm, "_bf16_query", lambda dev, cap: False)
     att, why = fm.pick_attention("cuda", half_precision=True)
-    assert att == "buckets" and why.startswith("SDPA per length bucket of conversations (flash attention needs")
-    assert "--attention flex" in why
-    monkeypatch.setattr(fm, "varlen_supported", lambda dev: None)
+    assert (att, why) == ("buckets", "no flash varlen: flash needs sm80+, this GPU is sm75")
+    monkeypatch.setattr(capm, "_cuda_capability", lambda dev: (9, 0))
     assert fm.pick_attention("cuda", half_precision=True)[0] == "varlen"
     assert fm.pick_attention("cuda", half_precision=False)[0] == "buckets"  # fp32: flash needs bf16/fp16
 

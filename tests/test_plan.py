@@ -152,8 +152,8 @@ def test_model_dims_from_local_dir_and_errors(tiny_model_dir, tmp_path):
 
 
 def test_measure_data_and_steps(tmp_path):
-    d = measure_data(str(ROOT / "data" / "demo_chat.jsonl"))
-    assert d.examples == sum(1 for line in open(ROOT / "data" / "demo_chat.jsonl") if line.strip())
+    d = measure_data(str(ROOT / "sftbench" / "data" / "demo_chat.jsonl"))
+    assert d.examples == sum(1 for line in open(ROOT / "sftbench" / "data" / "demo_chat.jsonl") if line.strip())
     f = tmp_path / "two.jsonl"
     f.write_text(json.dumps({"messages": [{"role": "user", "content": "a" * 40}, {"role": "assistant", "content": "b" * 40}]}) + "\n"
                  + json.dumps({"messages": [{"role": "user", "content": "c" * 80}]}) + "\n")
@@ -186,7 +186,7 @@ def test_cli_help_and_table(capsys):
                  "--lora_rank", "--gradient_checkpointing", "--loss_chunk_size", "--price", "--num_gpus"):
         assert flag in help_text
     assert main(["--model", "HuggingFaceTB/SmolLM2-135M", "--max_length", "1024", "--micro_batch", "1", "--grad_accum", "64",
-                 "--data", str(ROOT / "data" / "demo_chat.jsonl"), "--epochs", "5"]) == 0
+                 "--data", str(ROOT / "sftbench" / "data" / "demo_chat.jsonl"), "--epochs", "5"]) == 0
     out = capsys.readouterr().out
     for must in ("Peak VRAM", "weights (fp32 masters)", "gradients", "optimizer state", "activations", "logits / loss",
                  "CUDA context", "total device memory (NVML)", "RTX 4060 Laptop 8 GB", "Tesla T4", "H100", "optimizer steps"):

@@ -29,14 +29,15 @@ def grid_file(tmp_path: Path, model_dir: Path, data: Path) -> Path:
 
 
 class Calls:
-    """Counts the search's calls into the trainer and the sweep; interrupts b's training after its checkpoint-1."""
+    """Counts the search's calls into the trainer (a TrainConfig each) and the sweep (run and results directories,
+    EvalConfig, SweepConfig); interrupts b's training after its checkpoint-1."""
 
     def __init__(self, monkeypatch, interrupt: bool):
-        self.train: list[list[str]] = []
-        self.sweep: list[list[str]] = []
+        self.train: list = []
+        self.sweep: list[tuple] = []
         real_train, real_sweep = S._train, S._sweep
-        monkeypatch.setattr(S, "_train", lambda argv: (self.train.append(argv), real_train(argv))[1])
-        monkeypatch.setattr(S, "_sweep", lambda argv, runner=None: (self.sweep.append(argv), real_sweep(argv, runner))[1])
+        monkeypatch.setattr(S, "_train", lambda cfg: (self.train.append(cfg), real_train(cfg))[1])
+        monkeypatch.setattr(S, "_sweep", lambda *a: (self.sweep.append(a), real_sweep(*a))[1])
         if interrupt:
             import sftbench.train.loop as loop
 
@@ -49,8 +50,8 @@ class Calls:
 
             monkeypatch.setattr(loop, "save_step", save)
 
-    def names(self, which: list[list[str]]) -> list[str]:
-        return [Path(a[a.index("--output_dir") + 1]).name if "--output_dir" in a else Path(a[0]).name for a in which]
+    def names(self, which: list) -> list[str]:
+        return [Path(a.output_dir).name if hasattr(a, "output_dir") else Path(a[0]).name for a in which]
 
 
 def test_search_interrupted_then_resumed_without_redoing_the_first(tiny_model_dir, tmp_path, monkeypatch):
@@ -76,7 +77,7 @@ def test_search_interrupted_then_resumed_without_redoing_the_first(tiny_model_di
     monkeypatch.undo()
     calls = Calls(monkeypatch, interrupt=False)
     assert S.main([str(grid), str(out)]) == 0
-    assert calls.names(calls.train) == ["b"] and calls.train[0][-2:] == ["--resume_from_checkpoint", "latest"]
+    assert calls.names(calls.train) == ["b"] and calls.train[0].resume_from_checkpoint == "latest"
     assert calls.names(calls.sweep) == ["b"]
     assert a_summary.stat().st_mtime_ns == a_time
     assert (out / "results" / "_start" / "checkpoint-0" / "summary.json").stat().st_mtime_ns == start_time
@@ -133,8 +134,45 @@ def test_cli_bad_grid_exits_2_before_any_work(tmp_path, capsys):
     assert e.value.code == 2 and "missing.json: grid file not found" in capsys.readouterr().err
 
 
+def test_bad_grid_values_name_the_grid_file_and_the_entry(tmp_path, capsys):
+    """Each configuration becomes a TrainConfig, and the eval flags an EvalConfig + SweepConfig, through the
+    stages' own parsers before any work: a bad value is one error line naming the grid file and the entry."""
+    p = tmp_path / "g.json"
+    for grid, msg in (({"configs": [{"name": "a"}, {"name": "b", "learning_rate": "fast"}]},
+                       "configuration b: argument --learning_rate: invalid float value: 'fast'"),
+                      ({"configs": [{"name": "a", "learning_rate": -1}]},
+                       "configuration a: --learning_rate -1.0: give a finite learning rate > 0"),
+                      ({"eval": {"limt": 3}, "configs": [{"name": "a"}]}, '"eval": unrecognized arguments: --limt 3'),
+                      ({"eval": {"max_new_tokens": "x"}, "configs": [{"name": "a"}]},
+                       "\"eval\": argument --max_new_tokens: invalid int value: 'x'")):
+        p.write_text(json.dumps(grid))
+        with pytest.raises(SystemExit) as e:
+            S.main([str(p), str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(f"python -m sftbench.search: error: {p}: {msg}"), err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_search_calls_the_stages_as_functions_with_typed_configs(tmp_path):
+    from sftbench.config.train import TrainConfig
+    from sftbench.eval.config import EvalConfig, SweepConfig
+
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps({"base": {"max_steps": 3, "bf16": True}, "eval": {"limit": 2, "benchmarks": "ifeval,ifbench"},
+                             "configs": [{"name": "a", "learning_rate": 1e-5}]}))
+    grid = S.load_grid(p)
+    cfg = S.train_config(grid, grid.configs[0], tmp_path / "runs" / "a", resume=True)
+    assert isinstance(cfg, TrainConfig)
+    assert (cfg.learning_rate, cfg.max_steps, cfg.bf16, cfg.output_dir, cfg.resume_from_checkpoint) == \
+        (1e-5, 3, True, str(tmp_path / "runs" / "a"), "latest")
+    search = S.Search(grid, tmp_path / "out")
+    ev, opts = search.eval_configs("base/model")
+    assert isinstance(ev, EvalConfig) and isinstance(opts, SweepConfig)
+    assert (ev.limit, opts.benchmarks, opts.include_base) == (2, "ifeval,ifbench", "base/model")
+
+
 def test_default_grid_has_six_configurations_that_parse(tmp_path):
-    g = S.load_grid(ROOT / "scripts" / "grids" / "default.json", {"data_path": "chat.jsonl"})
+    g = S.load_grid(ROOT / "sftbench" / "grids" / "default.json", {"data_path": "chat.jsonl"})
     assert len(g.configs) >= 6
     assert {c.flags["learning_rate"] for c in g.configs} == {1e-5, 2e-5, 4e-5}
     assert {c.flags.get("augment_fraction", 0) for c in g.configs} == {0, 1.0}
@@ -174,9 +212,10 @@ def test_ranking_exact_numbers_holm_and_headline(tmp_path):
     assert (b["config"], b["rank"], b["prompt_strict"], b["delta_points"], b["p_mcnemar"], b["p_holm"], b["verdict"]) == \
         ("b", 2, 0.2, -5.0, 1.0, 1.0, "no significant change")
     assert (a["inst_seen"], a["inst_held_out"]) == (1.0, 0.5)
-    assert res["headline"] == ("Training helped: a checkpoint-5 follows 100.0% of the prompts (prompt-level strict) "
-                               "against 25.0% for the starting model, +75.0 points, p = 0.000122 (exact McNemar test "
-                               "against the start, Holm-corrected over 2 checkpoints, alpha 0.05); 1 of 2 checkpoints "
+    # the sentence is sftbench.analysis.verdict's (family_headline): its test name and p-value format
+    assert res["headline"] == ("Training helped: a checkpoint-5 follows 100.0% (prompt-level strict) "
+                               "against 25.0% for the starting model, +75.0 points, p = 1.2e-04 (exact sign test "
+                               "over prompts, Holm-corrected over 2 checkpoints, alpha 0.05); 1 of 2 checkpoints "
                                "are significantly better.")
     md = (tmp_path / "out" / "ranking.md").read_text()
     assert "| 1 | a | checkpoint-5 | 100.0 | +75.0 | 15 / 0 | 6.1e-05 | 0.000122 | better than start | 100.0 | 50.0 |" in md

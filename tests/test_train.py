@@ -371,7 +371,7 @@ def test_precision_flag_and_hf_booleans():
     from sftbench.core.device import pick_precision, requested_precision
     from sftbench.config.train import parse_train_config
 
-    assert parse_train_config([]).precision == "fp32"
+    assert parse_train_config([]).precision == "auto"  # as the presets: bf16 where native, fp16+scaler, fp32 on CPU
     assert requested_precision("auto", bf16=False, fp16=True) == "fp16"  # the HF booleans win
     assert requested_precision("auto") == "auto"
     p = pick_precision(torch.device("cpu"), precision="auto")

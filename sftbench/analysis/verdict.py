@@ -310,3 +310,55 @@ def markdown(v: Verdict, name=default_name) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", footnote(v)]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ a family of runs
+# The recipe search (sftbench.search) compares the checkpoints of several configurations with one start: every
+# (configuration, checkpoint) is one member of the family, Holm over them all.  Its sentences are written here,
+# with the same test, p-value format and phrases as a single run's verdict above.
+BETTER, WORSE, SAME = "better than start", "worse than start", "no significant change"
+
+
+def compare_with_start(start: Sequence, trained: Sequence[tuple[int, Sequence]]) -> list[Versus]:
+    """Each trained checkpoint's outcomes vs the start's (`sign_test`; at prompt level McNemar's exact test),
+    Holm-adjusted over all of them as one family.  trained: [(step, outcomes aligned with start)]."""
+    acc0 = accuracy(start)
+    out = []
+    for step, o in trained:
+        more, fewer, p = sign_test(o, start)
+        out.append(Versus(step, accuracy(o), acc0, more, fewer, len(o), p))
+    for v, adj in zip(out, holm([v.p_value for v in out])):
+        v.p_holm = adj
+    return out
+
+
+def versus_label(vs: Versus, alpha: float = ALPHA) -> str:
+    """BETTER / WORSE (Holm-adjusted p below alpha, by the sign of the change) or SAME."""
+    if vs.p_holm < alpha and vs.delta_points > 0:
+        return BETTER
+    if vs.p_holm < alpha and vs.delta_points < 0:
+        return WORSE
+    return SAME
+
+
+def family_headline(ranked: Sequence[tuple[str, Versus]], alpha: float = ALPHA, metric: str = "prompt_strict") -> str:
+    """The verdict over a family compared with one start, in one or two sentences (exact; tested).
+    ranked: [(name, Versus)], best first (e.g. "lr2e-5 checkpoint-40"); at least one."""
+    label = METRIC_LABELS.get(metric, metric)
+    k = len(ranked)
+    how = f"{TEST_NAME}, Holm-corrected over {k} checkpoint{'s' if k != 1 else ''}, alpha {alpha}"
+    better = [(n, v) for n, v in ranked if versus_label(v, alpha) == BETTER]
+    worse = [(n, v) for n, v in ranked if versus_label(v, alpha) == WORSE]
+    name, b = ranked[0]
+    start = f"{_pct(b.acc_start)}, {label}"
+    if better:
+        n, w = better[0]
+        return (f"Training helped: {n} follows {_pct(w.acc)} ({label}) against {_pct(w.acc_start)} for the starting "
+                f"model, {w.delta_points:+.1f} points, {_p(w)} ({how}); {len(better)} of {k} checkpoints are "
+                f"significantly better.")
+    tail = f" {len(worse)} of {k} checkpoints are significantly worse than the start." if worse else ""
+    if b.delta_points > 0 or not worse:
+        return (f"No configuration is significantly better than the starting model ({start}); the best, {name}, is "
+                f"{b.delta_points:+.1f} points from it, {_p(b)} ({how}). Keep the starting model.{tail}")
+    return (f"Training hurt: every checkpoint is below the starting model ({start}); the best, {name}, is "
+            f"{b.delta_points:+.1f} points, {_p(b)} ({how}). Keep the starting model.{tail}")

@@ -46,10 +46,12 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 def auto_precision(device: torch.device) -> str:
     """What `auto` means on `device` (training autocast and generation dtype alike): bf16 on a GPU that has it,
-    fp16 on older GPUs (T4, P100), fp32 on the CPU."""
+    fp16 on older GPUs (T4, P100: bf16 there is only emulated), fp32 on the CPU."""
     if torch.device(device).type != "cuda":
         return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    from sftbench.core.capabilities import native_bf16  # native only: torch's is_bf16_supported() counts emulation
+
+    return "bf16" if native_bf16(device) else "fp16"
 
 
 def requested_precision(precision: str = "fp32", bf16: bool = False, fp16: bool = False) -> str:
@@ -73,7 +75,9 @@ def pick_precision(device: torch.device, bf16: bool = False, fp16: bool = False,
     if device.type != "cuda":
         why = "CPU: training in fp32" + (f" ({asked} was asked for; it only applies on a GPU)" if asked != "fp32" else "")
         return Precision(device, None, False, why)
-    has_bf16 = torch.cuda.is_bf16_supported()
+    from sftbench.core.capabilities import native_bf16
+
+    has_bf16 = native_bf16(device)
     name = torch.cuda.get_device_name(device)
     if asked == "auto":
         if auto_precision(device) == "bf16":

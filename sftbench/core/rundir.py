@@ -37,11 +37,32 @@ def is_model_dir(p: str | os.PathLike) -> bool:
     return (p / "config.json").is_file() and any((p / w).is_file() for w in WEIGHT_FILES)
 
 
+# what a run directory holds and a checkpoint does not: a directory named checkpoint-<step> holding one of
+# these is another run (trained with --output_dir RUN/checkpoint-5), never one of RUN's checkpoints
+RUN_MARKERS = ("metrics.jsonl", "config_history.jsonl", ".sftbench.lock")
+
+
+def foreign_checkpoint(p: Path, step: int) -> str | None:
+    """Why checkpoint-<step>/ p, though it holds a model, is not a checkpoint of the run around it (None when it
+    is): it holds a run's files or checkpoint-*/ folders of its own, or its trainer_state.json has another
+    global_step."""
+    marks = [m for m in RUN_MARKERS if (p / m).exists()]
+    if any(checkpoint_step(c.name) is not None and c.is_dir() for c in p.iterdir()):
+        marks.append("checkpoint-<step>/ folders")
+    if marks:
+        return f"it is another run directory (it holds {', '.join(marks)})"
+    gs = global_step(p)
+    if gs is not None and gs != step:
+        return f"its trainer_state.json says step {gs}, not {step}"
+    return None
+
+
 def list_checkpoints(run_dir: str | os.PathLike, *, require: Iterable[str] = ()) -> list[tuple[int, Path]]:
     """Complete checkpoint-<step>/ directories of a run, sorted by step: [(step, path)].
 
     Complete = config.json + a weights file, plus every file named in `require` (the trainer asks for
-    "trainer_state.json").  [] when run_dir does not exist.
+    "trainer_state.json"), and a checkpoint of this run (`foreign_checkpoint`: not another run directory named
+    checkpoint-<step>, nor a model whose trainer_state.json has another step).  [] when run_dir does not exist.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -50,19 +71,26 @@ def list_checkpoints(run_dir: str | os.PathLike, *, require: Iterable[str] = ())
     out = []
     for p in run_dir.iterdir():
         step = checkpoint_step(p.name)
-        if step is not None and p.is_dir() and is_model_dir(p) and all((p / f).is_file() for f in require):
+        if (step is not None and p.is_dir() and is_model_dir(p) and all((p / f).is_file() for f in require)
+                and foreign_checkpoint(p, step) is None):
             out.append((step, p))
     return sorted(out)
 
 
 def incomplete_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path, str]]:
-    """checkpoint-<step>/ directories that are not complete, sorted by step: [(step, path, why)] (why: what is
-    missing), so that whoever skips them can say so.  [] when run_dir does not exist."""
+    """checkpoint-<step>/ directories that are not complete checkpoints of this run, sorted by step:
+    [(step, path, why)] (why: what is missing, or `foreign_checkpoint`'s reason), so that whoever skips them can
+    say so.  [] when run_dir does not exist."""
     run_dir = Path(run_dir)
     out = []
     for p in run_dir.iterdir() if run_dir.is_dir() else []:
         step = checkpoint_step(p.name)
-        if step is None or not p.is_dir() or is_model_dir(p):
+        if step is None or not p.is_dir():
+            continue
+        if is_model_dir(p):
+            why = foreign_checkpoint(p, step)
+            if why is not None:
+                out.append((step, p, why))
             continue
         missing = [] if (p / "config.json").is_file() else ["config.json"]
         if not any((p / w).is_file() for w in WEIGHT_FILES):

@@ -33,11 +33,15 @@ from sftbench.data import augment_types as T
 from sftbench.core.cli import HelpFormatter, add_config_arguments, config_from_namespace, setting
 from sftbench.core.errors import UserError, exit_with_user_error
 from sftbench.core.io import iter_jsonl
+from sftbench.engine import generate as G
+from sftbench.model.hf import load_model, load_tokenizer, stop_token_ids
 
 # Bump when a rewrite, template or the selection changes, so cached augmented data is rebuilt.
-AUGMENT_VERSION = 1
+AUGMENT_VERSION = 2  # 2: variants, multi-turn self targets, seeded sampling in the fast generator
 
-Generate = Callable[[list[str], int, float], list[list[str]]]
+# generate(prompts, n, temperature) -> n answers per prompt; a prompt is the last user turn's text, or (a
+# multi-turn conversation) the messages up to and including that turn.
+Generate = Callable[[list, int, float], list[list[str]]]
 
 
 @dataclass
@@ -55,27 +59,41 @@ class AugmentConfig:
     samples: int = setting(4, "--targets self: samples per prompt.")
     temperature: float = setting(0.7, "--targets self: sampling temperature.")
     max_new_tokens: int = setting(1024, "--targets self: generation cap per answer.")
+    variants: int = setting(1, "Constraint variants per selected conversation (other types, counts and phrasings); "
+                               "each kept variant is its own record, and with --targets self all variants' prompts "
+                               "are answered in one generation pass.")
+    top_p: float = setting(1.0, "--targets self: nucleus sampling share (1 = the whole distribution).")
+    multi_turn: bool = setting(True, "--targets self: augment multi-turn conversations too (the model answers the "
+                                     "last user turn with the earlier turns as context; they stay byte-identical).")
 
-    def check(self) -> None:
+    def check(self, prefix: str = "") -> None:
+        """UserError naming the flag as this CLI spells it (`--{prefix}{field}`: the trainer passes `augment_`)."""
+        f = lambda name: f"--{prefix}{name}"  # noqa: E731
         if not 0.0 <= self.fraction <= 1.0:
-            raise UserError(f"--fraction {self.fraction}: give a share between 0 and 1.")
+            raise UserError(f"{f('fraction')} {self.fraction}: give a share between 0 and 1.")
         if self.max_constraints < 1:
-            raise UserError(f"--max_constraints {self.max_constraints}: give at least 1.")
+            raise UserError(f"{f('max_constraints')} {self.max_constraints}: give at least 1.")
         if self.targets == "self" and self.samples < 1:
-            raise UserError(f"--samples {self.samples}: give at least 1.")
-        if not self.allowed():
-            raise UserError(f"--types {self.types} --hold_out_types {self.hold_out_types}: no type is left to add "
-                            f"(held out: {', '.join(self.held_out())}). Name other types, or pass --hold_out_types none.")
+            raise UserError(f"{f('samples')} {self.samples}: give at least 1.")
+        if self.variants < 1:
+            raise UserError(f"{f('variants')} {self.variants}: give at least 1.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"{f('top_p')} {self.top_p}: give a share in (0, 1].")
+        if not self.allowed(prefix):
+            raise UserError(f"{f('types')} {self.types} {f('hold_out_types')} {self.hold_out_types}: no type is left to "
+                            f"add (held out: {', '.join(self.held_out(prefix))}). Name other types, or pass "
+                            f"{f('hold_out_types')} none.")
 
-    def allowed(self) -> list[str]:
-        """The types this run may add, in pipeline order; UserError for unknown ids."""
-        want = list(T.ORDER) if self.types.strip() == "all" else _ids(self.types, "--types")
-        return [t for t in T.ORDER if t in want and t not in self.held_out()]
+    def allowed(self, prefix: str = "") -> list[str]:
+        """The types this run may add, in pipeline order; UserError for unknown ids (flags named with `prefix`)."""
+        want = list(T.ORDER) if self.types.strip() == "all" else _ids(self.types, f"--{prefix}types")
+        return [t for t in T.ORDER if t in want and t not in self.held_out(prefix)]
 
-    def held_out(self) -> list[str]:
+    def held_out(self, prefix: str = "") -> list[str]:
         if self.hold_out_types == "default":
             return list(T.HELD_OUT)
-        return [] if self.hold_out_types == "none" else _ids(self.hold_out_types, "--hold_out_types", known_only=False)
+        return ([] if self.hold_out_types == "none"
+                else _ids(self.hold_out_types, f"--{prefix}hold_out_types", known_only=False))
 
 
 def _ids(text: str, flag: str, known_only: bool = True) -> list[str]:
@@ -89,12 +107,17 @@ def _ids(text: str, flag: str, known_only: bool = True) -> list[str]:
 
 @dataclass
 class AugmentStats:
-    """Counts of one run.  dropped: reason -> conversations left unaugmented; failed_checks: instruction id ->
-    times its checker failed on a rewritten answer; per_type: id -> {"tried", "kept"}."""
+    """Counts of one run.  dropped: reason -> variants not kept; failed_checks: instruction id -> times its checker
+    failed on a rewritten answer; per_type: id -> counts over the variants that carry the type:
+    "tried"; "passed_as_generated" (an answer as generated, a sample or the data's own, satisfied it);
+    "passed_after_rewrite" (none did, the kept answer does after the rewrite); "kept" (the variant was kept).
+    kept: records written with constraints (variants); conversations: conversations with at least one."""
 
     records: int = 0
     selected: int = 0
     kept: int = 0
+    conversations: int = 0
+    variants: int = 1
     dropped: dict[str, int] = field(default_factory=dict)
     failed_checks: dict[str, int] = field(default_factory=dict)
     per_type: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -215,7 +238,8 @@ def draft(answer: str, request: str, allowed: list[str], rng: Random, max_k: int
 
 
 class Checker:
-    """lm-eval's IFEval checkers as the evaluation loads them (sftbench.tasks.scoring.Scorer), strict mode."""
+    """lm-eval's IFEval checkers as the evaluation loads them (sftbench.tasks.scoring.Scorer), strict mode, and the
+    project's own training-only types (sftbench.tasks.train_constraints, ids "train:...")."""
 
     def __init__(self, seed: int = 0):
         from sftbench.tasks.scoring import Scorer
@@ -225,12 +249,17 @@ class Checker:
 
     def failures(self, prompt: str, constraints: list[dict], response: str, key: int = 0) -> list[str]:
         """The instruction ids whose checker rejects `response` (empty: all pass)."""
+        from sftbench.tasks import train_constraints as own
         from sftbench.tasks.data import Example
 
-        ids = [c["instruction_id"] for c in constraints]
-        ex = Example(key=key, prompt=prompt, instruction_id_list=ids, kwargs=[dict(c["kwargs"]) for c in constraints])
-        strict, _ = self.scorer.score_one(ex, response)
-        return [i for i, ok in zip(ids, strict["follow_instruction_list"]) if not ok]
+        bad = set(own.failures([c for c in constraints if own.is_own(c["instruction_id"])], response))
+        theirs = [c for c in constraints if not own.is_own(c["instruction_id"])]
+        if theirs:
+            ids = [c["instruction_id"] for c in theirs]
+            ex = Example(key=key, prompt=prompt, instruction_id_list=ids, kwargs=[dict(c["kwargs"]) for c in theirs])
+            strict, _ = self.scorer.score_one(ex, response)
+            bad |= {i for i, ok in zip(ids, strict["follow_instruction_list"]) if not ok}
+        return [c["instruction_id"] for c in constraints if c["instruction_id"] in bad]
 
 
 def constraints_of(d: Draft) -> list[dict]:
@@ -265,65 +294,120 @@ def _with(rec: dict, u: int, d: Draft | None, answer: str | None = None) -> dict
     return {**rec, "messages": msgs[: u + 2], "constraints": constraints_of(d)}
 
 
+def _variant(msgs: list[dict], u: int, allowed: list[str], cfg: AugmentConfig, i: int, v: int, util,
+             seen: set) -> Draft | str:
+    """Variant v of conversation i: a Draft whose constraints (ids and kwargs) no earlier variant has, or the
+    reason there is none.  Variant 0 draws exactly what a run without variants draws."""
+    reason = "duplicate_variant"
+    for attempt in range(4):
+        rng = Random(f"{cfg.seed}:{i}" if v == 0 and attempt == 0 else f"{cfg.seed}:{i}:{v}:{attempt}")
+        d = draft(msgs[u + 1]["content"], msgs[u]["content"], allowed, rng, cfg.max_constraints, util)
+        if isinstance(d, str):
+            reason = d
+            continue
+        sig = json.dumps(constraints_of(d), sort_keys=True)
+        if sig not in seen:
+            seen.add(sig)
+            return d
+        reason = "duplicate_variant"
+    return reason
+
+
+def _prompt_of(msgs: list[dict], u: int, d: Draft):
+    """What the model answers: the new last user turn alone, or (earlier turns) the messages up to it."""
+    if u == 0:
+        return d.prompt
+    return [dict(m) for m in msgs[:u]] + [{"role": "user", "content": d.prompt}]
+
+
 def augment_records(records: list[dict], cfg: AugmentConfig, *, checker: Checker | None = None,
                     generate: Generate | None = None, log=print) -> tuple[list[dict], AugmentStats]:
-    """All records, in order, the selected ones augmented where their answer passes every checker."""
+    """All records, in order; a selected conversation is replaced by its kept variants (each with the constraints
+    its answer passes), or stays as it was when none is kept."""
     cfg.check()
     t0 = time.monotonic()
     checker = checker or Checker(seed=cfg.seed)
     allowed = cfg.allowed()
-    stats = AugmentStats(records=len(records), held_out=cfg.held_out())
+    stats = AugmentStats(records=len(records), held_out=cfg.held_out(), variants=cfg.variants)
     chosen = set(Random(cfg.seed).sample(range(len(records)), round(cfg.fraction * len(records))))
     stats.selected = len(chosen)
-    out: list[dict] = [_with(r, 0, None) for r in records]
-    drafts: dict[int, tuple[int, Draft]] = {}
+    drafts: dict[tuple[int, int], tuple[int, Draft]] = {}
     for i in sorted(chosen):
         msgs, u = records[i]["messages"], _last_round(records[i]["messages"])
         if u is None:
             stats.drop("no_final_answer")
             continue
-        if cfg.targets == "self" and sum(m["role"] == "user" for m in msgs) > 1:
+        if cfg.targets == "self" and not cfg.multi_turn and sum(m["role"] == "user" for m in msgs) > 1:
             stats.drop("multi_turn_for_self_targets")
             continue
-        d = draft(msgs[u + 1]["content"], msgs[u]["content"], allowed, Random(f"{cfg.seed}:{i}"),
-                  cfg.max_constraints, checker.util)
-        if isinstance(d, str):
-            stats.drop(d)
-            continue
-        drafts[i] = (u, d)
+        seen: set = set()
+        for v in range(cfg.variants):
+            d = _variant(msgs, u, allowed, cfg, i, v, checker.util, seen)
+            if isinstance(d, str):
+                stats.drop(d)
+            else:
+                drafts[(i, v)] = (u, d)
+    raw_pass: dict[tuple[int, int], set] = {k: set() for k in drafts}  # types an answer as generated satisfied
     if cfg.targets == "self":
-        answers = _self_answers(drafts, cfg, checker, stats, generate)
+        answers = _self_answers(drafts, records, cfg, checker, stats, generate, raw_pass)
     else:
-        answers = {i: (d.answer, "data") for i, (u, d) in drafts.items()}
-    for i, (u, d) in drafts.items():
+        answers = {k: (d.answer, "data") for k, (u, d) in drafts.items()}
+        for k, (u, d) in drafts.items():
+            own = records[k[0]]["messages"][u + 1]["content"]
+            failed = set(checker.failures(d.prompt, constraints_of(d), own, key=k[0]))
+            raw_pass[k] = set(d.ids) - failed
+    kept: dict[int, list[dict]] = {}
+    for k, (u, d) in drafts.items():
+        i = k[0]
         for iid in d.ids:
-            stats.per_type.setdefault(iid, {"tried": 0, "kept": 0})["tried"] += 1
-        if i not in answers:
+            pt = stats.per_type.setdefault(iid, {"tried": 0, "passed_as_generated": 0, "passed_after_rewrite": 0,
+                                                 "kept": 0})
+            pt["tried"] += 1
+            pt["passed_as_generated"] += iid in raw_pass[k]
+        if k not in answers:
             continue
-        answer, source = answers[i]
+        answer, source = answers[k]
         failed = checker.failures(d.prompt, constraints_of(d), answer, key=i) if source == "data" else []
         if failed:
             stats.drop("checker_failed")
             for f in failed:
                 stats.failed_checks[f] = stats.failed_checks.get(f, 0) + 1
             continue
-        out[i] = _with(records[i], u, d, answer)
+        kept.setdefault(i, []).append(_with(records[i], u, d, answer))
         stats.kept += 1
         stats.target_source[source] = stats.target_source.get(source, 0) + 1
         stats.constraints_per_example[str(len(d.ids))] = stats.constraints_per_example.get(str(len(d.ids)), 0) + 1
         for iid in d.ids:
             stats.per_type[iid]["kept"] += 1
+            stats.per_type[iid]["passed_after_rewrite"] += iid not in raw_pass[k]
+    stats.conversations = len(kept)
+    out: list[dict] = []
+    for i, r in enumerate(records):
+        out.extend(kept.get(i) or [_with(r, 0, None)])
     stats.seconds = round(time.monotonic() - t0, 2)
     return out, stats
 
 
-def best_sample(d: Draft, samples: list[str], checker: Checker, key: int = 0) -> tuple[str, str] | None:
-    """(answer, "self" | "self_rewritten"): the first sample that passes as generated, else the first that passes
-    after the rewrite (cuts tried from the whole answer down to one sentence); None when none passes."""
+def best_sample(d: Draft, samples: list[str], checker: Checker, key: int = 0,
+                passed: set | None = None) -> tuple[str, str] | None:
+    """(answer, "self" | "self_rewritten"): the first sample that passes as generated (samples come in draw
+    order, so this is an unbiased pick among the passing ones), else the first that passes after the rewrite (cuts
+    tried from the whole answer down to one sentence); None when none passes.  An empty sample (one that ran to
+    the cap) is never taken.  passed: filled with the types some sample satisfied as generated."""
     cons = constraints_of(d)
+    first = None
     for s in samples:
-        if s.strip() and not checker.failures(d.prompt, cons, s, key):
-            return s, "self"
+        if not s.strip():
+            continue
+        failed = checker.failures(d.prompt, cons, s, key)
+        if passed is not None:
+            passed.update(set(d.ids) - set(failed))
+        if not failed and first is None:
+            first = s
+            if passed is None:
+                break
+    if first is not None:
+        return first, "self"
     cuts = any(T.TYPES[i].cuts for i in d.ids)
     for s in samples:
         if not s.strip():
@@ -336,27 +420,30 @@ def best_sample(d: Draft, samples: list[str], checker: Checker, key: int = 0) ->
     return None
 
 
-def _self_answers(drafts: dict[int, tuple[int, Draft]], cfg: AugmentConfig, checker: Checker, stats: AugmentStats,
-                  generate: Generate | None) -> dict[int, tuple[str, str]]:
+def _self_answers(drafts: dict[tuple[int, int], tuple[int, Draft]], records: list[dict], cfg: AugmentConfig,
+                  checker: Checker, stats: AugmentStats, generate: Generate | None,
+                  raw_pass: dict[tuple[int, int], set]) -> dict[tuple[int, int], tuple[str, str]]:
+    """The model's best answer per variant: every variant's prompt in ONE generate call (one loaded model)."""
     own = generate is None
     if own:
         if not cfg.model:
             raise UserError("--targets self needs --model PATH (the starting model whose answers are rewritten).")
-        generate = project_generator(cfg.model, cfg.max_new_tokens)
+        generate = project_generator(cfg.model, cfg.max_new_tokens, seed=cfg.seed, top_p=cfg.top_p)
     order = sorted(drafts)
-    cands = generate([drafts[i][1].prompt for i in order], cfg.samples, cfg.temperature)
+    prompts = [_prompt_of(records[k[0]]["messages"], drafts[k][0], drafts[k][1]) for k in order]
+    cands = generate(prompts, cfg.samples, cfg.temperature) if prompts else []
     if own:  # the generator's model and KV cache go before the trainer loads its model under the same cap
         del generate
         _release_device_memory()
     if len(cands) != len(order):
         raise ValueError(f"generate returned {len(cands)} lists for {len(order)} prompts")
     out = {}
-    for i, samples in zip(order, cands):
-        best = best_sample(drafts[i][1], list(samples), checker, key=i)
+    for k, samples in zip(order, cands):
+        best = best_sample(drafts[k][1], list(samples), checker, key=k[0], passed=raw_pass[k])
         if best is None:
             stats.drop("no_passing_sample")
         else:
-            out[i] = best
+            out[k] = best
     return out
 
 
@@ -370,55 +457,43 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def project_generator(model_path: str, max_new_tokens: int) -> Generate:
-    """The one adapter to the project's generation code (sftbench/engine/generate.py): its tokenizer/template, system
-    prompt policy and stop tokens.  Greedy (temperature 0, one sample) on a CUDA GPU goes through the fast
-    generator (the same one the evaluation uses: seconds for hundreds of prompts); sampling (temperature > 0,
-    several samples) uses HF `generate()`, since the fast generator decodes greedily."""
-    import torch
-
-    from sftbench.engine import generate as G
+def project_generator(model_path: str, max_new_tokens: int, *, seed: int = 0, top_p: float = 1.0) -> Generate:
+    """The one adapter to the project's generation code: the tokenizer and chat template of sftbench.model.hf
+    (as in training and evaluation), the system prompt policy and stop tokens of sftbench/engine/generate.py, and
+    its generators: on a CUDA GPU the fast generator (the one the evaluation uses; greedy at temperature 0, else
+    `n` seeded samples per prompt in the same continuous batch), on a CPU the HF generator with the same sampler.
+    A prompt's samples are seeded by (seed, a hash of its rendered text, sample number): reproducible whatever
+    else is generated with it.  An answer that ran to the cap comes back as "" (it never stopped: training on it
+    would teach answers that never end)."""
+    import torch  # lazy: the augmentation CLI and the trainer's rule-based path need no torch
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tok = G.load_tokenizer(model_path)
+    tok = load_tokenizer(model_path, padding_side="left", log=lambda m: print(f"[augment] {m}", file=sys.stderr))
     dtype = G.pick_generation_dtype("auto", dev)
-    model = G.load_model(model_path, dtype, dev)
-    stop = G.stop_token_ids(tok, getattr(model, "generation_config", None))
-    spec = G.GenSpec(max_new_tokens=max_new_tokens, stop_ids=stop, pad_id=tok.pad_token_id)
+    model = load_model(model_path, dtype, dev)
+    spec = G.GenSpec(max_new_tokens=max_new_tokens, stop_ids=stop_token_ids(tok, getattr(model, "generation_config", None)),
+                     pad_id=tok.pad_token_id)
     fast = G.make_fast_generator(model, tok, spec, None, dev, dtype) if dev.type == "cuda" else None
+    backend = fast if fast is not None else G.HFGenerator(model, tok, spec)
+    step = None if fast is not None else 16  # HF pads a whole batch to its longest answer: keep batches small
 
-    def greedy(prompts: list[str]) -> list[list[str]]:
-        ids = G.encode(tok, G.render_prompts(tok, prompts))
-        # an answer cut off at the cap never stopped: training on it would teach answers that never end
-        return [[] if c.hit_cap else [c.text] for c in fast.generate(ids)]
+    def render(p) -> str:
+        if isinstance(p, str):
+            return G.render_prompts(tok, [p])[0]
+        return tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False)
 
-    def gen(prompts: list[str], n: int, temperature: float, batch: int = 16) -> list[list[str]]:
-        if fast is not None and (temperature <= 0 or n == 1):
-            return greedy(prompts)
-        return _hf_sample(model, tok, stop, dev, max_new_tokens, prompts, n, temperature, batch)
+    def gen(prompts: list, n: int, temperature: float) -> list[list[str]]:
+        texts = [render(p) for p in prompts]
+        keys = [hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts]
+        k = n if temperature > 0 else 1  # greedy: one answer (n would be n copies of it)
+        out: list[list[str]] = []
+        for a in range(0, len(texts), step or max(1, len(texts))):
+            done = backend.sample(G.encode(tok, texts[a:a + (step or len(texts))]), k, temperature, top_p=top_p,
+                                  seed=seed, keys=keys[a:a + (step or len(texts))])
+            out.extend(["" if c.hit_cap else c.text for c in done[j:j + k]] for j in range(0, len(done), k))
+        return out
 
     return gen
-
-
-def _hf_sample(model, tok, stop, dev, max_new_tokens: int, prompts: list[str], n: int, temperature: float,
-               batch: int) -> list[list[str]]:
-    """n sampled answers per prompt through HF generate() (CPU, or sampling at a temperature)."""
-    import torch
-    from transformers import GenerationConfig
-
-    from sftbench.engine import generate as G
-
-    out = []
-    for s in range(0, len(prompts), batch):
-        enc = tok(G.render_prompts(tok, prompts[s:s + batch]), add_special_tokens=False, return_tensors="pt",
-                  padding=True).to(dev)
-        gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or None,
-                              num_return_sequences=n, eos_token_id=stop, pad_token_id=tok.pad_token_id)
-        with torch.inference_mode():
-            ids = model.generate(**enc, generation_config=gc)[:, enc["input_ids"].shape[1]:].tolist()
-        texts = [tok.decode(G.finish(r, stop, max_new_tokens)[0], skip_special_tokens=True) for r in ids]
-        out.extend(texts[j:j + n] for j in range(0, len(texts), n))
-    return out
 
 
 def cache_key(data_fingerprint: str, cfg: AugmentConfig) -> str:
@@ -455,16 +530,60 @@ def augment_cached(records: list[dict], cfg: AugmentConfig, data_fingerprint: st
 
 
 def summary(stats: AugmentStats) -> str:
-    lines = [f"records {stats.records}, selected {stats.selected}, kept {stats.kept}, "
+    lines = [f"records {stats.records}, selected {stats.selected}, kept {stats.kept} (variants of "
+             f"{stats.conversations} conversations, up to {stats.variants} each), "
              f"dropped {sum(stats.dropped.values())} {json.dumps(stats.dropped, sort_keys=True)}, {stats.seconds} s"]
     if stats.failed_checks:
         lines.append(f"checker failures by type: {json.dumps(stats.failed_checks, sort_keys=True)}")
-    for iid in T.ORDER:
-        if iid in stats.per_type:
-            p = stats.per_type[iid]
-            lines.append(f"  {iid:48s} tried {p['tried']:4d} kept {p['kept']:4d}")
+    lines.append(f"  {'type':48s} {'tried':>6s} {'passed as generated':>20s} {'after rewrite':>14s} {'kept':>6s}")
+    for iid in sorted(stats.per_type, key=lambda i: (T.ORDER.index(i) if i in T.ORDER else len(T.ORDER), i)):
+        p = stats.per_type[iid]
+        lines.append(f"  {iid:48s} {p['tried']:6d} {p.get('passed_as_generated', 0):20d} "
+                     f"{p.get('passed_after_rewrite', 0):14d} {p['kept']:6d}")
     lines.append(f"held out: {', '.join(stats.held_out) or 'none'}")
     return "\n".join(lines)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def is_augment_output(path: str | Path) -> bool:
+    """Whether `path` looks like what this command writes: its first record has "messages" and "constraints"
+    (every output record has both).  An empty file counts (nothing to lose)."""
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                line = raw.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+                if not line:
+                    continue
+                rec = json.loads(line)
+                return isinstance(rec, dict) and "messages" in rec and "constraints" in rec
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def check_output_paths(inp: str, out: str, stats_json: str | None = None, *, force: bool = False) -> None:
+    """UserError before any work: OUT (or --stats_json) is IN itself, OUT is a directory, or OUT exists and is
+    not an earlier augmentation's output (unless force): a typo must not replace a data set or a notes file."""
+    i, o = Path(inp), Path(out)
+    if _same_file(i, o):
+        raise UserError(f"OUT {out} is the input file {inp}: augmenting in place would overwrite the data it reads. "
+                        f"Give another OUT.")
+    if stats_json and (_same_file(Path(stats_json), i) or _same_file(Path(stats_json), o)):
+        raise UserError(f"--stats_json {stats_json} is IN or OUT; give another file.")
+    if o.is_dir():
+        raise UserError(f"OUT {out} is a directory; give a file name, e.g. {o / 'augmented.jsonl'}.")
+    if o.exists() and not force and not is_augment_output(o):
+        raise UserError(f"OUT {out} exists and is not the output of an earlier augmentation (its first record has no "
+                        f"\"constraints\" field), so it would be replaced. Give another OUT, or pass --force to "
+                        f"replace it.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,9 +594,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input", metavar="IN", help="chat JSONL, one {\"messages\": [...]} per line")
     p.add_argument("output", metavar="OUT", help="augmented JSONL (written atomically)")
     p.add_argument("--stats_json", default=None, help="also write the counts to this JSON file")
+    # CLI-only (not an AugmentConfig field, so a training config never inherits it)
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing OUT that is not the output of an earlier augmentation")
     names = add_config_arguments(p, AugmentConfig)
     ns = p.parse_args(argv)
     try:
+        check_output_paths(ns.input, ns.output, ns.stats_json, force=ns.force)
         cfg = config_from_namespace(AugmentConfig, ns, names)
         cfg.check()
         if cfg.targets == "self" and not cfg.model:

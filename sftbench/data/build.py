@@ -176,6 +176,7 @@ def build_examples(
     special_tokens: str = "text",
     cache_dir: str | None = None,
     progress: bool = True,
+    loaded: Loaded | None = None,
 ) -> tuple[list[dict], DataStats]:
     """Load, validate (all records, before any tokenising), render, mask and truncate a data set.
 
@@ -190,9 +191,12 @@ def build_examples(
     Consecutive user turns are merged (counted); a system message after the first turn, or an assistant turn
     before any user turn, is a bad record (normalise.check_order).
     With cache_dir, the result is stored as JSONL keyed by a sha256 of everything that determines it.
+    loaded: read_records(data_path, lenient=True) when the caller has read it already (a training start reads
+    the data file once).
     """
     check_options(mode, truncation_side, on_bad_record, max_length, special_tokens)
-    loaded = read_records(data_path, lenient=True)  # every bad line is counted; the policy decides below
+    if loaded is None:
+        loaded = read_records(data_path, lenient=True)  # every bad line is counted; the policy decides below
     template = masking.resolve_template(tokenizer, chat_template, mode)
     path = key = None
     if cache_dir:

@@ -10,19 +10,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from sftbench.model.hf import tokenizer_fingerprint
+
 # Bump when the masking/truncation logic changes, so that cached examples built by older code are not reused.
 MASKING_VERSION = 2  # 2: special-token text in contents tokenised as text; odd conversation orders
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    h = hashlib.sha256(type(tokenizer).__name__.encode())
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        h.update(backend.to_str().encode())
-    else:
-        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    h.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str).encode())
-    return h.hexdigest()
 
 
 def cache_key(data_fingerprint: str, tokenizer, template: str, **settings) -> str:
@@ -59,6 +50,16 @@ def read_cache(path: Path, key: str) -> tuple[list[dict], dict] | None:
 
 
 def write_cache(path: Path, key: str, examples: list[dict], stats: dict) -> None:
+    """Write the cache; a cache dir that cannot be written (read-only, full, a file in the way) only costs the
+    next run its tokenisation: a warning, and training goes on."""
+    import sys
+
     from sftbench.core.io import atomic_write_jsonl
 
-    atomic_write_jsonl(path, [{"key": key, "masking_version": MASKING_VERSION, "stats": stats}, *examples])
+    try:
+        atomic_write_jsonl(path, [{"key": key, "masking_version": MASKING_VERSION, "stats": stats}, *examples])
+    except OSError as e:  # also sftbench.core.errors.DiskWriteError (full / read-only / permission)
+        why = str(e) if type(e).__name__ == "DiskWriteError" else f"{path.parent}: {e.strerror or e}"
+        print(f"warning: tokenised-data cache not written ({why.split('. ')[0]}); training goes on without it. "
+              f"Point --data_cache_dir at a writable directory, or pass --data_cache_dir none.", file=sys.stderr,
+              flush=True)

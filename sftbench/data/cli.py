@@ -1,10 +1,9 @@
 """`python conversation_func.py DATA`: tokenise a data set exactly as training will, print the counts and show
 examples with the supervised tokens wrapped in [[ ]], to check the loss mask by eye.
 
-The settings shared with the trainer (tokenizer, model_max_length, max_rounds, masking, truncation_side,
-skip_bad_records) take their defaults and help from sftbench.config.train.TrainConfig, so this view and a
-training run agree unless a flag says otherwise.  The flags of earlier versions (--max_length, --mode,
---on_bad_record, dashed spellings) are still accepted, hidden from --help.
+The data settings are the trainer's own DataConfig (sftbench/data/config.py), composed here as in TrainConfig, so
+this view and a training run agree unless a flag says otherwise.  The flags of earlier versions (--max_length,
+--mode, --on_bad_record, dashed spellings) are still accepted, hidden from --help.
 """
 
 from __future__ import annotations
@@ -12,41 +11,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
-from typing import Optional
 
-from sftbench.core.cli import HelpFormatter, add_config_arguments, config_defaults, config_from_namespace, setting
+from sftbench.core.cli import ArgumentParser, Composed, add_config_arguments, composed, config_from_namespace, section, setting
+from sftbench.data.config import DataConfig
 from sftbench.data.records import BAD_RECORD_POLICIES
 from sftbench.core.errors import UserError
-from sftbench.config.train import TrainConfig
-
-_TRAIN_DEFAULTS = config_defaults(TrainConfig)
-_TRAIN_META = {f.name: dict(f.metadata) for f in dataclasses.fields(TrainConfig)}
+from sftbench.model.offline import DEFAULT_MODEL
 
 
-def _shared(name: str, help: str | None = None, train_name: str | None = None):
-    """A setting whose default (and, unless given, help and choices) is the trainer's field `train_name or name`."""
-    meta = dict(_TRAIN_META[train_name or name])
-    text = meta.pop("help", "")
-    return setting(_TRAIN_DEFAULTS[train_name or name], help or text, **meta)
-
-
+@composed
 @dataclass
-class InspectConfig:
-    data_path: str = _shared("data_path")
-    tokenizer: str = _shared(
-        "tokenizer", "`smollm2-135m-instruct-offline` (the real SmolLM2 tokenizer, offline), `tiny` (the test "
-        "tokenizer), a model directory or a hub id (the trainer's --model_name_or_path default).",
-        train_name="model_name_or_path")
-    model_max_length: int = _shared("model_max_length")
-    max_rounds: int = _shared("max_rounds")
-    masking: str = _shared("masking")
-    truncation_side: str = _shared("truncation_side")
-    chat_template: Optional[str] = _shared(
-        "chat_template", "`model` or none (the tokenizer's own; plain ChatML when it has none), `plain` (ChatML, "
-        "no system prompt), `homework` (the homework's), or a Jinja template file.")
-    skip_bad_records: bool = _shared("skip_bad_records")
-    special_tokens_in_content: str = _shared("special_tokens_in_content")
+class InspectConfig(Composed):
+    data: DataConfig = section(
+        DataConfig, "data: read as the trainer reads it (the trainer's flags and defaults)",
+        skip=("data_cache_dir", "keep_contaminated"),
+        helps={"chat_template": "`model` or none (the tokenizer's own; plain ChatML when it has none), `plain` (ChatML, "
+                                "no system prompt), `homework` (the homework's), or a Jinja template file."})
+    tokenizer: str = setting(
+        DEFAULT_MODEL, "`smollm2-135m-instruct-offline` (the real SmolLM2 tokenizer, offline), `tiny` (the test "
+        "tokenizer), a model directory or a hub id (the trainer's --model_name_or_path default).")
     show: int = setting(1, "How many examples to print with the mask highlighted.")
     index: int = setting(0, "Index of the first example to show.")
 
@@ -70,9 +55,8 @@ LEGACY_FLAGS = {
 
 
 def build_parser(prog: str = "conversation_func.py") -> tuple[argparse.ArgumentParser, list[str]]:
-    ap = argparse.ArgumentParser(prog=prog, formatter_class=HelpFormatter, description=__doc__.split("\n\n")[0])
-    meta = {f.name: f.metadata for f in dataclasses.fields(InspectConfig)}
-    ap.add_argument("data_path", help=meta["data_path"]["help"])
+    ap = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    ap.add_argument("data_path", help=dataclasses.fields(DataConfig)[0].metadata["help"])
     names = add_config_arguments(ap, InspectConfig, skip=("data_path",))
     choices = {a.dest: a.choices for a in ap._actions}
     for flags, (dest, conv) in LEGACY_FLAGS.items():
@@ -83,16 +67,15 @@ def build_parser(prog: str = "conversation_func.py") -> tuple[argparse.ArgumentP
 
 def inspect(cfg: InspectConfig) -> int:
     """Tokenise cfg.data_path as the trainer would; print DataStats, token counts and highlighted examples."""
-    from sftbench.model.chat_template import template_from_flag
     from sftbench.data.build import build_examples
     from sftbench.data.masking import IGNORE_INDEX, highlight
-    from sftbench.data.tokenizer import load_tokenizer
+    from sftbench.model.hf import load_tokenizer
 
-    template = template_from_flag(cfg.chat_template)
-    tok = load_tokenizer(cfg.tokenizer)
+    # the trainer's tokenizer and template (sftbench.model.chat_template.resolve_chat_template), said the same way
+    tok = load_tokenizer(cfg.tokenizer, cfg.chat_template, log=lambda m: print(m, file=sys.stderr))
     examples, stats = build_examples(
         cfg.data_path, tok, max_length=cfg.model_max_length, max_rounds=cfg.max_rounds, mode=cfg.masking,
-        truncation_side=cfg.truncation_side, chat_template=template,
+        truncation_side=cfg.truncation_side,
         on_bad_record="skip" if cfg.skip_bad_records else "error", special_tokens=cfg.special_tokens_in_content,
     )
     if stats.records == 0:

@@ -1,6 +1,7 @@
 """The embedded demo chat set: deterministic, multi-turn, instruction-following flavoured.
 
-`python -m sftbench.data.demo [OUT.jsonl]` regenerates data/demo_chat.jsonl (committed).  300
+`python -m sftbench.data.demo [OUT.jsonl]` regenerates sftbench/data/demo_chat.jsonl (DEMO_DATA: committed, shipped
+as package data, TrainConfig's default --data_path, so it resolves from any directory when installed).  300
 conversations in `{"messages": [...]}` form: about a third start with a system message, about a
 sixth have more rounds than the trainer's default `max_rounds` (TrainConfig), and the answers obey simple verifiable
 instructions (upper case, word lists, JSON, "P.S." endings) of the kinds IFEval checks.
@@ -68,7 +69,10 @@ def make_conversations(n: int = 300, seed: int = 0) -> list[dict]:
     return out
 
 
-def write(path: str | Path = "data/demo_chat.jsonl", n: int = 300, seed: int = 0) -> Path:
+DEMO_DATA = Path(__file__).resolve().with_name("demo_chat.jsonl")
+
+
+def write(path: str | Path = DEMO_DATA, n: int = 300, seed: int = 0) -> Path:
     from sftbench.core.io import atomic_write_jsonl
 
     atomic_write_jsonl(path, make_conversations(n, seed))
@@ -76,4 +80,4 @@ def write(path: str | Path = "data/demo_chat.jsonl", n: int = 300, seed: int = 0
 
 
 if __name__ == "__main__":
-    print(write(sys.argv[1] if len(sys.argv) > 1 else "data/demo_chat.jsonl"))
+    print(write(sys.argv[1] if len(sys.argv) > 1 else DEMO_DATA))

@@ -67,7 +67,22 @@ def normalize_turn(turn, where: str, t_i: int) -> dict:
         )
     if not content.strip():
         raise BadRecord(f"{where}: turn {t_i} ({role}) has empty \"{content_key}\". Remove the turn or the record.", "empty_content")
+    bad = lone_surrogate(content)
+    if bad is not None:
+        raise BadRecord(f"{where}: turn {t_i} ({role}) \"{content_key}\" is not valid Unicode: a lone surrogate "
+                        f"\\u{ord(content[bad]):04x} at character {bad + 1} (half of a UTF-16 pair, written as a JSON "
+                        f"escape). Fix or remove that text.", "invalid_unicode")
     return {"role": role, "content": content}
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate (U+D800..U+DFFF: `"\\ud800"` in JSON decodes to one, and no tokenizer or
+    UTF-8 writer accepts it), or None.  The fast path is one encode."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.start
 
 
 def normalize_messages(record: dict, where: str, counts: dict[str, int] | None = None) -> list[dict]:

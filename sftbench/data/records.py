@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sftbench.core.errors import UserError
+from sftbench.core.io import iter_jsonl_lines, json_error_text, read_json, utf8_error_text
 
 CONVERSATION_KEYS = ("messages", "conversations")
 DATA_SUFFIXES = (".jsonl", ".json")
@@ -41,8 +42,13 @@ class Loaded:
     fingerprint: str = ""
 
 
+# a name ending like a data file is a path, never a hub dataset id (a typo must not become a hub download)
+PATH_SUFFIXES = (*DATA_SUFFIXES, ".csv", ".parquet", ".txt", ".gz", ".zst")
+
+
 def looks_like_hub_id(path: str) -> bool:
-    return path.count("/") == 1 and not path.startswith((".", "/", "~")) and all(path.split("/"))
+    return (path.count("/") == 1 and not path.startswith((".", "/", "~")) and all(path.split("/"))
+            and not path.lower().endswith(PATH_SUFFIXES))
 
 
 def data_files(data_path: str) -> list[Path]:
@@ -57,18 +63,19 @@ def data_files(data_path: str) -> list[Path]:
         if p.suffix.lower() not in DATA_SUFFIXES:
             raise UserError(f"{p}: unsupported data file type {p.suffix or '(none)'}; use .jsonl (one conversation per line) or .json (a list of conversations).")
         return [p]
+    if not p.is_absolute() and ("/" in data_path or "\\" in data_path or data_path.lower().endswith(PATH_SUFFIXES)):
+        raise UserError(f"no such file: {data_path} (relative to the current directory, {Path.cwd()}). Run from the "
+                        f"directory it is relative to, or give an absolute path.")
     raise UserError(
         f"{data_path}: data path not found. Give a .jsonl/.json file, a folder of them, or a Hugging Face dataset id "
         f"such as PeterV09/smol-smoltalk-6k."
     )
 
 
-def iter_jsonl_lenient(path: Path, bad: list[BadRecord]) -> Iterable[tuple[int, Any]]:
+def iter_jsonl_lenient(path: Path, bad: list[BadRecord], data: bytes | None = None) -> Iterable[tuple[int, Any]]:
     """Like sftbench.core.io.iter_jsonl, but collects malformed lines (bad JSON, bytes that are not UTF-8) instead of
-    stopping at the first."""
-    from sftbench.core.io import iter_jsonl_lines, json_error_text, utf8_error_text
-
-    for i, start, raw in iter_jsonl_lines(path):
+    stopping at the first.  data: the file's bytes, when read already."""
+    for i, start, raw in iter_jsonl_lines(path, data):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -82,11 +89,9 @@ def iter_jsonl_lenient(path: Path, bad: list[BadRecord]) -> Iterable[tuple[int, 
             bad.append(BadRecord(f"{path}:{i}: {json_error_text(e)}. Fix or remove that line.", "malformed_json"))
 
 
-def read_json_records(path: Path) -> list[Any]:
+def read_json_records(path: Path, data: bytes | None = None) -> list[Any]:
     """The records of a .json file: a list, or an object with the list under "data"/"train", or one conversation."""
-    from sftbench.core.io import read_json
-
-    obj = read_json(path)
+    obj = read_json(path, data)
     if isinstance(obj, dict):
         for key in ("data", "train"):
             if isinstance(obj.get(key), list):
@@ -113,41 +118,39 @@ def load_hub_dataset(data_id: str) -> Loaded:
     return Loaded([(data_id, i, rec) for i, rec in enumerate(ds, start=1)], [], f"hf:{data_id}:{fingerprint}")
 
 
-def _read_file(f: Path, lenient: bool, bad: list[BadRecord]) -> list[Record]:
-    if f.suffix.lower() != ".jsonl":
-        return [(str(f), i, r) for i, r in enumerate(read_json_records(f), start=1)]
-    if lenient:
-        return [(str(f), i, r) for i, r in iter_jsonl_lenient(f, bad)]
-    from sftbench.core.io import iter_jsonl
+def read_file_bytes(f: Path) -> bytes:
+    """The one read of a data file: its records and its fingerprint come from these bytes."""
+    return f.read_bytes()
 
-    return [(str(f), i, r) for i, r in iter_jsonl(f)]
+
+def _read_file(f: Path, data: bytes, lenient: bool, bad: list[BadRecord]) -> list[Record]:
+    if f.suffix.lower() != ".jsonl":
+        return [(str(f), i, r) for i, r in enumerate(read_json_records(f, data), start=1)]
+    found: list[BadRecord] = []
+    rows = [(str(f), i, r) for i, r in iter_jsonl_lenient(f, found, data)]
+    if found and not lenient:  # the first malformed line, as sftbench.core.io.iter_jsonl would raise it
+        raise UserError(str(found[0]))
+    bad.extend(found)
+    return rows
 
 
 def read_records(data_path: str, lenient: bool = False) -> Loaded:
     """Read every record of a data path.  lenient: collect malformed JSONL lines in .bad instead of raising.
 
-    The fingerprint (for the tokenised-data cache key) hashes the files' names and bytes, or names the hub
-    dataset's fingerprint.
+    The fingerprint (for the tokenised-data cache key and resume) is 'files:<sha256 of the files' names and
+    bytes>', or 'hf:<id>:<the hub dataset's fingerprint>'.  Each file is read once (read_file_bytes).
     """
     p = Path(data_path).expanduser()
     if not p.exists() and looks_like_hub_id(data_path):
         return load_hub_dataset(data_path)
     out = Loaded([])
-    for f in data_files(data_path):
-        out.records.extend(_read_file(f, lenient, out.bad))
-    out.fingerprint = data_fingerprint(data_path)
-    return out
-
-
-def data_fingerprint(data_path: str) -> str:
-    """'files:<sha256 of the files' names and bytes>' for a local path; 'hf:<id>' for a hub dataset id."""
-    p = Path(data_path).expanduser()
-    if not p.exists() and looks_like_hub_id(data_path):
-        return f"hf:{data_path}"
     h = hashlib.sha256()
     for f in data_files(data_path):
-        h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
-    return "files:" + h.hexdigest()
+        data = read_file_bytes(f)  # read once: parsed and hashed from the same bytes
+        h.update(f.name.encode() + b"\0" + hashlib.sha256(data).digest())
+        out.records.extend(_read_file(f, data, lenient, out.bad))
+    out.fingerprint = "files:" + h.hexdigest()
+    return out
 
 
 def load_records(data_path: str) -> list[Record]:

@@ -16,6 +16,12 @@ How a `generate()` call runs
 4. `load_weights(model)` copies a new checkpoint into the same weight buffers: the captured graph and
    compiled kernels are reused, so checkpoints after the first skip all set-up.
 
+Sampling (`generate(..., n=, temperature=, top_p=, seed=)`): every prompt is prefilled once and decoded as
+`n` requests, each with its own 32-bit seed (sftbench.engine.sampling.row_seed of the run seed, the prompt's key
+and the sample number).  The decode step then takes the logits instead of their argmax and draws with
+sftbench.engine.sampling.sample_tokens (counter-based noise: no RNG state, so it is captured in the same
+kind of CUDA graph, one graph per mode).  temperature 0 never enters this branch: greedy is unchanged.
+
 Output contract (matches the hf backend's accounting): for each prompt, in input order,
 `{"token_ids": generated ids INCLUDING the stop token when one was produced and nothing after it,
 "hit_cap": True when max_new_tokens were generated without a stop token, "generated_tokens": len(token_ids)}`.
@@ -31,7 +37,9 @@ from pathlib import Path
 import torch
 
 from sftbench.engine.fast_attention import HAVE_TRITON, decode_attention_torch, decode_attention_triton, pick_num_splits
-from sftbench.engine.fast_llama import DecodeWeights, LlamaShape, make_layer_fns, prefill, rope_tables
+from sftbench.engine.fast_llama import DecodeWeights, LlamaShape, make_layer_fns, prefill, rms_norm, rope_tables
+from sftbench.model.hf import finish
+from sftbench.engine.sampling import row_seed, sample_tokens
 from sftbench.core.errors import UserError
 
 GIB = 1024**3
@@ -137,6 +145,12 @@ def available_memory_bytes(device) -> int:
 
 # ----------------------------------------------------------------------------------------- generator
 
+def _compile_works(device) -> bool:
+    from sftbench.core.capabilities import compile_works
+
+    return compile_works(device)
+
+
 class FastGenerator:
     """Greedy batched generation with our own Llama forward (see the module docstring).
 
@@ -172,11 +186,13 @@ class FastGenerator:
         self.sync_every = max(1, int(sync_every))
         is_cuda = self.device.type == "cuda"
         self.use_graph = is_cuda if cuda_graph is None else (bool(cuda_graph) and is_cuda)
-        self.compile = (is_cuda and HAVE_TRITON) if compile is None else bool(compile)
+        # where Triton runs for this GPU (sftbench.core.capabilities: importable, sm70+, not switched off)
+        triton_ok = is_cuda and HAVE_TRITON and _compile_works(self.device)
+        self.compile = triton_ok if compile is None else bool(compile)
         self.shape = LlamaShape.from_model(model)
         s = self.shape
         if attention == "auto":
-            attention = "triton" if (is_cuda and HAVE_TRITON and dtype in (torch.bfloat16, torch.float16)
+            attention = "triton" if (triton_ok and dtype in (torch.bfloat16, torch.float16)
                                      and s.head_dim >= 16 and s.head_dim & (s.head_dim - 1) == 0) else "torch"
         if attention not in ("triton", "torch"):
             raise ValueError(f"attention must be auto, triton or torch, got {attention!r}")
@@ -190,8 +206,14 @@ class FastGenerator:
         self._eager_fns = make_layer_fns(s)
         self._fns = self._eager_fns
         self._compiled = False
+        eps = s.rms_norm_eps
+        self._eager_logits = lambda x, norm_w, lm_head: torch.nn.functional.linear(rms_norm(x, norm_w, eps), lm_head)
+        self._sample_fns = (self._eager_logits, sample_tokens)  # (logits head, sampler), compiled with the rest
         self.plan: BatchPlan | None = None
         self._graph = None
+        self._sample_graphs: dict = {}  # use_top_p -> the sampling decode window's graph
+        self._stage_seeds = None  # the current call's seed per request (sampling)
+        self._mode = "greedy"  # "greedy", "sample" (every top_p 1) or "sample_top_p": what _decode_step runs
         self.last_stats: dict = {}
 
     # ------------------------------------------------------------------ weights
@@ -272,6 +294,9 @@ class FastGenerator:
         self.done = torch.ones(B, device=dev, dtype=torch.bool)
         self.out = torch.zeros(B, self.max_new_tokens, device=dev, dtype=torch.long)
         self.stop_ids = torch.tensor(self.stop_token_ids, device=dev, dtype=torch.long)
+        self.temperature = torch.zeros(B, device=dev, dtype=torch.float32)  # sampling state (unused by greedy)
+        self.top_p = torch.ones(B, device=dev, dtype=torch.float32)
+        self.row_seed = torch.zeros(B, device=dev, dtype=torch.long)
         if self.attention == "triton":
             sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 8
             self.num_splits = pick_num_splits(B, s.num_kv_heads, L, num_sms=sms)
@@ -280,6 +305,7 @@ class FastGenerator:
 
     def _release(self) -> None:
         self._graph = None
+        self._sample_graphs = {}
         for name in ("k_cache", "v_cache", "stage_k", "stage_v", "out"):
             if hasattr(self, name):
                 delattr(self, name)
@@ -315,7 +341,12 @@ class FastGenerator:
             q, k, v = pre(x, W.ln1[i], W.wqkv[i], cos, sin)
             o = self._attend(i, q, k, v)
             x = post(x, o, W.wo[i], W.ln2[i], W.wgu[i], W.wd[i])
-        nxt = head(x, W.final_norm, W.lm_head)
+        if self._mode == "greedy":
+            nxt = head(x, W.final_norm, W.lm_head)
+        else:
+            logits_head, sampler = self._sample_fns
+            nxt = sampler(logits_head(x, W.final_norm, W.lm_head), self.temperature, self.top_p, self.row_seed,
+                          self.n_gen, self._mode == "sample_top_p")
         active = ~self.done
         idx = self.n_gen.clamp(max=self.max_new_tokens - 1)[:, None]
         kept = self.out.gather(1, idx)[:, 0]
@@ -334,16 +365,24 @@ class FastGenerator:
         if self.compile and not self._compiled:
             pre, post, head = self._eager_fns
             self._fns = tuple(torch.compile(f, dynamic=False, fullgraph=True) for f in (pre, post, head))
+            self._sample_fns = tuple(torch.compile(f, dynamic=False, fullgraph=True)
+                                     for f in (self._eager_logits, sample_tokens))
             self._compiled = True
         if not self.use_graph:
             self.last_capture_s = time.perf_counter() - t0
             return
         while True:
             try:
-                self._graph = self._capture()
+                graph = self._capture()
+                if self._mode == "greedy":
+                    self._graph = graph
+                else:
+                    self._sample_graphs[self._mode] = graph
                 break
             except Exception as e:  # a compile or kernel problem must not cost the user the run
-                if self._fns is not self._eager_fns:
+                if self._mode != "greedy" and self._sample_fns[1] is not sample_tokens:
+                    what, self._sample_fns = "with the sampler uncompiled", (self._eager_logits, sample_tokens)
+                elif self._fns is not self._eager_fns:
                     what, self._fns, self.compile = "without torch.compile", self._eager_fns, False
                 elif self.attention == "triton":
                     what, self.attention = "with SDPA attention instead of the Triton kernel", "torch"
@@ -374,8 +413,9 @@ class FastGenerator:
         return graph
 
     def _run_window(self) -> None:
-        if self._graph is not None:
-            self._graph.replay()
+        graph = self._graph if self._mode == "greedy" else self._sample_graphs.get(self._mode)
+        if graph is not None:
+            graph.replay()
         else:
             for _ in range(self.sync_every):
                 self._decode_step()
@@ -383,20 +423,50 @@ class FastGenerator:
     # ------------------------------------------------------------------ generate
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], progress: bool = True) -> list[dict]:
-        """Greedy continuations of every prompt (token id lists), returned in input order."""
-        n = len(prompt_ids)
+    def generate(self, prompt_ids: list[list[int]], progress: bool = True, *, n: int = 1, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0, keys: list | None = None) -> list[dict]:
+        """Continuations of every prompt (token id lists), in input order: greedy (temperature 0, one per prompt:
+        the path this engine always had), or `n` samples per prompt at `temperature` / `top_p`, returned
+        prompt-major (prompt 0's samples 0..n-1, then prompt 1's, ...).  Sample k of a prompt is seeded by
+        row_seed(seed, keys[i] (default: the prompt's index), k), so it does not depend on the batch."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if keys is not None and len(keys) != len(prompt_ids):
+            raise ValueError(f"{len(keys)} keys for {len(prompt_ids)} prompts")
+        sampling = temperature > 0
+        if not sampling:  # greedy: one decode per prompt, repeated for n > 1 (identical by definition)
+            out = self._generate(prompt_ids, progress, 1, None)
+            return [dict(o, token_ids=list(o["token_ids"])) for o in out for _ in range(n)] if n > 1 else out
+        keys = list(range(len(prompt_ids))) if keys is None else keys
+        seeds = [row_seed(seed, key, k) for key in keys for k in range(n)]
+        return self._generate(prompt_ids, progress, n, (float(temperature), float(top_p), seeds))
+
+    def _generate(self, prompt_ids: list[list[int]], progress: bool, copies: int, sampling) -> list[dict]:
+        """copies: decodes per prompt; sampling: None (greedy) or (temperature, top_p, seeds per request)."""
+        n = len(prompt_ids) * copies  # requests
         if n == 0:
             return []
         self._check_prompts(prompt_ids)
         t_start = time.perf_counter()
-        setup_s = self._ensure_plan(prompt_ids)
+        self._mode = "greedy"
+        setup_s = self._ensure_plan(prompt_ids, n)
+        if sampling is not None:
+            self._mode = "sample_top_p" if sampling[1] < 1.0 else "sample"
+            if self.use_graph and self._mode not in self._sample_graphs:
+                t0 = time.perf_counter()
+                self._warm_and_capture()
+                setup_s += time.perf_counter() - t0
+            self.temperature.fill_(sampling[0])
+            self.top_p.fill_(sampling[1])
         B = self.plan.slots
         # Reset per-call state (cache contents need no reset: every read position is written first).
         self.done.fill_(True)
         self.pos.zero_()
         self.n_gen.zero_()
-        stage = _Stage(prompt_ids)
+        stage = _Stage(prompt_ids, copies, None if sampling is None else sampling[2])
+        self._stage_seeds = stage.seeds
         owner: list[int | None] = [None] * B
         results: list[dict | None] = [None] * n
         steps = windows = 0
@@ -424,6 +494,8 @@ class FastGenerator:
             bar.close()
         t_end = time.perf_counter()
         self.last_stats = self._stats(results, t_start, t_loop, t_end, setup_s, stage, steps, windows)
+        self.last_stats["mode"] = self._mode
+        self._mode = "greedy"
         return results
 
     def _check_prompts(self, prompt_ids: list[list[int]]) -> None:
@@ -434,9 +506,10 @@ class FastGenerator:
             if min(p) < 0 or max(p) >= V:
                 raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {V})")
 
-    def _ensure_plan(self, prompt_ids: list[list[int]]) -> float:
-        """(Re)plan, allocate and capture when this call does not fit the current plan; seconds spent."""
-        n, max_prompt = len(prompt_ids), max(len(p) for p in prompt_ids)
+    def _ensure_plan(self, prompt_ids: list[list[int]], requests: int | None = None) -> float:
+        """(Re)plan, allocate and capture (greedy) when this call does not fit the current plan; seconds spent.
+        requests: sequences to decode (prompts x samples; default one per prompt)."""
+        n, max_prompt = requests or len(prompt_ids), max(len(p) for p in prompt_ids)
         need_len = max_prompt + self.max_new_tokens
         if not (self.plan is None or need_len > self.plan.slot_len
                 or (self.plan.limited_by == "prompts" and n > self.plan.slots)):
@@ -454,7 +527,7 @@ class FastGenerator:
     def _refill(self, stage: "_Stage", owner: list[int | None]) -> None:
         """Give free slots staged prompts, prefilling a new length group whenever the stage runs empty."""
         free = [s for s in range(len(owner)) if owner[s] is None]
-        pending: list[tuple[int, int, int]] = []  # (slot, stage row, prompt length)
+        pending: list[tuple[int, int, int, int]] = []  # (slot, stage row, prompt length, request)
         while free and (stage.staged or stage.next_prompt < stage.n):
             if not stage.staged:
                 if pending:  # the stage is about to be overwritten: move what was taken from it first
@@ -464,7 +537,7 @@ class FastGenerator:
             i, r, ln = stage.staged.pop(0)
             s = free.pop(0)
             owner[s] = i
-            pending.append((s, r, ln))
+            pending.append((s, r, ln, i))
         if pending:
             self._assign(pending, stage.first, stage.k, stage.v)
 
@@ -478,16 +551,32 @@ class FastGenerator:
         view = (self.shape.num_layers, len(group), T, self.shape.num_kv_heads, self.shape.head_dim)
         stage.k = self.stage_k[:, : len(group) * T].view(view)
         stage.v = self.stage_v[:, : len(group) * T].view(view)
-        stage.first = prefill(self.weights, self._eager_fns, [ids[i] for i in group], self.cos_tab, self.sin_tab,
-                              stage.k, stage.v)
-        stage.staged = [(i, r, len(ids[i])) for r, i in enumerate(group)]
+        c = stage.copies
+        if stage.seeds is None:
+            stage.first = prefill(self.weights, self._eager_fns, [ids[i] for i in group], self.cos_tab, self.sin_tab,
+                                  stage.k, stage.v)
+        else:  # the prompt's logits, then each request's first token drawn from them (its step 0)
+            pre, post, _ = self._eager_fns
+            logits = prefill(self.weights, (pre, post, self._eager_logits), [ids[i] for i in group], self.cos_tab,
+                             self.sin_tab, stage.k, stage.v)
+            rows = torch.arange(len(group), device=self.device).repeat_interleave(c)
+            req = [i * c + k for i in group for k in range(c)]
+            first = torch.empty(len(req), dtype=torch.long, device=self.device)
+            for a in range(0, len(req), 256):  # bounded scratch: 256 x vocab floats at a time
+                sl = slice(a, a + 256)
+                m = len(req[sl])
+                first[sl] = sample_tokens(logits[rows[sl]], self.temperature[:1].expand(m), self.top_p[:1].expand(m),
+                                          torch.tensor([stage.seeds[q] for q in req[sl]], device=self.device),
+                                          torch.zeros(m, dtype=torch.long, device=self.device), self._mode == "sample_top_p")
+            stage.first = torch.zeros(stage.n * c, dtype=torch.long, device=self.device)
+            stage.first[torch.tensor(req, device=self.device)] = first
+        # request i * copies + k: stage row r; its first token is stage.first[r] (greedy) or stage.first[request]
+        stage.staged = [(i * c + k, r, len(ids[i])) for r, i in enumerate(group) for k in range(c)]
         stage.groups += 1
         stage.prefill_s += time.perf_counter() - tp
 
     def _collect(self, active: list[int], owner: list[int | None], results: list[dict | None]) -> int:
         """Read the finished slots' outputs (one host sync) into results and free the slots; how many finished."""
-        from sftbench.engine.generate import finish
-
         flags = torch.stack([self.done.long(), self.n_gen]).cpu()
         finished = [s for s in active if flags[0, s]]
         if not finished:
@@ -527,13 +616,18 @@ class FastGenerator:
     def _assign(self, pending, first, stage_k, stage_v) -> None:
         """Move staged prompts into slots: copy their K/V, set their decode state (all on the device).
 
-        pending: [(slot, stage row, prompt length)]; first [rows] the prefill's greedy tokens."""
-        slots, rows, lens = (list(t) for t in zip(*pending))
-        for s, r, ln in pending:
+        pending: [(slot, stage row, prompt length, request)]; first: [rows] the prefill's greedy tokens, or
+        (sampling) [requests] each request's first drawn token."""
+        slots, rows, lens, reqs = (list(t) for t in zip(*pending))
+        for s, r, ln, _ in pending:
             self.k_cache[:, s, :ln].copy_(stage_k[:, r, :ln])
             self.v_cache[:, s, :ln].copy_(stage_v[:, r, :ln])
         sl = torch.tensor(slots, device=self.device)
-        tok = first[torch.tensor(rows, device=self.device)]
+        if self._stage_seeds is None:
+            tok = first[torch.tensor(rows, device=self.device)]
+        else:
+            tok = first[torch.tensor(reqs, device=self.device)]
+            self.row_seed[sl] = torch.tensor([self._stage_seeds[q] for q in reqs], device=self.device)
         self.tokens[sl] = tok
         self.pos[sl] = torch.tensor(lens, device=self.device)
         self.n_gen[sl] = 1
@@ -543,10 +637,12 @@ class FastGenerator:
 
 
 class _Stage:
-    """Prefilled prompts waiting for a decode slot: [(prompt index, stage row, length)], longest first."""
+    """Prefilled prompts waiting for a decode slot: [(request, stage row, length)], longest prompts first.
+    Request i * copies + k is copy k of prompt i; seeds: one per request when sampling, else None."""
 
-    def __init__(self, prompt_ids: list[list[int]]):
+    def __init__(self, prompt_ids: list[list[int]], copies: int = 1, seeds: list[int] | None = None):
         self.prompt_ids = prompt_ids
+        self.copies, self.seeds = copies, seeds
         self.n = len(prompt_ids)
         self.order = sorted(range(self.n), key=lambda i: -len(prompt_ids[i]))  # longest first
         self.next_prompt = 0

@@ -72,33 +72,20 @@ def check_supported(model) -> None:
 
 
 def varlen_supported(device) -> str | None:
-    """None when varlen flash attention can run on `device`, else why not (for the log)."""
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return "not a CUDA device"
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (torch >= 2.10)
-    except ImportError:
-        return f"torch {torch.__version__} has no torch.nn.attention.varlen"
-    major, minor = torch.cuda.get_device_capability(dev)
-    if major < 8:
-        return f"flash attention needs compute capability 8.0+, this GPU has {major}.{minor}"
-    return None
+    """None when varlen flash attention can run on `device`, else why not (sftbench.core.capabilities decides)."""
+    from sftbench.core.capabilities import probe
+
+    return probe(device).varlen_missing
 
 
 def pick_attention(device, half_precision: bool) -> tuple[str, str]:
     """(attention, reason): varlen on sm80+ GPUs training in bf16/fp16, `buckets` on other GPUs (T4, P100) and in
-    fp32, sdpa on CPU.  buckets needs no attention compile: its cold first step took 17.9 s with 2 CPU cores, 2
-    compile threads and empty caches, forced in fp16 on an H200 (2026-12-01), where FlexAttention's took 324 s."""
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return "sdpa", "CPU: dense SDPA with a block-diagonal mask"
-    why = "fp32 autocast-free training (flash attention needs bf16/fp16)" if not half_precision else varlen_supported(dev)
-    if why is None:
-        return "varlen", "varlen flash attention over the conversations' boundaries (no attention compile)"
-    return "buckets", (f"SDPA per length bucket of conversations ({why}); no attention compile, so the first step "
-                       f"starts in seconds (--attention flex: FlexAttention, faster once compiled, but its first step "
-                       f"compiles for minutes on a cold machine)")
+    fp32, sdpa on CPU (sftbench.core.capabilities.choose_attention).  buckets needs no attention compile: its cold
+    first step took 17.9 s with 2 CPU cores, 2 compile threads and empty caches, forced in fp16 on an H200
+    (2026-12-01), where FlexAttention's took 324 s."""
+    from sftbench.core.capabilities import choose_attention, probe
+
+    return choose_attention(probe(device), "auto", half_precision)
 
 
 def _varlen_call():
@@ -189,7 +176,7 @@ def prepare_fast_model(model, *, attention: str = "auto", compile: bool | None =
                        max_seqlen: int | None = None, half_precision: bool = True):
     """Attach fast-forward settings to an HF LlamaForCausalLM (in place; returns the model).
 
-    Call after moving the model to its device.  `compile=None` means: compile on CUDA only.
+    Call after moving the model to its device.  `compile=None` means: compile on CUDA where Triton runs.
     `attention="auto"`: pick_attention(device, half_precision).  `max_seqlen`: see FastSettings.
     Raises NotImplementedError for unsupported architectures (the trainer should fall back).
     """
@@ -201,8 +188,10 @@ def prepare_fast_model(model, *, attention: str = "auto", compile: bool | None =
         raise ValueError(f"attention must be {', '.join(ATTENTIONS)} or auto, got {attention!r}")
     if attention == "varlen" and (why := varlen_supported(dev)):
         raise ValueError(f"attention varlen cannot run here: {why}")
-    if compile is None:
-        compile = dev.type == "cuda"
+    if compile is None:  # on CUDA where Triton runs (not PyTorch's Windows wheels, not sm < 7.0)
+        from sftbench.core.capabilities import compile_works
+
+        compile = dev.type == "cuda" and compile_works(dev)
     n_layers = model.config.num_hidden_layers
     model._sftbench_fast = FastSettings(attention=attention, compile=bool(compile), max_seqlen=max_seqlen,
                                         checkpoint_layers=max(0, min(int(checkpoint_layers), n_layers)),

@@ -1,11 +1,9 @@
-"""Greedy generation for IFEval: tokenizer + template, stop tokens, batching, and the two backends.
+"""Generation for evaluation, augmentation and the benches: prompts, system prompt, batching, two backends.
 
-- `load_tokenizer` applies `--chat_template` (a Jinja file, or `plain_chatml` = the homework's template) and
-  refuses a tokenizer with no template at all.  Left padding (a decoder pads on the left to generate).
+The tokenizer (with the run's chat template), the stop ids and the stop rule come from sftbench.model.hf
+(load_tokenizer(..., padding_side="left"), stop_token_ids, finish), shared with training.
 - `render_prompts` applies the chat template exactly as lm-eval/the homework do:
   `apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`; the string is recorded.
-- `stop_token_ids` = eos ids of generation_config + the tokenizer's eos + `<|im_end|>`: a model whose eos is
-  `<|endoftext|>` would otherwise run every answer to the cap (the homework's vLLM runs did).
 - Backends behind one interface, `Generator` (`load(model)`, `generate(prompt_ids, max_new_tokens)` ->
   [`Completion`]): `HFGenerator` (`model.generate`, greedy) and `FastBackend` (the engine of
   `sftbench/engine/fast_generate.py`, loaded lazily).  Stopping and hit_cap are decided once, by `finish()`.
@@ -14,94 +12,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sftbench.model.chat_template import IM_END, PLAIN_CHATML
 from sftbench.core.errors import UserError
-
-PLAIN_CHATML_NAME = "plain_chatml"
-
-
-def read_chat_template(spec: str | None) -> tuple[str | None, str]:
-    """(template text or None = the model's own, the name recorded in settings)."""
-    if not spec or spec == "model":
-        return None, "model"
-    if spec == PLAIN_CHATML_NAME:
-        return PLAIN_CHATML, PLAIN_CHATML_NAME
-    p = Path(spec).expanduser()
-    if not p.is_file():
-        raise UserError(f"{p}: --chat_template file not found (give a Jinja template file, or `{PLAIN_CHATML_NAME}` "
-                        f"for the homework's ChatML without a system prompt).")
-    text = p.read_text(encoding="utf-8")
-    if not text.strip():
-        raise UserError(f"{p}: --chat_template file is empty.")
-    return text, str(p.resolve())
-
-
-def template_sha256(text: str | None) -> str | None:
-    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
-
-
-def load_tokenizer(model_path: str, chat_template: str | None = None):
-    """AutoTokenizer with a chat template (UserError if there is none), left padding and a pad token."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{model_path}: could not load a tokenizer ({str(e).splitlines()[0][:200]}).") from None
-    text, _ = read_chat_template(chat_template)
-    if text is not None:
-        tok.chat_template = text
-    if not getattr(tok, "chat_template", None):
-        raise UserError(
-            f"{model_path}: the tokenizer has no chat template, so prompts cannot be formatted as a conversation "
-            f"(base models such as SmolLM2-135M have none). Pass --chat_template PATH (a Jinja file) or "
-            f"--chat_template {PLAIN_CHATML_NAME} (ChatML without a system prompt, as the homework).")
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = IM_END if IM_END in tok.get_vocab() else tok.eos_token
-    return tok
-
-
-def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
-    """Sorted unique ids that end an answer: generation_config.eos_token_id (int or list), the tokenizer's
-    eos, and <|im_end|> when the vocabulary has it."""
-    ids: set[int] = set()
-    eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif eos:
-        ids.update(int(e) for e in eos)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    vocab = tokenizer.get_vocab()
-    if IM_END in vocab:
-        ids.add(int(vocab[IM_END]))
-    if not ids:
-        raise UserError("the model defines no end-of-sequence token and its vocabulary has no <|im_end|>: "
-                        "every answer would run to --max_new_tokens.")
-    return sorted(ids)
-
-
-def load_generation_config(model_path: str):
-    """The generation_config a loaded model would have (its generation_config.json, else one made from
-    config.json), without loading weights; None when neither can be read (stop ids then come from the tokenizer)."""
-    from transformers import AutoConfig, GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(model_path)
-    except (OSError, ValueError):
-        pass
-    try:
-        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path))
-    except (OSError, ValueError):
-        return None
-
+from sftbench.model.chat_template import PLAIN_CHATML
+from sftbench.model.hf import finish, torch_dtype
 
 def _injects_system(tokenizer) -> bool:
     """Does the template add a system turn when the conversation has none (SmolLM2-Instruct's does)?"""
@@ -149,16 +67,6 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [list(ids) for ids in enc["input_ids"]]
 
 
-def finish(gen_ids: Sequence[int], stop_ids: Sequence[int], max_new_tokens: int) -> tuple[list[int], int, bool]:
-    """(answer ids without the stop token, tokens generated including the stop token, hit_cap)."""
-    stop = set(stop_ids)
-    for i, t in enumerate(gen_ids):
-        if int(t) in stop:
-            return [int(x) for x in gen_ids[:i]], i + 1, False
-    ids = [int(x) for x in gen_ids[:max_new_tokens]]
-    return ids, len(ids), True
-
-
 @dataclass
 class GenSpec:
     max_new_tokens: int
@@ -182,9 +90,13 @@ class Generator:
 
         g.load(model)                                  # (re)load weights: same architecture, new checkpoint
         g.generate(prompt_ids, max_new_tokens=None)    # [Completion] in input order; None = spec's cap
+        g.sample(prompt_ids, n, temperature, top_p=1.0, seed=0, keys=None, max_new_tokens=None)
+                                                       # n [Completion] per prompt, prompt-major
 
-    A backend implements `_generate_ids` (raw generated ids per prompt); stopping, hit_cap and decoding
-    are decided here, once, by `finish`.
+    A backend implements `_generate_ids` (raw generated ids per prompt) and `_sample_ids`; stopping, hit_cap
+    and decoding are decided here, once, by `finish`.  Both backends sample with the one function
+    sftbench.engine.sampling.sample_tokens, seeded per (prompt key, sample): the same seed gives the same
+    answers whatever the batch; temperature 0 is the greedy path itself, its answer repeated n times.
     """
 
     name = "?"
@@ -203,13 +115,28 @@ class Generator:
         cap = max_new_tokens or self.spec.max_new_tokens
         return [self.complete(ids, cap) for ids in self._generate_ids(prompt_ids, cap, **kw)]
 
+    def sample(self, prompt_ids: list[list[int]], n: int, temperature: float, *, top_p: float = 1.0, seed: int = 0,
+               keys: list | None = None, max_new_tokens: int | None = None) -> list[Completion]:
+        """n answers per prompt, prompt-major (prompt i's are [i*n, (i+1)*n)); keys: per-prompt seed keys
+        (default: the prompt's index), so a prompt keeps its samples when the others change."""
+        cap = max_new_tokens or self.spec.max_new_tokens
+        if temperature <= 0:
+            return [c for c in self.generate(prompt_ids, cap) for _ in range(n)]
+        keys = list(range(len(prompt_ids))) if keys is None else list(keys)
+        rows = self._sample_ids(prompt_ids, cap, n, float(temperature), float(top_p), int(seed), keys)
+        return [self.complete(ids, cap) for ids in rows]
+
+    def _sample_ids(self, prompt_ids, max_new_tokens, n, temperature, top_p, seed, keys) -> list[list[int]]:
+        raise NotImplementedError
+
     def complete(self, gen_ids: Sequence[int], max_new_tokens: int) -> Completion:
         ans, n_gen, hit = finish(gen_ids, self.spec.stop_ids, max_new_tokens)
         return Completion(ans, self.tokenizer.decode(ans, skip_special_tokens=True), n_gen, hit)
 
 
 class HFGenerator(Generator):
-    """Batched greedy `model.generate` over left-padded prompts."""
+    """Batched `model.generate` over left-padded prompts: greedy, or sampled (temperature > 0, num_samples
+    answers per prompt, prompt-major: the rows of prompt i are i*num_samples .. i*num_samples+num_samples-1)."""
 
     name = "hf"
 
@@ -220,11 +147,15 @@ class HFGenerator(Generator):
     def load(self, model) -> None:
         self.model = model
 
-    def _generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: int,
-                      min_new_tokens: int | None = None) -> list[list[int]]:
+    def _generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: int, min_new_tokens: int | None = None,
+                      temperature: float = 0.0, num_samples: int = 1) -> list[list[int]]:
         """min_new_tokens: force that many steps (benchmark probes of a fixed length)."""
         import torch
         from transformers import GenerationConfig
+
+        if temperature > 0:  # one sampler for every backend (sftbench.engine.sampling), not HF's own
+            return self._sample_ids(prompt_ids, max_new_tokens, num_samples, temperature, 1.0, 0,
+                                    list(range(len(prompt_ids))))
 
         dev = next(self.model.parameters()).device
         width = max(len(p) for p in prompt_ids)
@@ -233,11 +164,36 @@ class HFGenerator(Generator):
         for i, p in enumerate(prompt_ids):
             input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
             attn[i, width - len(p):] = 1
-        gc = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
-                              num_beams=1, eos_token_id=list(self.spec.stop_ids), pad_token_id=self.spec.pad_id)
+        gc = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=temperature > 0,
+                              temperature=temperature or None, num_return_sequences=num_samples, num_beams=1,
+                              eos_token_id=list(self.spec.stop_ids), pad_token_id=self.spec.pad_id)
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids.to(dev), attention_mask=attn.to(dev), generation_config=gc)
         # Rows that stopped early are padded by generate; `finish` cuts at the first stop token anyway.
+        return out[:, width:].tolist()
+
+    def _sample_ids(self, prompt_ids, max_new_tokens, n, temperature, top_p, seed, keys) -> list[list[int]]:
+        """Greedy generate() over scores that SampleLogitsProcessor made one-hot on sample_tokens' draw."""
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from sftbench.engine.sampling import SampleLogitsProcessor, row_seed
+
+        dev = next(self.model.parameters()).device
+        width = max(len(p) for p in prompt_ids)
+        rows = [p for p in prompt_ids for _ in range(n)]
+        input_ids = torch.full((len(rows), width), self.spec.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, p in enumerate(rows):
+            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            attn[i, width - len(p):] = 1
+        proc = SampleLogitsProcessor([row_seed(seed, key, k) for key in keys for k in range(n)], temperature, top_p,
+                                     width)
+        gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              eos_token_id=list(self.spec.stop_ids), pad_token_id=self.spec.pad_id)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids.to(dev), attention_mask=attn.to(dev), generation_config=gc,
+                                      logits_processor=LogitsProcessorList([proc]))
         return out[:, width:].tolist()
 
 
@@ -261,14 +217,20 @@ class FastBackend(Generator):
                              f"not {max_new_tokens}")
         return [list(o["token_ids"]) for o in self.engine.generate(prompt_ids, progress=False)]
 
+    def _sample_ids(self, prompt_ids, max_new_tokens, n, temperature, top_p, seed, keys) -> list[list[int]]:
+        if max_new_tokens > self.engine.max_new_tokens:
+            raise ValueError(f"the fast engine was built for max_new_tokens {self.engine.max_new_tokens}, "
+                             f"not {max_new_tokens}")
+        out = self.engine.generate(prompt_ids, progress=False, n=n, temperature=temperature, top_p=top_p, seed=seed,
+                                   keys=keys)
+        return [list(o["token_ids"][:max_new_tokens]) for o in out]
+
 
 def fast_generator_class():
     """sftbench.engine.fast_generate.FastGenerator, or None when that module is not there (then: hf)."""
-    import importlib.util
-
     if importlib.util.find_spec("sftbench.engine.fast_generate") is None:
         return None
-    from sftbench.engine import fast_generate
+    from sftbench.engine import fast_generate  # lazy: torch + Triton set-up, only when the fast backend is asked for
 
     return getattr(fast_generate, "FastGenerator", None)
 
@@ -342,32 +304,3 @@ def pick_generation_dtype(requested: str, device) -> str:
     from sftbench.core.device import auto_precision
 
     return auto_precision(device)
-
-
-def generated_ids(out) -> list[int]:
-    """A backend's per-prompt output (a list of ids, or the fast generator's dict) as a list of ids."""
-    if isinstance(out, dict):
-        return list(out["token_ids"])
-    return list(out)
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-def load_model(model_path: str, dtype: str, device):
-    """AutoModelForCausalLM in `dtype` on `device`, eval mode.  UserError for an unloadable directory."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype))
-    except (OSError, ValueError, SafetensorError) as e:  # a truncated or corrupt weights file, a bad config
-        raise UserError(f"{model_path}: could not load the model ({str(e).splitlines()[0][:200]}).") from None
-    return model.to(device).eval()
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -55,6 +55,45 @@ DEFAULT_BENCHMARK = "ifeval"
 # summary.json: prompts left out before generation because their checkers cannot run here (IFBench offline):
 # {"count": n, "keys": [...], "missing_nltk_data": {resource: n prompts}}.
 DROPPED = "dropped_unscorable"
+# summary.json: how the answers were produced (sftbench.core.capabilities.generation_path): {"backend": fast|hf,
+# "attention": triton|torch|hf, "compile": bool, "cuda_graphs": bool, "dtype": bf16|fp16|fp32, "why": str}.
+# Greedy answers change with the kernel (19.59% vs 20.33% prompt strict measured without/with Triton).
+PATH = "path"
+PATH_FIELDS = ("backend", "attention", "compile", "cuda_graphs", "dtype")
+# settings that name a file (its content is compared through the *_sha256 next to it)
+LOCATION_SETTINGS = ("data_path", "chat_template", "responses_path")
+
+
+def comparable_settings(summary: dict) -> dict:
+    """What must be equal for two results to share a curve or a ranking: the eval settings (not where their files
+    are) and the generation path, each field only when recorded (results written before a field existed)."""
+    s = {k: v for k, v in (summary.get("settings") or {}).items() if k not in LOCATION_SETTINGS}
+    s.update({k: v for k, v in (summary.get(PATH) or {}).items() if k in PATH_FIELDS})
+    return s
+
+
+def settings_differences(summaries: dict[str, dict]) -> list[str]:
+    """["limit: 2 (a), 8 (b)", ...] for each comparable setting whose recorded values differ across the named
+    summaries (a field missing from one of them is not compared)."""
+    comp = {name: comparable_settings(s) for name, s in summaries.items()}
+    keys = sorted({k for c in comp.values() for k in c})
+    out = []
+    for k in keys:
+        have = {name: c[k] for name, c in comp.items() if k in c}
+        if len(have) == len(comp) and len({json.dumps(v, sort_keys=True) for v in have.values()}) > 1:
+            out.append(f"{k}: " + ", ".join(f"{json.dumps(v)} ({name})" for name, v in have.items()))
+    return out
+
+
+def path_label(summary: dict) -> str:
+    """One line: how a result's answers were produced ("fast backend, triton attention, compiled, CUDA graphs on,
+    bf16"), or "not recorded" for results written before it was."""
+    p = summary.get(PATH)
+    if not p:
+        return "not recorded"
+    return (f"{p.get('backend')} backend, {p.get('attention')} attention, "
+            f"{'compiled' if p.get('compile') else 'eager'}, CUDA graphs {'on' if p.get('cuda_graphs') else 'off'}, "
+            f"{p.get('dtype')}")
 
 
 def benchmark_of(summary: dict) -> str:
@@ -234,7 +273,8 @@ def result_problems(results_dir: str | os.PathLike, csv_steps: dict[str, int] | 
     csv_steps: sweep.csv's {checkpoint name: step} (None: no sweep.csv; rows are rebuilt from the result dirs).
     A checkpoint is damaged when sweep.csv has a row for it but checkpoint-<step>/ lacks summary.json (or it is
     not complete) or eval_results_{strict,loose}.jsonl, when a results file has fewer rows than the summary's
-    prompt count, or when a complete result directory has no row in sweep.csv; it is stale when the weights at
+    prompt count (a missing one only when other checkpoints have theirs), or when a complete result directory
+    has no row in sweep.csv; it is stale when the weights at
     its model_path are not the ones evaluated (`weights_changed`: the fingerprint, when the path is reachable).
     """
     res = Path(results_dir)
@@ -242,6 +282,9 @@ def result_problems(results_dir: str | os.PathLike, csv_steps: dict[str, int] | 
     if csv_steps is not None:
         names |= set(csv_steps)
     out: dict[str, str] = {}
+    # Results with no per-prompt files at all (written by other tools) give a report without a paired verdict;
+    # one checkpoint without them among others with them is damage.
+    per_prompt = any((res / n / f).is_file() for n in names for f in (STRICT, LOOSE))
     for name in sorted(names, key=lambda n: (checkpoint_step(n) is None, checkpoint_step(n) or 0, n)):
         d = res / name
         summary = read_summary(d)
@@ -258,7 +301,8 @@ def result_problems(results_dir: str | os.PathLike, csv_steps: dict[str, int] | 
         for fname in (STRICT, LOOSE):
             f = d / fname
             if not f.is_file():
-                bad.append(f"{fname} is missing")
+                if per_prompt:
+                    bad.append(f"{fname} is missing")
                 continue
             n = sum(1 for line in f.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
             if isinstance(want, int) and n < want:
@@ -374,7 +418,7 @@ def read_sweep_csv(results_dir: str | os.PathLike, run_dir=None, state: dict | N
     if missing:
         raise UserError(f"{f}: missing column(s) {', '.join(missing)}; rerun the sweep to rewrite it.")
     for col in table.columns:
-        if col in NUMERIC_COLUMNS and table[col].dtype == object:
+        if col in NUMERIC_COLUMNS and not pd.api.types.is_numeric_dtype(table[col]):
             num = pd.to_numeric(table[col], errors="coerce")
             bad = table[col].notna() & num.isna()
             if not bad.any():

@@ -39,6 +39,9 @@ from sftbench.core.cli import HelpFormatter, add_config_arguments, config_defaul
 from sftbench.core.errors import UserError, exit_with_user_error
 from sftbench.core.io import append_jsonl, atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json
 from sftbench.core.rundir import model_step
+from sftbench.model.chat_template import ChatTemplate
+from sftbench.model.hf import (chat_template_of, load_generation_config, load_model, load_tokenizer, stop_token_ids,
+                               tokenizer_files_fingerprint)
 
 from sftbench.tasks import data as ifdata
 from sftbench.eval import results
@@ -108,8 +111,10 @@ def _check_loadable(model_path: str) -> None:
     p = Path(model_path)
     if p.is_dir():
         from sftbench.model.offline import check_model_dir
+        from sftbench.model.weights_match import check_config_matches_weights
 
         check_model_dir(p)
+        check_config_matches_weights(p)  # a config beside other weights would evaluate a random model
     elif p.exists():
         raise UserError(f"{p}: a model path must be a directory, not a file.")
 
@@ -256,7 +261,7 @@ class EvalSession:
 
     def tokenizer(self, model_path: str, cfg: EvalConfig):
         """The checked tokenizer, reused while the model's tokenizer files (and the template option) are the same."""
-        key = (tokenizer_fingerprint(model_path), cfg.chat_template, cfg.system_prompt)
+        key = (tokenizer_files_fingerprint(model_path), cfg.chat_template, cfg.system_prompt)
         if key[0] is None or key not in self._tokenizers:
             tok = _load_checked_tokenizer(model_path, cfg, self.prompts(cfg))
             if key[0] is None:
@@ -275,23 +280,6 @@ class EvalSession:
         return self._encoded[key]
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model")
-
-
-def tokenizer_fingerprint(model_path: str) -> str | None:
-    """sha256 over a local model directory's tokenizer files (None for a hub id: not cached)."""
-    p = Path(model_path)
-    if not p.is_dir():
-        return None
-    h = hashlib.sha256()
-    for name in TOKENIZER_FILES:
-        f = p / name
-        if f.is_file():
-            h.update(name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
 def weights_signature(model_path: str) -> tuple:
     """A local model's weight files by name, size and mtime (a hub id: itself), to know loaded weights are current."""
     p = Path(model_path)
@@ -307,16 +295,16 @@ def ifbench_env() -> str | None:
     return os.environ.get(IFBENCH_ENV)
 
 
-def build_settings(cfg: EvalConfig, ps: ifdata.PromptSet, device, dtype: str, backend: str) -> dict:
-    from sftbench.engine.generate import read_chat_template, template_sha256
-
-    tmpl_text, tmpl_name = read_chat_template(cfg.chat_template)
+def build_settings(cfg: EvalConfig, ps: ifdata.PromptSet, device, dtype: str, backend: str,
+                   template: ChatTemplate) -> dict:
+    """The settings recorded in summary.json; chat_template: `model`, `chatml (tokenizer has none)`,
+    `plain_chatml`, `homework` or the template file's path (sftbench.model.chat_template.resolve_chat_template)."""
     return {
         "backend": backend, "max_new_tokens": cfg.max_new_tokens, "batch_size": resolve_batch_size(cfg, device, backend),
         "dtype": dtype,
         "device": device.type, "subset": cfg.subset, "limit": cfg.limit, "data_path": ps.source,
-        "data_sha256": ps.sha256, "system_prompt": cfg.system_prompt, "chat_template": tmpl_name,
-        "chat_template_sha256": template_sha256(tmpl_text), "padding_side": "left", "seed": cfg.seed,
+        "data_sha256": ps.sha256, "system_prompt": cfg.system_prompt, "chat_template": template.name,
+        "chat_template_sha256": template.sha256, "padding_side": "left", "seed": cfg.seed,
         "benchmark": cfg.benchmark,
     }
 
@@ -328,7 +316,8 @@ def expected_settings_hash(model_path: str, cfg: EvalConfig, session: EvalSessio
     ps = session.prompts(cfg)
     device = resolve_device(cfg)
     backend, _ = resolve_backend(cfg, device)
-    return settings_hash(build_settings(cfg, ps, device, resolve_dtype(cfg, device), backend), model_path)
+    template = chat_template_of(session.tokenizer(model_path, cfg))
+    return settings_hash(build_settings(cfg, ps, device, resolve_dtype(cfg, device), backend, template), model_path)
 
 
 # ----------------------------------------------------------------------------------------- OUT state
@@ -439,6 +428,10 @@ def generate_responses(model_path: str, out: Path, cfg: EvalConfig, session: Eva
         return {"generation": gen_stats, "memory": {}, "timing": {"load_s": time.perf_counter() - t0}}
     generator = _build_generator(model_path, cfg, session, device, dtype, backend, tokenizer)
     gen_stats["stop_token_ids"] = generator.spec.stop_ids
+    eng = getattr(generator, "engine", None)  # the fast generator: what it really runs (summary.json "path")
+    if eng is not None and hasattr(eng, "attention"):
+        gen_stats["path"] = {"attention": eng.attention, "compile": bool(getattr(eng, "compile", False)),
+                             "cuda_graphs": bool(getattr(eng, "use_graph", False))}
     atomic_write_json(out / PARTIAL_SETTINGS, {"model_path": model_path, "settings_hash": shash, "settings": settings,
                                                results.FINGERPRINT: fpr.fingerprint(model_path),
                                                "started": results.now()})
@@ -464,7 +457,7 @@ def _build_generator(model_path: str, cfg: EvalConfig, session: EvalSession, dev
     cap_line = apply_memory_cap(cfg.memory_cap_gib, device)
     if cap_line:
         log(cap_line)
-    stops = gen.stop_token_ids(tokenizer, gen.load_generation_config(model_path))
+    stops = stop_token_ids(tokenizer, load_generation_config(model_path))
     spec = gen.GenSpec(cfg.max_new_tokens, stops, int(tokenizer.pad_token_id))
     key = (backend, str(device), dtype, cfg.batch_size, (spec.max_new_tokens, tuple(stops), spec.pad_id),
            weights_signature(model_path))
@@ -478,11 +471,14 @@ def _build_generator(model_path: str, cfg: EvalConfig, session: EvalSession, dev
         g = gen.reload_fast_generator(session.fast_generator, model_path, tokenizer, spec, max_batch=cfg.batch_size,
                                       dtype=dtype, log=log)
     if g is None:
-        model = gen.load_model(model_path, dtype, device)
+        model = load_model(model_path, dtype, device)
         g = gen.make_generator(backend, model, tokenizer, spec, max_batch=cfg.batch_size, device=device,
                                dtype=dtype, log=log, reuse=session.fast_generator)
     if backend == "fast":
         session.fast_generator = g if isinstance(g, gen.FastBackend) else None
+    from sftbench.model.load import check_finite_weights
+
+    check_finite_weights(model_path, g)  # a diverged checkpoint is refused, not scored (docs/GUARANTEES.md)
     session.generator, session.generator_key = g, key
     return g
 
@@ -586,7 +582,12 @@ def start_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None = N
     what = "IFBench" if cfg.benchmark == "ifbench" else "IFEval"
     log(f"{what}: {len(ps.examples)} prompts from {ps.source}; model {model_path}; {device.type} {dtype}; "
         f"backend {backend}")
+    from sftbench.core.capabilities import generation_line, generation_path, probe
+
+    gpath = generation_path(probe(device), backend, dtype)
+    log(generation_line(gpath))
     res = generate_responses(model_path, out, cfg, session, ps, device, dtype, backend, shash, settings, tokenizer)
+    gpath.update(res["generation"].get("path") or {})
     res["timing"]["load_s"] = res["timing"].get("load_s", 0.0) + tok_s
 
     def finish() -> dict:
@@ -595,7 +596,7 @@ def start_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None = N
         if missing:  # pragma: no cover - generation writes every prompt
             raise RuntimeError(f"{out / PARTIAL}: {len(missing)} prompts missing after generation (e.g. {missing[:5]})")
         rows = [{k: v for k, v in done[e.key].items() if k != "settings_hash"} for e in ps.examples]
-        extra = {results.FINGERPRINT: fp, **({results.DROPPED: ps.dropped} if ps.dropped else {})}
+        extra = {results.FINGERPRINT: fp, results.PATH: gpath, **({results.DROPPED: ps.dropped} if ps.dropped else {})}
         summary = _score_and_write(out, rows, ps, session, cfg, settings, shash, model_path, res, t_start, extra=extra)
         for f in (PARTIAL, PARTIAL_SETTINGS):
             (out / f).unlink(missing_ok=True)
@@ -605,7 +606,8 @@ def start_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None = N
 
 
 def _check_inputs(model_path: str | None, cfg: EvalConfig, session: EvalSession):
-    """Every check that needs no tokenizer: (model path, prompts, device, dtype, backend, settings, hash)."""
+    """Every check before generation, the tokenizer and its template included: (model path, prompts, device,
+    dtype, backend, settings, hash)."""
     if not model_path:
         raise UserError("no model given: pass MODEL (a checkpoint directory, hub id or smollm2-135m-instruct-offline).")
     model_path = resolve_model(model_path)
@@ -618,7 +620,8 @@ def _check_inputs(model_path: str | None, cfg: EvalConfig, session: EvalSession)
     backend, why = resolve_backend(cfg, device)
     if why:
         log(why)
-    settings = build_settings(cfg, ps, device, dtype, backend)
+    template = chat_template_of(session.tokenizer(model_path, cfg))
+    settings = build_settings(cfg, ps, device, dtype, backend, template)
     return model_path, ps, device, dtype, backend, settings, settings_hash(settings, model_path)
 
 
@@ -628,13 +631,13 @@ def _load_checked_tokenizer(model_path: str, cfg: EvalConfig, ps: ifdata.PromptS
 
     from sftbench.engine import generate as gen
 
-    tokenizer = gen.load_tokenizer(model_path, cfg.chat_template)
+    tokenizer = load_tokenizer(model_path, cfg.chat_template, padding_side="left", log=log)
     try:
         gen.render_prompts(tokenizer, [ps.examples[0].prompt], cfg.system_prompt)
     except jinja2.TemplateError as e:
         where = f"--chat_template {cfg.chat_template}" if cfg.chat_template else f"{model_path}: the chat template"
         raise UserError(f"{where}: cannot render a prompt ({type(e).__name__}: {e}). Fix the template, or pass "
-                        f"--chat_template plain_chatml.") from None
+                        f"--chat_template plain.") from None
     return tokenizer
 
 
@@ -748,7 +751,10 @@ def main(argv: list[str] | None = None) -> int:
             if len(args.paths) != 2:
                 raise UserError(f"expected MODEL OUT, got {len(args.paths)} path(s): {' '.join(args.paths)}.")
             model, out = args.paths
-        evaluate_checkpoint(model, resolve_out_dir(out), cfg)
+        from sftbench.core.lock import DirLock
+
+        with DirLock(resolve_out_dir(out), what="evaluation", flag="OUT"):  # one writer per results dir
+            evaluate_checkpoint(model, resolve_out_dir(out), cfg)
     except UserError as e:
         exit_with_user_error(e, PROG)
     except KeyboardInterrupt:

@@ -21,7 +21,9 @@ by checkpoint, the weights are loaded once for both.
   weights (sftbench.core.fingerprint) is skipped; one whose weights changed (a retrain into the same run directory)
   is re-evaluated; a different setting is an error (use a new results directory or --force).
 - `--watch`: poll the run directory and evaluate checkpoints as training writes them; stop once the final
-  model is there and evaluated (or after --watch_timeout seconds).
+  model is there and evaluated and no trainer holds the run directory's lock (a finished run being extended with
+  `--resume_from_checkpoint latest` and a larger `--max_steps` is followed to its new end), or after
+  --watch_timeout seconds.
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ from typing import Any, Callable
 from sftbench.core import rundir
 from sftbench.core.cli import HelpFormatter, add_config_arguments, config_from_namespace, field_default
 from sftbench.core.errors import UserError, exit_with_user_error
-from sftbench.core.io import read_json
+from sftbench.core.io import atomic_write_text, read_json
 from sftbench.core.rundir import final_model_present, is_model_dir, load_metrics, loss_at_step  # noqa: F401 (API)
+
+from sftbench.model.chat_template import MODEL
+from sftbench.model.hf import chat_template_of, load_tokenizer
 
 from sftbench.eval import results
 from sftbench.eval.config import SweepConfig
@@ -107,6 +112,36 @@ def base_model_from_run(run_dir: str | os.PathLike) -> str:
 
 
 # ---------------------------------------------------------------------------------------- settings
+BASE_TEMPLATE = "base_chat_template.jinja"  # in the results directory: the run's template, for the base model
+
+
+def run_chat_template(run_dir: str | os.PathLike) -> str | None:
+    """The chat template text the run trained with: `chat_template` of its sft_config.json (the run directory's,
+    else the newest checkpoint's); None when none records it."""
+    run = Path(run_dir)
+    for f in [run / "sft_config.json"] + [p / "sft_config.json" for _, p in reversed(rundir.list_checkpoints(run))]:
+        c = read_json(f) if f.is_file() else None
+        if isinstance(c, dict) and isinstance(c.get("chat_template"), str) and c["chat_template"]:
+            return c["chat_template"]
+    return None
+
+
+def base_template(run_dir: str | os.PathLike, base: str, cfg: Any) -> str | None:
+    """The run's chat template when the base model must be given it: no --chat_template was chosen for every
+    model, the run recorded its template, and the base's own (or the plain ChatML fallback) is another text.
+    So the starting model is evaluated with the prompts its checkpoints are, e.g. SmolLM2-135M (no template)."""
+    if getattr(cfg, "chat_template", MODEL) not in (None, MODEL):
+        return None
+    text = run_chat_template(run_dir)
+    if text is None:
+        return None
+    try:
+        own = chat_template_of(load_tokenizer(base)).text
+    except UserError:  # an unloadable base: its evaluation says so
+        own = None
+    return None if own == text else text
+
+
 def config_dict(cfg: Any) -> dict:
     """The eval config as a dict; `benchmark: "ifeval"` left out (absent = ifeval, as in sweeps before IFBench)."""
     if dataclasses.is_dataclass(cfg):
@@ -186,6 +221,7 @@ class Sweep:
         self.force = force
         self.expected_hash = expected_hash
         self.resolve_model = resolve_model or (lambda p: p)
+        self.base_template: str | None = None  # set by _make_sweep: see base_template()
         self.log = log
         self.cfg_hash = config_hash(cfg)
         self.state = self._load_state()
@@ -223,6 +259,18 @@ class Sweep:
     def _save_state(self) -> None:
         results.write_sweep_state(self.paths.results_dir, self.state)
 
+    def cfg_for(self, ck: Checkpoint):
+        """The eval config of one checkpoint: the sweep's, with the run's chat template for the base model when
+        it needs it (written to RESULTS/base_chat_template.jinja, which the base's settings then name)."""
+        if ck.kind != "base" or self.base_template is None:
+            return self.cfg
+        path = self.paths.results_dir / BASE_TEMPLATE
+        if not path.is_file() or path.read_text(encoding="utf-8") != self.base_template:
+            atomic_write_text(path, self.base_template)
+            self.log(f"[{PROG}] {ck.name} (base): evaluated with the chat template the run trained with "
+                     f"(its sft_config.json), written to {path}")
+        return dataclasses.replace(self.cfg, chat_template=str(path))
+
     # -- decisions ---------------------------------------------------------------------------------
     def status(self, ck: Checkpoint, model_path: str) -> str:
         """"done" (skip), "todo", "stale" (a result of other weights than those at the path now: redo);
@@ -236,7 +284,7 @@ class Sweep:
         entry = self.state["entries"].get(ck.name)
         have = summary.get("settings_hash")
         if self.expected_hash is not None:
-            want = self.expected_hash(model_path, self.cfg)
+            want = self.expected_hash(model_path, self.cfg_for(ck))
             if have == want:
                 return "done"
             problem = f"its settings_hash {str(have)[:12]} differs from this sweep's {want[:12]}"
@@ -246,7 +294,7 @@ class Sweep:
                 return "done"
             problem = "it was written with other settings or for another model than this sweep's"
         else:
-            conflicts = _settings_conflicts(summary, self.cfg)
+            conflicts = _settings_conflicts(summary, self.cfg_for(ck))
             if summary.get("model_path") is not None and not _same_model(summary.get("model_path"), model_path):
                 conflicts.append(f"model_path: {summary.get('model_path')!r} there, {model_path!r} now")
             if not conflicts:
@@ -281,7 +329,7 @@ class Sweep:
         self.log(f"[{PROG}] evaluating {ck.name} ({ck.kind}, step {ck.step}): {model_path}")
         t0 = time.time()
         kwargs = {"loaded": self.session} if self.session is not None else {}
-        summary = self.evaluate(model_path, str(out), self.cfg, **kwargs)
+        summary = self.evaluate(model_path, str(out), self.cfg_for(ck), **kwargs)
         return self.record(ck, model_path, summary, time.time() - t0)
 
     def record(self, ck: Checkpoint, model_path: str, summary, wall_s: float, step_s: float | None = None) -> dict:
@@ -351,12 +399,15 @@ class Sweep:
     def watch(self, poll_s: float = 60.0, timeout_s: float | None = None, sleep=time.sleep) -> str:
         """Poll the run directory; evaluate checkpoints once complete and unchanged over one poll.
 
-        Returns "final" when the final model was evaluated, "timeout" when timeout_s passed first.
+        Returns "final" when the final model was evaluated and no trainer holds the run directory's lock (a
+        run resumed with a larger --max_steps keeps a final model from before while it writes new checkpoints),
+        "timeout" when timeout_s passed first.
         A checkpoint is evaluated only when its file list, sizes and mtimes are the same at two
         consecutive polls (trainers that do not write atomically), so a half-written one is never read.
         """
         t0 = time.time()
         seen: dict[str, tuple] = {}
+        said_extended = False
         self.log(f"[{PROG}] watching {self.paths.run_dir} every {poll_s:g} s"
                  + (f" for at most {timeout_s:g} s" if timeout_s else "") + "; Ctrl-C to stop")
         while True:
@@ -375,9 +426,14 @@ class Sweep:
 
                 self.run_once(ready)
                 pending = [ck for sw in (self, *self.companions) for ck, _, st in sw.plan() if st != "done"]
-                if final and not pending:
+                trainer = training_in_progress(self.paths.run_dir)
+                if final and not pending and trainer is None:
                     self.log(f"[{PROG}] the final model is evaluated; done")
                     return "final"
+                if final and not pending and not said_extended:
+                    said_extended = True
+                    self.log(f"[{PROG}] the final model is evaluated, but {trainer} is still writing "
+                             f"{self.paths.run_dir} (the run is being extended): watching on")
             if timeout_s is not None and time.time() - t0 >= timeout_s:
                 self.log(f"[{PROG}] --watch_timeout {timeout_s:g} s reached; stopping (rerun to finish the rest)")
                 return "timeout"
@@ -425,7 +481,7 @@ def run_pipelined(items) -> list[dict]:
                 what = "" if sw.benchmark == "ifeval" else f" [{sw.benchmark}]"
                 sw.log(f"[{PROG}] evaluating {ck.name}{what} ({ck.kind}, step {ck.step}): {path}")
                 kwargs = {"loaded": sw.session} if sw.session is not None else {}
-                pending = sw.start(path, str(sw.paths.results_dir / ck.name), sw.cfg, **kwargs)
+                pending = sw.start(path, str(sw.paths.results_dir / ck.name), sw.cfg_for(ck), **kwargs)
                 if prev is not None:  # scored while this item generated: record it
                     settle(began)
                 prev = (sw, ck, path, pool.submit(pending.finish), began)
@@ -467,6 +523,23 @@ def timing_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def training_in_progress(run_dir: Path) -> str | None:
+    """"a trainer (pid N)" when a live process holds the run directory's lock (sftbench.core.lock: training, or a
+    run being extended by --resume_from_checkpoint); None when no lock is there or its process is gone.  A lock
+    from another host cannot be checked and counts as live (--watch_timeout ends the wait)."""
+    import socket
+
+    from sftbench.core.lock import LOCK_NAME, pid_alive, read_lock
+
+    info = read_lock(Path(run_dir) / LOCK_NAME)
+    if info is None:
+        return None
+    pid, host = int(info.get("pid") or 0), info.get("host")
+    if info and host == socket.gethostname() and not pid_alive(pid):
+        return None
+    return f"a trainer (pid {pid}" + ("" if not host or host == socket.gethostname() else f" on {host}") + ")"
+
+
 def _dir_signature(p: Path) -> tuple:
     try:
         return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file()))
@@ -501,32 +574,59 @@ def _load_runner():
     return runner
 
 
+def parse_sweep_args(argv: list[str] | None, config_cls) -> tuple[argparse.Namespace, Any, SweepConfig]:
+    """The sweep's command line -> (namespace with run_dir and results_dir, eval config, SweepConfig).
+    A malformed flag: usage + exit 2 (argparse); --score_only: UserError."""
+    parser, sweep_names, eval_names = build_parser(config_cls)
+    args = parser.parse_args(argv)
+    if getattr(args, "score_only", None):  # one responses file would be scored as every checkpoint's answers
+        raise UserError("--score_only scores one responses file: use it with ifeval/run.sh, not with a sweep, "
+                        "which generates answers for each checkpoint.")
+    cfg = config_from_namespace(config_cls, args, eval_names)
+    opts = config_from_namespace(SweepConfig, args, sweep_names, include_base=args.include_base)
+    return args, cfg, opts
+
+
+def configs_from_flags(flags: list[str], config_cls) -> tuple[Any, SweepConfig]:
+    """(eval config, SweepConfig) from sweep flags alone (no directories), through the sweep's own parser: for a
+    caller that builds the configs once and runs several sweeps (sftbench.search)."""
+    _, cfg, opts = parse_sweep_args(["RUN_DIR", "RESULTS_DIR", *flags], config_cls)
+    return cfg, opts
+
+
+def sweep(run_dir, results_dir, cfg, opts: SweepConfig | None = None, *, runner=None) -> Sweep:
+    """Evaluate every checkpoint of `run_dir` into `results_dir` (the CLI as a function; --dry_run is the CLI's).
+
+    cfg: the runner's EvalConfig; opts: the sweep's own options (opts.include_base: the starting model as step 0,
+    "" = the one recorded in the run).  runner: a module-like object with EvalConfig and evaluate_checkpoint
+    (default sftbench.eval.run).  Returns the Sweep (its companions: the other --benchmarks).  UserError on bad input."""
+    from sftbench.core.lock import DirLock
+
+    runner = runner or _load_runner()
+    opts = opts or SweepConfig()
+    with DirLock(results_dir, what="sweep", flag="RESULTS_DIR"):  # one sweep per results dir (docs/GUARANTEES.md)
+        s = _make_sweeps(Path(run_dir), Path(results_dir), cfg, opts, runner)
+        _run(s, opts)
+    return s
+
+
 def main(argv: list[str] | None = None, *, runner=None) -> int:
     """CLI entry.  `runner`: a module-like object with EvalConfig and evaluate_checkpoint (tests pass a fake)."""
     try:
         runner = runner or _load_runner()
-    except UserError as e:
-        exit_with_user_error(e, PROG)
-    parser, sweep_names, eval_names = build_parser(runner.EvalConfig)
-    args = parser.parse_args(argv)
-    try:
-        if getattr(args, "score_only", None):  # one responses file would be scored as every checkpoint's answers
-            raise UserError("--score_only scores one responses file: use it with ifeval/run.sh, not with a sweep, "
-                            "which generates answers for each checkpoint.")
-        cfg = config_from_namespace(runner.EvalConfig, args, eval_names)
-        opts = config_from_namespace(SweepConfig, args, sweep_names, include_base=args.include_base)
-        sweep = _make_sweeps(Path(args.run_dir), Path(args.results_dir), cfg, opts, runner)
+        args, cfg, opts = parse_sweep_args(argv, runner.EvalConfig)
         if opts.dry_run:
+            first = _make_sweeps(Path(args.run_dir), Path(args.results_dir), cfg, opts, runner)
             what = {"done": "skip (done)", "todo": "evaluate", "stale": "re-evaluate (weights changed)"}
             rows = [(ck.step, sw.benchmark, f"{ck.name:>18}  {sw.benchmark:<8}  {ck.kind:<10}  {what[st]}  {path}")
-                    for sw in (sweep, *sweep.companions) for ck, path, st in sw.plan()]
+                    for sw in (first, *first.companions) for ck, path, st in sw.plan()]
             rows += [(rundir.checkpoint_step(name), "", f"{name:>18}  {'-':<8}  {'-':<10}  skip (not a complete "
-                      f"checkpoint: {why})  {path}") for name, path, why in sweep.skipped()]
+                      f"checkpoint: {why})  {path}") for name, path, why in first.skipped()]
             for *_, line in sorted(rows):
                 print(line)
             return 0
-        _run(sweep, opts)
-        csvs = " and ".join(str(sw.paths.csv_file) for sw in (sweep, *sweep.companions))
+        first = sweep(args.run_dir, args.results_dir, cfg, opts, runner=runner)
+        csvs = " and ".join(str(sw.paths.csv_file) for sw in (first, *first.companions))
         print(f"[{PROG}] wrote {csvs}; report: python -m sftbench.analysis.report {args.results_dir}")
     except UserError as e:
         exit_with_user_error(e, PROG)
@@ -596,9 +696,13 @@ def _make_sweep(run_dir: Path, results_dir: Path, cfg, opts: SweepConfig, runner
             from sftbench.model.offline import resolve_model_path as resolve
         except ImportError:  # pragma: no cover
             resolve = None
-    return Sweep(run_dir, results_dir, cfg, runner.evaluate_checkpoint, include_base=include_base,
-                 force=opts.force, expected_hash=getattr(runner, "expected_settings_hash", None),
-                 resolve_model=resolve)
+    sweep = Sweep(run_dir, results_dir, cfg, runner.evaluate_checkpoint, include_base=include_base,
+                  force=opts.force, expected_hash=getattr(runner, "expected_settings_hash", None),
+                  resolve_model=resolve)
+    base = sweep.state.get("include_base")
+    if base is not None:
+        sweep.base_template = base_template(run_dir, resolve(base) if resolve else base, cfg)
+    return sweep
 
 
 def _open_session(runner, cfg):

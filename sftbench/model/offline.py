@@ -20,6 +20,8 @@ from pathlib import Path
 from sftbench.core.errors import UserError
 
 OFFLINE_NAMES = {"smollm2-135m-instruct-offline", "smollm2-offline"}
+# The model every stage starts from unless told otherwise (the trainer's --model_name_or_path default).
+DEFAULT_MODEL = "smollm2-135m-instruct-offline"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")

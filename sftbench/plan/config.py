@@ -14,7 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from sftbench.core.cli import HelpFormatter, add_config_arguments, config_from_namespace, field_type, setting
+from sftbench.core.cli import (ArgumentParser, add_config_arguments, config_from_namespace, field_type, flat_fields,
+                               setting)
 from sftbench.core.gpus import GPUS, PRICES_AS_OF
 from sftbench.config.train import TrainConfig
 
@@ -55,24 +56,23 @@ class PlanConfig:
 
 def build_parser() -> tuple[argparse.ArgumentParser, list[str], list[str]]:
     """(parser, TrainConfig names on it, PlanConfig names on it)."""
-    p = argparse.ArgumentParser(
-        prog=PROG, formatter_class=HelpFormatter,
+    p = ArgumentParser(
+        prog=PROG,
         description="Plan a fine-tuning run: predicted peak VRAM by part, which GPUs it fits, optimizer steps, and "
         "time and cost per GPU, for the engine the trainer will run (--engine auto: the fast engine on a CUDA GPU "
         "for full fine-tuning, the reference engine for LoRA).  Takes the trainer's flags and defaults.  'total' is "
         "device memory as NVML / nvidia-smi report it (torch's peak + allocator slack + CUDA context).",
         epilog="Earlier short names still work: " + ", ".join(f"--{o} = --{n}" for o, n in OLD_NAMES.items()) + ".")
     g = p.add_argument_group("training run (the trainer's flags and defaults)")
-    skip = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in TRAIN_FIELDS]
-    train_names = add_config_arguments(g, TrainConfig, skip=skip)
+    leaves = flat_fields(TrainConfig)  # the trainer's flat flag names, sub-configs walked
+    train_names = add_config_arguments(g, TrainConfig, skip=[n for n in leaves if n not in TRAIN_FIELDS])
     q = p.add_argument_group("plan")
     plan_names = add_config_arguments(q, PlanConfig)
     q.add_argument("--price", action="append", default=[], metavar="KEY=USD_PER_HOUR",
                    help=dataclasses.fields(PlanConfig)[[f.name for f in dataclasses.fields(PlanConfig)].index("price")]
                    .metadata["help"])
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for old, new in OLD_NAMES.items():
-        t, _, _ = field_type(TrainConfig, fields[new])
+        t, _, _ = field_type(leaves[new].owner, leaves[new].field)
         p.add_argument(f"--{old}", dest=new, type=t, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p, train_names, plan_names + ["price"]
 

@@ -54,6 +54,7 @@ class Example:
     prompt: str
     instruction_id_list: list[str]
     kwargs: list[dict] = field(default_factory=list)
+    line: int | None = field(default=None, compare=False)  # line in its file, for error messages
 
     def to_json(self) -> dict:
         return {"key": self.key, "prompt": self.prompt, "instruction_id_list": list(self.instruction_id_list),
@@ -107,6 +108,7 @@ def load_jsonl(path: str | os.PathLike) -> list[Example]:
     seen: dict[int, int] = {}
     for line, obj in iter_jsonl(path):
         ex = validate_row(obj, f"{path}:{line}")
+        ex.line = line
         if ex.key in seen:
             raise UserError(f"{path}:{line}: duplicate key {ex.key} (first on line {seen[ex.key]}).")
         seen[ex.key] = line

@@ -40,6 +40,7 @@ from sftbench.core.errors import UserError
 
 from sftbench.tasks.data import Example
 from sftbench.tasks.scoring import _no_nltk_download  # the one offline guard of nltk.download
+from sftbench.tasks.scoring import check_kwargs
 from sftbench.tasks.prompts import IFBENCH_FILE as PACKAGED_IFBENCH
 from sftbench.tasks.prompts import IFBENCH_SHA256  # noqa: F401  (re-exported: the packaged file's sha256)
 
@@ -70,7 +71,7 @@ def load_ifbench_prompts(path: str | os.PathLike | None = None) -> list[Example]
         raise UserError(f"{src}: IFBench prompt file not found (give a path, set {ENV_VAR}, or reinstall sftbench, "
                         f"which ships sftbench/tasks/prompts/ifbench_test.jsonl).")
     out, seen = [], set()
-    with open(src, encoding="utf-8") as f:
+    with open(src, encoding="utf-8-sig") as f:  # -sig: a byte order mark at the start is skipped
         for ln, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -88,7 +89,7 @@ def load_ifbench_prompts(path: str | os.PathLike | None = None) -> list[Example]
             if key in seen:
                 raise UserError(f"{where}: duplicate key {key}.")
             seen.add(key)
-            out.append(Example(key=key, prompt=prompt, instruction_id_list=ids, kwargs=kwargs))
+            out.append(Example(key=key, prompt=prompt, instruction_id_list=ids, kwargs=kwargs, line=ln))
     return out
 
 
@@ -168,12 +169,15 @@ class IFBenchScorer:
         self.registry = _import_registry().INSTRUCTION_DICT
 
     def check(self, examples: Iterable[Example], source: str = "the IFBench data") -> None:
-        """UserError for unknown instruction ids or missing NLTK data they need (call before generation)."""
+        """UserError for unknown instruction ids, kwargs their checkers cannot take (`check_kwargs`), or missing
+        NLTK data they need (call before generation)."""
         examples = list(examples)
         for e in examples:
             bad = [i for i in e.instruction_id_list if i not in self.registry]
             if bad:
                 raise UserError(f"{source}: key {e.key}: unknown IFBench instruction id(s) {bad}.")
+        # kwargs as _follows passes them (None dropped), every row, before any generation
+        check_kwargs(self.registry, examples, source, lambda v: v is not None, seed=self.seed)
         used = {i for e in examples for i in e.instruction_id_list}
         missing = [f"{res} (for {', '.join(ids) if ids else 'most checkers'})"
                    for res, ids in missing_nltk_data().items() if ids is None or used & set(ids)]

@@ -170,6 +170,69 @@ def _cache_langdetect(registry) -> None:
         mod.langdetect = _CachedLangdetect(ld)
 
 
+# Kwarg value types of IFEval's and IFBench's checkers (as in their shipped data); other names: no type check.
+NUMBER_KWARGS = frozenset({
+    "num_highlights", "num_words", "num_placeholders", "num_bullets", "num_sections", "capital_frequency",
+    "num_paragraphs", "let_frequency", "frequency", "num_sentences", "nth_paragraph",   # IFEval
+    "small_n", "m", "n", "N", "max_words", "min_words", "percentage", "n_end", "n_start"})  # IFBench
+LIST_KWARGS = frozenset({"keywords", "forbidden_words"})
+
+
+def _where(source: str, e: Example) -> str:
+    return f"{source}:{e.line}" if getattr(e, "line", None) else str(source)
+
+
+def _kwarg_problem(inst, iid: str, given: dict, passed: dict, prompt: str) -> str | None:
+    """Why a checker cannot take these kwargs (None when it can).  given: the row's kwargs; passed: those the
+    scorer hands to build_description."""
+    import inspect
+
+    params = inspect.signature(inst.build_description).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(given) - set(params))
+        if unknown:
+            takes = ", ".join(p for p in params if p != "prompt") or "none"
+            return f"unknown kwarg(s) {', '.join(map(repr, unknown))} (it takes: {takes})"
+    for k, v in passed.items():
+        if k in NUMBER_KWARGS and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"kwarg {k!r} is {v!r}; it must be a number"
+        if k in LIST_KWARGS and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            return f"kwarg {k!r} is {v!r}; it must be a list of strings"
+    try:
+        inst.build_description(**passed)
+        required = set(inst.get_instruction_args_keys() or ()) - {"prompt"}
+        args = inst.get_instruction_args()
+        if args and "prompt" in args:
+            inst.build_description(prompt=prompt)
+    except Exception as e:  # the checker's own validation (an unknown relation, a value of another type)
+        return f"its checker rejects kwargs {passed!r}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    missing = sorted(required - set(passed))
+    if missing:
+        return (f"missing kwarg(s) {', '.join(map(repr, missing))} (empty or absent; the checker would draw random "
+                f"values and score against those)")
+    return None
+
+
+def check_kwargs(registry: dict, examples: Iterable[Example], source: str, keep, seed: int = 0) -> None:
+    """UserError naming file:line, key, instruction id and the bad kwarg when a row's kwargs do not fit its
+    checker: an unknown name, a value of the wrong type, a value the checker rejects (e.g. an unknown
+    `relation`), or a required kwarg missing.  keep(value): which values the scorer passes on (lm-eval: truthy;
+    IFBench: not None).  Building a checker is cheap (IFEval's 541 rows: about 0.2 s)."""
+    for e in examples:
+        for i, (iid, kw) in enumerate(zip(e.instruction_id_list, e.kwargs)):
+            cls = registry.get(iid)
+            if cls is None:
+                continue
+            passed = {k: v for k, v in (kw or {}).items() if keep(v)}
+            with seeded(seed, e.key if isinstance(e.key, int) else 0):
+                # rows from the hub list every kwarg name of the benchmark, None where unused
+                given = {k: v for k, v in (kw or {}).items() if v is not None}
+                why = _kwarg_problem(cls(iid), iid, given, passed, e.prompt)
+            if why:
+                raise UserError(f"{_where(source, e)}: key {e.key}: instruction {i + 1} ({iid}): {why}. Fix the "
+                                f"kwargs of that row (nothing was generated).")
+
+
 class Scorer:
     """lm-eval's IFEval checkers, loaded once (reuse across checkpoints)."""
 
@@ -179,13 +242,17 @@ class Scorer:
         _cache_langdetect(self.registry)
 
     def check_ids(self, examples: Iterable[Example], source: str = "the IFEval data") -> None:
-        """UserError for instruction ids lm-eval does not know (before any generation)."""
+        """UserError for instruction ids lm-eval does not know, or kwargs their checkers cannot take
+        (`check_kwargs`), before any generation."""
         known = self.registry.INSTRUCTION_DICT
+        examples = list(examples)
         for e in examples:
             bad = [i for i in e.instruction_id_list if i not in known]
             if bad:
-                raise UserError(f"{source}: key {e.key}: unknown instruction id(s) {bad}; lm-eval knows e.g. "
-                                f"{', '.join(sorted(known)[:4])}, ...")
+                raise UserError(f"{_where(source, e)}: key {e.key}: unknown instruction id(s) {bad}; lm-eval knows "
+                                f"e.g. {', '.join(sorted(known)[:4])}, ...")
+        # lm-eval passes only truthy kwargs to build_description (utils.test_instruction_following_*)
+        check_kwargs(known, examples, source, bool, seed=self.seed)
 
     def score_one(self, ex: Example, response: str) -> tuple[dict, dict]:
         """(strict row, loose row) in Google's eval_results format plus "key"."""

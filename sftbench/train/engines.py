@@ -32,6 +32,7 @@ from sftbench.train.dist import Dist, log
 
 class Engine:
     name = "engine"
+    path = None  # sftbench.core.capabilities.TrainPath, set by make_engine
 
     def __init__(self, model, device: torch.device, d: Dist, prec, scaler):
         self.model, self.device, self.d, self.prec, self.scaler = model, device, d, prec, scaler
@@ -92,6 +93,26 @@ class FastEngine(Engine):
         return s.detach()
 
     def window(self, micro_batches, n_window, seed):
+        try:
+            return self._window(micro_batches, n_window, seed)
+        except Exception as e:
+            why = triton_failure(e)
+            st = self.model._sftbench_fast
+            if why is None or not st.compile:
+                raise
+        # Triton passed the probe but failed when the first row compiled (TritonMissing, a broken install): the
+        # window is re-run from zero gradients with eager layers, never a traceback.
+        log(self.d, f"fast engine: torch.compile failed ({why}); running the layers eagerly from now on")
+        st.compile, self.graphs = False, None
+        st.layer_fns.clear()
+        if self.path is not None:
+            self.path.compile, self.path.cuda_graphs = False, False
+            self.path.why["compile"] = self.path.why["cuda_graphs"] = f"compile failed: {why}"
+            log(self.d, self.path.line())
+        self.model.zero_grad(set_to_none=True)
+        return self._window(micro_batches, n_window, seed)
+
+    def _window(self, micro_batches, n_window, seed):
         from sftbench.data.packing import batch_to_device, make_packed_batch, pack_examples
 
         examples = [ex for m in micro_batches for ex in m]
@@ -116,6 +137,17 @@ class FastEngine(Engine):
         return total, real
 
 
+def triton_failure(e: BaseException) -> str | None:
+    """A short reason when `e` (or what caused it) is torch.compile failing for want of a working Triton."""
+    seen = 0
+    while e is not None and seen < 8:
+        name = type(e).__name__
+        if name == "TritonMissing" or (name in ("BackendCompilerFailed", "InductorError") and "triton" in str(e).lower()):
+            return f"{name}: Triton missing or unusable on this GPU"
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
 def causal_lm(model):
     """The LlamaForCausalLM-like module (inside a peft wrapper when training LoRA)."""
     return model.base_model.model if hasattr(model, "peft_config") else model
@@ -123,18 +155,41 @@ def causal_lm(model):
 
 def make_engine(model, cfg, device, d: Dist, prec, scaler, *, pad_id: int, explicit: bool) -> Engine:
     """The engine cfg.engine names ('auto' already resolved); the fast one falls back to the reference engine
-    when it does not support the model and was not asked for explicitly.  Resolves cfg.token_budget."""
+    when it does not support the model and was not asked for explicitly.  Resolves cfg.token_budget.
+    The engine's `path` (sftbench.core.capabilities.TrainPath) says how it runs; its line is logged once."""
+    from sftbench.core.capabilities import probe
+
+    caps = probe(device)
+    engine: Engine | None = None
     if cfg.engine == "fast":
-        budget = prepare_fast(model, cfg, device, d, explicit=explicit, half_precision=prec.name in ("bf16", "fp16"))
+        path = train_path(caps, cfg, prec, "fast")
+        budget = prepare_fast(model, cfg, device, d, explicit=explicit, path=path)
         if budget:
-            return FastEngine(model, device, d, prec, scaler, token_budget=budget, pad_id=pad_id,
-                              cuda_graphs=cfg.cuda_graphs)
-        cfg.engine = "reference"
-    return ReferenceEngine(model, device, d, prec, scaler, loss_chunk_size=cfg.loss_chunk_size, pad_id=pad_id)
+            engine = FastEngine(model, device, d, prec, scaler, token_budget=budget, pad_id=pad_id,
+                                cuda_graphs=path.cuda_graphs)
+        else:
+            cfg.engine = "reference"
+    if engine is None:
+        path = train_path(caps, cfg, prec, "reference")
+        engine = ReferenceEngine(model, device, d, prec, scaler, loss_chunk_size=cfg.loss_chunk_size, pad_id=pad_id)
+    engine.path = path
+    log(d, path.line())
+    return engine
 
 
-def prepare_fast(model, cfg, device, d: Dist, explicit: bool = True, half_precision: bool = True) -> int:
-    """Padding-free packing + per-conversation attention + compiled layers; returns the token budget (0 = unsupported).
+def train_path(caps, cfg, prec, engine: str):
+    """The training path from the probed capabilities and the flags (UserError for a forced choice that cannot run)."""
+    from sftbench.core.capabilities import decide_train_path
+    from sftbench.core.device import requested_precision
+
+    return decide_train_path(caps, engine=engine, precision=prec.name, grad_scaler=prec.use_grad_scaler,
+                             asked_precision=requested_precision(cfg.precision, cfg.bf16, cfg.fp16),
+                             compile=cfg.compile, attention=cfg.attention, cuda_graphs=cfg.cuda_graphs)
+
+
+def prepare_fast(model, cfg, device, d: Dist, *, path, explicit: bool = True) -> int:
+    """Padding-free packing + per-conversation attention + (where Triton runs) compiled layers; returns the token
+    budget (0 = unsupported).  `path`: the chosen TrainPath (attention, compile).
 
     The number of checkpointed layers is chosen from the memory budget (the --memory_cap_gib, else the GPU's memory).
     """
@@ -151,9 +206,9 @@ def prepare_fast(model, cfg, device, d: Dist, explicit: bool = True, half_precis
     elif cfg.gradient_checkpointing:
         k = model.config.num_hidden_layers
     try:
-        attention, why = _attention(cfg, device, half_precision)
-        fm.prepare_fast_model(model, attention=attention, checkpoint_layers=k, ce_chunk_size=cfg.loss_chunk_size or 1024,
-                              max_seqlen=cfg.model_max_length, fuse_projections=cfg.fuse_projections)
+        fm.prepare_fast_model(model, attention=path.attention, compile=path.compile, checkpoint_layers=k,
+                              ce_chunk_size=cfg.loss_chunk_size or 1024, max_seqlen=cfg.model_max_length,
+                              fuse_projections=cfg.fuse_projections)
     except NotImplementedError as e:
         if not explicit:
             log(d, f"engine: reference (the fast engine does not support this model: {e})")
@@ -161,23 +216,9 @@ def prepare_fast(model, cfg, device, d: Dist, explicit: bool = True, half_precis
         raise UserError(f"--engine fast does not support this model ({e}); use --engine reference.") from None
     cfg.token_budget = budget  # the resolved value: saved in sft_config.json, halved by --oom_fallback
     log(d, f"fast engine: packed micro-batches of {budget} tokens, {k} of {model.config.num_hidden_layers} layers "
-           f"checkpointed; attention: {why}")
-    if device.type == "cuda":
+           f"checkpointed")
+    if path.compile and device.type == "cuda":
         log(d, "fast engine: the first step compiles the layer graphs (torch.compile)"
-               + ("" if attention != "flex" else "; with FlexAttention that took over 3 minutes on a cold H100 "
+               + ("" if path.attention != "flex" else "; with FlexAttention that took over 3 minutes on a cold H100 "
                   "machine (later runs reuse the inductor cache); --attention auto skips it") + ".")
     return budget
-
-
-def _attention(cfg, device, half_precision: bool) -> tuple[str, str]:
-    attention, why = fm.pick_attention(device, half_precision)
-    if cfg.attention == "auto":
-        return attention, why
-    why_not = None
-    if cfg.attention == "varlen":
-        why_not = fm.varlen_supported(device) or (None if half_precision else "flash attention needs --bf16 or --fp16")
-    elif cfg.attention == "flex" and device.type != "cuda":
-        why_not = "FlexAttention has no backward pass on the CPU"
-    if why_not:
-        raise UserError(f"--attention {cfg.attention} cannot run here ({why_not}); use --attention auto.")
-    return cfg.attention, f"{cfg.attention} (--attention)"

@@ -27,8 +27,13 @@ def run_with_oom_policy(cfg, train_fn, prog: str) -> int:
         try:
             train_fn(cfg)
             return 0
-        except UserError as e:
+        except UserError as e:  # also RunStopped: non-finite (4), disk (5), SIGINT (130) / SIGTERM (143)
             exit_with_user_error(e, prog)
+        except KeyboardInterrupt:  # Ctrl-C outside the loop's own handling (sftbench/train/stop.py)
+            from sftbench.train.stop import resume_advice
+
+            print(f"{prog}: error: SIGINT: training stopped. {resume_advice(Path(cfg.output_dir))}", file=sys.stderr)
+            return 130
         except torch.cuda.OutOfMemoryError as e:
             oom = (str(e).splitlines() or ["CUDA out of memory"])[0]
             # The traceback's frames hold train()'s model, optimizer and activations: drop them, or the retry

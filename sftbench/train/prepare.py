@@ -13,6 +13,7 @@ augmentation's cache key.  Untouched data is read from --data_path as before (sa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -23,6 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftbench.config.train import TrainConfig
+from sftbench.core.io import atomic_write_json, atomic_write_jsonl
+from sftbench.data.augment import augment_cached, cache_key
+from sftbench.data.build import DataStats, normalise_all
+from sftbench.data.contamination import DEFAULT_N, drop_contaminated, find_contaminated
+from sftbench.data.contamination import installed_prompts as read_installed_prompts
+from sftbench.data.normalise import rounds_limit, truncate_rounds
+from sftbench.data.records import Loaded, read_records
+from sftbench.model.offline import resolve_model_path
 from sftbench.train.dist import Dist, log
 
 
@@ -41,45 +50,28 @@ class Prepared:
             self.tmp_dir = None
 
 
-def augment_config(cfg: TrainConfig, model_path: str):
-    """The AugmentConfig of a TrainConfig's augment_* fields."""
-    from sftbench.data.augment import AugmentConfig
-
-    return AugmentConfig(fraction=cfg.augment_fraction, types=cfg.augment_types, hold_out_types=cfg.augment_hold_out_types,
-                         max_constraints=cfg.augment_max_constraints, seed=cfg.augment_seed, targets=cfg.augment_targets,
-                         model=model_path if cfg.augment_targets == "self" else None, samples=cfg.augment_samples,
-                         temperature=cfg.augment_temperature, max_new_tokens=cfg.augment_max_new_tokens)
+def augment_config(cfg: TrainConfig, model_path: str | None):
+    """The trainer's AugmentConfig (cfg.augment), its `model` the starting model for --augment_targets self."""
+    return dataclasses.replace(cfg.augment, model=model_path if cfg.augment.targets == "self" else None)
 
 
 def checked_augment_config(cfg: TrainConfig, model_path: str | None = None):
     """augment_config, validated; its errors name the trainer's --augment_* flags."""
-    import re
-
-    from sftbench.core.errors import UserError
-
     acfg = augment_config(cfg, model_path or _resolved(cfg))
-    try:
-        acfg.check()
-    except UserError as e:
-        raise UserError(re.sub(r"--(?!augment_)(\w+)", r"--augment_\1", str(e))) from None
+    acfg.check(prefix="augment_")
     return acfg
 
 
 @functools.lru_cache(maxsize=1)
 def installed_prompts() -> dict[str, dict]:
     """sftbench.data.contamination.installed_prompts, once per process (a recipe search trains many runs in one)."""
-    from sftbench.data.contamination import installed_prompts as read
-
-    return read(log=lambda m: print(f"[train] {m}", flush=True))
+    return read_installed_prompts(log=lambda m: print(f"[train] {m}", flush=True))
 
 
-def read_conversations(cfg: TrainConfig) -> tuple[list[dict], str, dict]:
-    """([{"messages": [...]}] normalised, the data fingerprint, bad records skipped by reason)."""
-    from sftbench.data.build import DataStats, normalise_all
-    from sftbench.data.records import read_records
-
+def read_conversations(cfg: TrainConfig, loaded: Loaded) -> tuple[list[dict], str, dict]:
+    """([{"messages": [...]}] normalised, the data fingerprint, bad records skipped by reason) of the records
+    read once at the start (read_records(lenient=True): every bad line counted, then the policy)."""
     policy = "skip" if cfg.skip_bad_records else "error"
-    loaded = read_records(cfg.data_path, lenient=True)  # as the data stage: every bad line counted, then the policy
     stats = DataStats()
     convs = normalise_all(loaded, policy, stats)
     return [{"messages": m} for m in convs], loaded.fingerprint, stats.skipped_bad
@@ -87,8 +79,6 @@ def read_conversations(cfg: TrainConfig) -> tuple[list[dict], str, dict]:
 
 def guard(records: list[dict], keep: bool, d: Dist) -> tuple[list[dict], dict]:
     """(records left, the OUT/contamination.json report)."""
-    from sftbench.data.contamination import DEFAULT_N, drop_contaminated, find_contaminated
-
     t0 = time.monotonic()
     prompts = installed_prompts()
     hits = find_contaminated(records, prompts)
@@ -109,24 +99,21 @@ def _resolved(cfg: TrainConfig) -> str | None:
     """The starting model's local path, for --augment_targets self only (else unused)."""
     if cfg.augment_targets != "self":
         return None
-    from sftbench.model.offline import resolve_model_path
-
     return resolve_model_path(cfg.model_name_or_path)
 
 
 def _cache_dir(cfg: TrainConfig) -> str | None:
-    if (cfg.data_cache_dir or "").lower() == "none":
-        return None
-    return cfg.data_cache_dir or str(Path.home() / ".cache" / "sftbench" / "tokenized")
+    cache = cfg.data.cache_dir()
+    return None if cache is None else str(cache)
 
 
-def prepare_data(cfg: TrainConfig, d: Dist, model_path: str | None = None) -> Prepared:
-    """Guard (and augment) the records; the path the data stage reads and the reports for the run directory."""
-    from sftbench.data.normalise import rounds_limit, truncate_rounds
-    from sftbench.core.io import atomic_write_jsonl
-
+def prepare_data(cfg: TrainConfig, d: Dist, model_path: str | None = None, loaded: Loaded | None = None) -> Prepared:
+    """Guard (and augment) the records; the path the data stage reads and the reports for the run directory.
+    loaded: cfg.data_path's records when read already (read here otherwise)."""
     acfg = checked_augment_config(cfg, model_path) if cfg.augment_fraction > 0 else None
-    records, fingerprint, skipped = read_conversations(cfg)
+    if loaded is None:
+        loaded = read_records(cfg.data_path, lenient=True)
+    records, fingerprint, skipped = read_conversations(cfg, loaded)
     records, contamination = guard(records, cfg.keep_contaminated, d)
     prep = Prepared(cfg.data_path, {"contamination.json": contamination})
     dropped = contamination["dropped"] > 0
@@ -158,8 +145,6 @@ def prepare_data(cfg: TrainConfig, d: Dist, model_path: str | None = None) -> Pr
 
 def augment(records: list[dict], acfg, fingerprint: str, cache: str, d: Dist) -> tuple[str, dict]:
     """(the augmented JSONL the data stage reads, the OUT/augment_stats.json report)."""
-    from sftbench.data.augment import augment_cached, cache_key
-
     out, stats, hit = augment_cached(records, acfg, fingerprint, cache, log=lambda m: log(d, m))
     key = cache_key(fingerprint, acfg)[:16]
     report = {**stats.as_dict(), "config": {k: v for k, v in vars(acfg).items()}, "cache_key": key, "cache_hit": hit}
@@ -171,7 +156,5 @@ def augment(records: list[dict], acfg, fingerprint: str, cache: str, d: Dist) ->
 
 def write_reports(out: Path, prep: Prepared | None) -> None:
     """OUT/contamination.json and OUT/augment_stats.json (rank 0, once the run directory is opened)."""
-    from sftbench.core.io import atomic_write_json
-
     for name, obj in (prep.reports if prep else {}).items():
         atomic_write_json(out / name, obj)

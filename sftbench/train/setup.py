@@ -6,6 +6,7 @@ model (fp32 masters), engine, optimizer/schedule/scaler, resume state, then the 
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
@@ -17,9 +18,14 @@ from typing import Any
 import torch
 
 from sftbench.core.errors import UserError
+from sftbench.data.build import build_examples
+from sftbench.data.records import Loaded, read_records
+from sftbench.model.hf import chat_template_of, load_tokenizer, stop_token_ids
+from sftbench.train.prepare import prepare_data
 from sftbench.config.train import TrainConfig, resolve_accumulation
 from sftbench.train.dist import Dist, log
 from sftbench.train.engines import causal_lm, make_engine
+from sftbench.train.stop import check_weights_finite
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Run:
     starting_over: bool = False  # --start_over of a run that stopped before its first checkpoint
     data_fingerprint: str = ""
     changes: dict = field(default_factory=dict)  # settings changed on resume: {name: {"from", "to"}}
+    lock: Any = None  # sftbench.core.lock.DirLock on OUT (rank 0), held from start() to the end
 
 
 @functools.lru_cache(maxsize=2)
@@ -92,6 +99,11 @@ def start(cfg: TrainConfig) -> Run:
     prec = pick_precision(device, cfg.bf16, cfg.fp16, cfg.precision)
     if prec.name != "fp32":  # the resolved choice, in the HF booleans too (sft_config.json, the planner's OOM advice)
         cfg.precision, cfg.bf16, cfg.fp16 = prec.name, prec.name == "bf16", prec.name == "fp16"
+    if cfg.engine == "fast" or (cfg.engine == "auto" and device.type == "cuda"):
+        from sftbench.core.capabilities import decide_train_path, probe
+
+        # a forced --compile/--attention that cannot run here: UserError before any weights load
+        decide_train_path(probe(device), precision=prec.name, compile=cfg.compile, attention=cfg.attention)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     starting_over = check_output_dir(out, resuming=bool(cfg.resume_from_checkpoint), start_over=cfg.start_over)
@@ -103,17 +115,17 @@ def start(cfg: TrainConfig) -> Run:
             raise UserError(f"--{name} must be >= 1 (got {getattr(cfg, name)}).")
     if cfg.engine == "fast" and cfg.method == "lora":
         raise UserError("--engine fast trains full weights only; use --engine reference with --method lora.")
+    check_report_to(cfg.report_to)
     model_path = resolve_model_path(cfg.model_name_or_path)
-    from sftbench.data.tokenizer import load_tokenizer  # the data stage's one loader (template, pad token)
-
-    tok = load_tokenizer(model_path, cfg.chat_template)
+    check_model_files(model_path, resume)  # a foreign architecture, a damaged weights / optimizer file: one line
+    # the project's one loader: the template evaluation will use too (a fallback to plain ChatML is logged)
+    tok = load_tokenizer(model_path, cfg.chat_template, log=lambda m: log(d, m))
     if cfg.auto_batch:
         auto_batch(cfg, device, d)
-    from sftbench.data.records import data_fingerprint
-
-    fingerprint = data_fingerprint(cfg.data_path)
+    loaded = read_records(cfg.data_path, lenient=True)  # the one read of the data file (records + fingerprint)
+    fingerprint = loaded.fingerprint
     changes = check_resume_settings(cfg, resume, out, d.world, prec.name, tok.chat_template, fingerprint) if resume else {}
-    examples, stats = load_data(cfg, tok, d)
+    examples, stats = load_data(cfg, tok, d, loaded)
     window = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * d.world
     if not examples:
         raise UserError(no_examples_message(cfg, stats))
@@ -125,6 +137,29 @@ def start(cfg: TrainConfig) -> Run:
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     return Run(cfg, d, device, prec, out, resume, tok, examples, stats, n_targets, window, steps_per_epoch, total_steps,
                model_path=model_path, starting_over=starting_over, data_fingerprint=fingerprint, changes=changes)
+
+
+def check_report_to(report_to: str) -> None:
+    """--report_to tensorboard / wandb needs that package: say which, before any work."""
+    import importlib.util
+
+    need = {"tensorboard": ("tensorboard", "pip install tensorboard"), "wandb": ("wandb", "pip install wandb")}.get(report_to)
+    if need and importlib.util.find_spec(need[0]) is None:
+        raise UserError(f"--report_to {report_to} needs the package {need[0]}, which is not installed: {need[1]} "
+                        f"(or leave --report_to at none; metrics.jsonl in --output_dir has every logged value).")
+
+
+def check_model_files(model_path: str, resume: Path | None) -> None:
+    """The base model (and the checkpoint resumed) is a Llama-architecture model whose weights files are whole, and
+    the resumed optimizer state too: UserError naming the file, before anything loads (sftbench/model/load.py)."""
+    from sftbench.core.fingerprint import read_safetensors_header
+    from sftbench.model.load import check_config, check_weight_files
+
+    for p in [model_path] + ([str(resume)] if resume else []):
+        check_config(p, llama_only=True)
+        check_weight_files(p)
+    if resume:
+        read_safetensors_header(Path(resume) / "training_state" / "optimizer.safetensors")
 
 
 def no_examples_message(cfg: TrainConfig, stats) -> str:
@@ -248,20 +283,18 @@ def check_resume_settings(cfg: TrainConfig, resume: Path, out: Path, world: int,
     return changes
 
 
-def load_data(cfg: TrainConfig, tok, d: Dist):
-    from sftbench.data.build import build_examples
-    from sftbench.train.prepare import prepare_data
-
-    cache = None if (cfg.data_cache_dir or "").lower() == "none" else (
-        cfg.data_cache_dir or str(Path.home() / ".cache" / "sftbench" / "tokenized"))
+def load_data(cfg: TrainConfig, tok, d: Dist, loaded: Loaded):
+    """(examples, stats) of the records read at the start: guarded, augmented, tokenised (or from the cache)."""
+    cache = cfg.data.cache_dir()  # None: --data_cache_dir none
     if d.enabled and not d.main:
         d.barrier()  # rank 0 tokenises (and fills the cache) first
-    prep = prepare_data(cfg, d)  # contamination guard, --augment_fraction (sftbench/train/prepare.py)
+    prep = prepare_data(cfg, d, loaded=loaded)  # contamination guard, --augment_fraction (sftbench/train/prepare.py)
     examples, stats = build_examples(
         prep.data_path, tok, max_length=cfg.model_max_length, max_rounds=cfg.max_rounds,
         mode=cfg.masking, truncation_side=cfg.truncation_side, chat_template=None,
         on_bad_record="skip" if cfg.skip_bad_records else "error", cache_dir=cache, progress=d.main and cfg.progress,
-        special_tokens=cfg.special_tokens_in_content)
+        special_tokens=cfg.special_tokens_in_content,
+        loaded=loaded if prep.data_path == cfg.data_path else None)  # else a guarded/augmented copy to read
     prep.done()
     stats.prepared = prep  # not a count: open_run_dir writes its reports into the run directory
     if d.enabled and d.main:
@@ -287,9 +320,10 @@ def auto_batch(cfg: TrainConfig, device: torch.device, d: Dist) -> None:
 
 def build_model_and_engine(run: Run) -> None:
     """fp32 master weights (LoRA adapters on top for --method lora), the engine, optimizer, schedule, scaler."""
-    from transformers import AutoModelForCausalLM, get_scheduler
+    from transformers import get_scheduler
 
     from sftbench.core.memory import apply_memory_cap
+    from sftbench.model.load import load_causal_lm
 
     cfg, d, device = run.cfg, run.d, run.device
     explicit = cfg.engine == "fast"
@@ -300,7 +334,7 @@ def build_model_and_engine(run: Run) -> None:
     if cfg.method == "lora":
         model = load_lora_model(run.model_path, run.resume, cfg)
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(run.resume or run.model_path), dtype=torch.float32)
+        model = load_causal_lm(str(run.resume or run.model_path), torch.float32, llama_only=True)
     model.config.use_cache = False
     gcfg = causal_lm(model).generation_config
     gen_eos = [gcfg.eos_token_id] if isinstance(gcfg.eos_token_id, int) else list(gcfg.eos_token_id or [])
@@ -319,16 +353,6 @@ def build_model_and_engine(run: Run) -> None:
                                   num_warmup_steps=cfg.effective_warmup_steps(run.total_steps))
 
 
-def stop_token_ids(tok) -> list[int]:
-    ids = []
-    for t in ("<|im_end|>", tok.eos_token):
-        if t is not None and t in tok.get_vocab():
-            i = tok.convert_tokens_to_ids(t)
-            if i not in ids:
-                ids.append(i)
-    return ids
-
-
 def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -344,13 +368,13 @@ def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.opti
 
 def load_lora_model(model_path: str, resume, cfg: TrainConfig):
     """Base weights in fp32 + LoRA adapters on q/k/v/o/gate/up/down; resumed adapters from ckpt/adapter."""
-    from transformers import AutoModelForCausalLM
-
     try:
         from peft import LoraConfig, PeftModel, get_peft_model
     except ImportError:
         raise UserError("--method lora needs the package peft: pip install 'sftbench[lora]' (or pip install peft).") from None
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    from sftbench.model.load import load_causal_lm
+
+    base = load_causal_lm(model_path, torch.float32, llama_only=True)
     if resume:
         return PeftModel.from_pretrained(base, str(Path(resume) / "adapter"), is_trainable=True)
     lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0, task_type="CAUSAL_LM",
@@ -425,7 +449,10 @@ def open_run_dir(run: Run) -> None:
     cfg, d, out = run.cfg, run.d, run.out
     run.cfg_dict = cfg.to_dict() | {"resolved_model_path": run.model_path, "world_size": d.world,
                                     "precision": run.prec.name, "chat_template": run.tok.chat_template,
+                                    "chat_template_name": chat_template_of(run.tok).name,
                                     "data_fingerprint": run.data_fingerprint}
+    if getattr(run.engine, "path", None) is not None:  # how it runs: engine, compile, attention, dtype, graphs, why
+        run.cfg_dict["resolved_path"] = run.engine.path.to_dict()
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         record_history(run)
@@ -463,7 +490,15 @@ def optimizer_step(run: Run) -> tuple[float, float]:
     run.scaler.unscale_(run.optimizer)
     max_norm = run.cfg.max_grad_norm if run.cfg.max_grad_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
-    run.scaler.step(run.optimizer)
+    try:
+        run.scaler.step(run.optimizer)
+    except RuntimeError as e:  # AdamW's scalar maths overflowing float (a learning rate near 1e38)
+        if "overflow" not in str(e):
+            raise
+        from sftbench.train.stop import nonfinite_error
+
+        run.optimizer.zero_grad(set_to_none=True)
+        raise nonfinite_error(run, run.scheduler.last_epoch + 1, f"the optimizer update overflowed ({e})") from None
     run.scaler.update()
     lr = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
@@ -509,17 +544,59 @@ def save_step(run: Run, global_step: int) -> None:
                      "steps_per_epoch": run.steps_per_epoch, "world_size": d.world, "loss": run.last_loss}
     if (out / f"checkpoint-{global_step}").exists():
         raise UserError(f"{out}/checkpoint-{global_step} already exists; refusing to overwrite it.")
-    ck.save_checkpoint(out, global_step, model=run.model, tokenizer=run.tok, optimizer=run.optimizer,
-                       scheduler=run.scheduler, scaler=run.scaler, config_dict=run.cfg_dict,
-                       trainer_state=trainer_state, rank=d.rank)
-    d.barrier()
-    ck.save_rng(out, global_step, d.rank)
-    d.barrier()
+    check_weights_finite(run, global_step)  # never a checkpoint with NaN/Inf weights
+    with checkpoint_writes(run, global_step):  # disk full / read-only / OUT deleted -> one message, exit 5
+        ck.save_checkpoint(out, global_step, model=run.model, tokenizer=run.tok, optimizer=run.optimizer,
+                           scheduler=run.scheduler, scaler=run.scaler, config_dict=run.cfg_dict,
+                           trainer_state=trainer_state, rank=d.rank)
+        d.barrier()
+        ck.save_rng(out, global_step, d.rank)
+        d.barrier()
+        if d.main:
+            ck.finalize_checkpoint(out, global_step)
     if d.main:
-        ck.finalize_checkpoint(out, global_step)
         for a in ck.prune_checkpoints(out, run.cfg.save_total_limit, run.cfg.keep_weights_limit):
             log(d, a)
     d.barrier()
+
+
+def checkpoint_bytes(run: Run) -> int:
+    """About what one checkpoint takes on disk: the weights as saved (fp32 masters; LoRA: the merged model plus
+    the adapter), the optimizer's tensors, and room for tokenizer and JSON files."""
+    weights = sum(p.numel() * p.element_size() for p in run.model.parameters())
+    opt = sum(v.numel() * v.element_size() for st in run.optimizer.state.values() for v in st.values()
+              if torch.is_tensor(v) and v.dim() > 0)
+    return weights + opt + 64 * 2**20
+
+
+def checkpoint_writes(run: Run, global_step: int):
+    """Free-space check before a checkpoint, and its write failures as one DiskWriteError (exit 5) that names the
+    path, the space it needs and the checkpoint that is kept; the half-written temporary is removed."""
+    import contextlib
+    import shutil
+
+    from sftbench.core import io
+    from sftbench.core.errors import DiskWriteError
+    from sftbench.train.stop import resume_advice
+
+    out, path = run.out, run.out / f"checkpoint-{global_step}"
+
+    @contextlib.contextmanager
+    def guarded():
+        needed = checkpoint_bytes(run)
+        kept = resume_advice(out) if out.is_dir() else ""
+        if run.lock is not None and not run.lock.still_held():  # OUT deleted or moved: don't recreate it
+            raise DiskWriteError(io.disk_write_message(path, errno.ENOENT, needed, kept), errno.ENOENT)
+        try:
+            if run.d.main:
+                io.check_free_space(path, needed, kept)
+            with io.disk_writes(path, needed, kept):
+                yield
+        except DiskWriteError:
+            shutil.rmtree(out / f".checkpoint-{global_step}.tmp", ignore_errors=True)  # give the space back
+            raise
+
+    return guarded()
 
 
 # ----------------------------------------------------------------------------- after the last step
@@ -532,8 +609,16 @@ def finish(run: Run) -> dict:
 
     d, out, total = run.d, run.out, run.total_steps
     if d.main:
-        save_final(out, run.model, run.tok, run.cfg_dict, {"global_step": total, "epoch": total / run.steps_per_epoch,
-                                                           "total_steps": total, "loss": run.last_loss, "final": True})
+        check_weights_finite(run, total)
+        from sftbench.core.io import check_free_space, disk_writes
+        from sftbench.train.stop import resume_advice
+
+        needed = sum(p.numel() * p.element_size() for p in run.model.parameters()) + 64 * 2**20
+        kept = f"The final model was not written. {resume_advice(out)}"
+        check_free_space(out / "model.safetensors", needed, kept)
+        with disk_writes(out / "model.safetensors", needed, kept):
+            save_final(out, run.model, run.tok, run.cfg_dict, {"global_step": total, "epoch": total / run.steps_per_epoch,
+                                                               "total_steps": total, "loss": run.last_loss, "final": True})
         if run.monitor.samples:
             atomic_write_jsonl(out / "memory_samples.jsonl",
                                [{"t": t, "nvml_used_gib": round(u / GIB, 4)} for t, u in run.monitor.samples])

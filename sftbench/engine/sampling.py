@@ -1,0 +1,94 @@
+"""The one sampling function of the project (temperature, top-p, per-row seeds), used by the fast generator's
+decode step and by the HF/CPU path (a logits processor), so both draw the same token from the same logits.
+
+Randomness is counter-based: the noise of vocabulary entry v for a row is a hash of (the row's seed, the row's
+generation step, v), computed with integer tensor ops.  So
+- there is no RNG state: the function is a pure function of its inputs and can sit inside a captured CUDA graph;
+- a row's tokens depend only on its own seed and logits, never on which other rows share the batch, nor on
+  which slot it decodes in;
+- the same (seed, step) on CPU and GPU gives the same noise.
+A token is drawn with the Gumbel-max trick: argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T).
+Rows with temperature 0 take argmax(logits) exactly.  Top-p (nucleus) keeps the smallest set of most likely
+tokens whose probability reaches top_p (the most likely token is always kept); top_p >= 1 keeps everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash on int64 tensors holding values in [0, 2^32).  Multipliers are below 2^31 so no
+    product overflows int64."""
+    x = x & M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & M32
+    return (x >> 16) ^ x
+
+
+def uniform_noise(seeds: torch.Tensor, step: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[B, vocab] float32 uniforms in (0, 1), a pure function of (seeds [B] int64, step [B] int64, column)."""
+    base = _mix32(_mix32(seeds) ^ _mix32(step * 0x2545F491 + 0x6A09E667))  # step < 2^32: product < 2^62
+    cols = torch.arange(vocab, device=seeds.device, dtype=torch.int64) * 0x27D4EB2D
+    h = _mix32(_mix32(base[:, None] + cols[None, :]) + 0x3C6EF372)
+    return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def top_p_keep(scaled: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """[B, V] bool: the tokens the nucleus keeps for each row of temperature-scaled float32 logits.  A token is
+    dropped when the probability of the tokens ranked above it already reaches top_p; rows with top_p >= 1 keep all."""
+    probs = torch.softmax(scaled, dim=-1)
+    sorted_p, idx = torch.sort(probs, dim=-1, descending=True)
+    before = torch.cumsum(sorted_p, dim=-1) - sorted_p
+    drop_sorted = (before >= top_p[:, None]) & (top_p[:, None] < 1.0)
+    drop = torch.zeros_like(drop_sorted).scatter(1, idx, drop_sorted)
+    return ~drop
+
+
+def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, seeds: torch.Tensor,
+                  step: torch.Tensor, use_top_p: bool = True) -> torch.Tensor:
+    """Next tokens [B] int64.
+
+    logits [B, V] (any float dtype; computed in float32), temperature [B] (0 = greedy), top_p [B] in (0, 1],
+    seeds [B] int64 in [0, 2^32) (one per (prompt, sample)), step [B] int64 (tokens the row generated so far).
+    use_top_p=False skips the nucleus's sort (a caller that knows every top_p is 1); graph-capturable either way.
+    """
+    logits = logits.float()
+    greedy = torch.argmax(logits, dim=-1)
+    hot = temperature > 0
+    scaled = logits / torch.where(hot, temperature, torch.ones_like(temperature))[:, None]
+    if use_top_p:
+        scaled = scaled.masked_fill(~top_p_keep(scaled, top_p), float("-inf"))
+    gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, logits.shape[-1])))
+    drawn = torch.argmax(scaled + gumbel, dim=-1)
+    return torch.where(hot, drawn, greedy)
+
+
+def row_seed(seed: int, prompt_key, sample: int) -> int:
+    """The 32-bit seed of one (prompt, sample): from the run's seed, a per-prompt key (its index, or any
+    str/int the caller keeps stable) and the sample number."""
+    blob = f"{int(seed)}\x1f{prompt_key}\x1f{int(sample)}".encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little")
+
+
+class SampleLogitsProcessor:
+    """For HF `generate()` with greedy decoding: puts all the mass on the token `sample_tokens` draws, so HF
+    generate samples exactly as the fast generator does.  Rows are (prompt, sample) in generate's order;
+    `prompt_width` is the padded prompt length (the step = tokens generated so far)."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, prompt_width: int):
+        self.seeds = torch.tensor(seeds, dtype=torch.int64)
+        self.temperature, self.top_p, self.prompt_width = float(temperature), float(top_p), int(prompt_width)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        B, dev = scores.shape[0], scores.device
+        step = torch.full((B,), input_ids.shape[1] - self.prompt_width, dtype=torch.int64, device=dev)
+        tok = sample_tokens(scores, torch.full((B,), self.temperature, device=dev),
+                            torch.full((B,), self.top_p, device=dev), self.seeds.to(dev), step,
+                            use_top_p=self.top_p < 1.0)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(1, tok[:, None], 0.0)

@@ -1,0 +1,185 @@
+"""The speed path is decided once from what the machine has (sftbench.core.capabilities), on CPU by injecting each
+missing capability through the probe functions: no Triton, Triton but a GPU too old for it, no flash varlen,
+bf16 only emulated.  Each case asserts the chosen path and its exact log line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import sftbench.core.capabilities as capm
+from sftbench.core.capabilities import decide_train_path, probe
+from sftbench.core.errors import UserError
+
+CUDA = torch.device("cuda", 0)
+
+
+def fake_gpu(monkeypatch, cap: tuple[int, int], name: str, *, triton: bool = True, varlen: bool = True,
+             bf16: bool | None = None):
+    """Make probe(CUDA) see a GPU of compute capability `cap` (no GPU needed)."""
+    def no_triton():
+        raise ImportError("No module named 'triton'")
+
+    def no_varlen():
+        raise ImportError("No module named 'torch.nn.attention.varlen'")
+
+    monkeypatch.setattr(capm, "_cuda_capability", lambda dev: cap)
+    monkeypatch.setattr(capm, "_gpu_name", lambda dev: name)
+    monkeypatch.setattr(capm, "_import_triton", (lambda: None) if triton else no_triton)
+    monkeypatch.setattr(capm, "_triton_usable", lambda: True)
+    monkeypatch.setattr(capm, "_import_varlen", (lambda: None) if varlen else no_varlen)
+    monkeypatch.setattr(capm, "_bf16_query", lambda dev, c: cap >= (8, 0) if bf16 is None else bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: name)
+
+
+def auto_path(**kw):
+    from sftbench.core.device import pick_precision
+
+    prec = pick_precision(CUDA, precision=kw.pop("precision", "auto"))
+    return decide_train_path(probe(CUDA), precision=prec.name, grad_scaler=prec.use_grad_scaler, **kw), prec
+
+
+def test_no_triton_runs_eager_layers_and_keeps_varlen_bf16(monkeypatch):
+    fake_gpu(monkeypatch, (8, 9), "NVIDIA GeForce RTX 4060 Laptop GPU", triton=False)
+    path, _ = auto_path()
+    assert (path.engine, path.compile, path.attention, path.precision, path.grad_scaler, path.cuda_graphs) == \
+        ("fast", False, "varlen", "bf16", False, False)
+    assert path.line() == ("path: fast engine, eager layers (no Triton: import failed), attention varlen (flash, sm89), "
+                           "bf16 (native on sm89), CUDA graphs off (eager layers)")
+    with pytest.raises(UserError) as e:
+        auto_path(compile="on")
+    assert str(e.value) == ("--compile on cannot run here (no Triton: import failed); use --compile auto or off "
+                            "(PyTorch's Windows wheels ship without Triton; `pip install triton-windows` adds it).")
+
+
+def test_env_switch_disables_triton_for_gpu_box_checks(monkeypatch):
+    real_probe = capm._import_triton
+    fake_gpu(monkeypatch, (9, 0), "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(capm, "_import_triton", real_probe)  # the module's own probe, with the switch set
+    monkeypatch.setenv(capm.DISABLE_TRITON_ENV, "1")
+    assert probe(CUDA).triton_missing == "disabled by SFTBENCH_DISABLE_TRITON=1"
+
+
+def test_triton_but_gpu_too_old_p100(monkeypatch):
+    fake_gpu(monkeypatch, (6, 0), "Tesla P100-PCIE-16GB")
+    path, prec = auto_path()
+    assert (path.compile, path.attention, path.precision, path.grad_scaler, path.cuda_graphs) == \
+        (False, "buckets", "fp16", True, False)
+    assert prec.autocast_dtype == torch.float16 and prec.use_grad_scaler
+    assert path.line() == ("path: fast engine, eager layers (no Triton: Triton needs sm70+, this GPU is sm60), "
+                           "attention buckets (no flash varlen: flash needs sm80+, this GPU is sm60), "
+                           "fp16+scaler (bf16 not native on sm60), CUDA graphs off (eager layers)")
+    assert path.to_dict()["capabilities"]["capability"] == "sm60"
+
+
+def test_no_varlen_in_this_torch_uses_buckets(monkeypatch):
+    fake_gpu(monkeypatch, (9, 0), "NVIDIA H100 80GB HBM3", varlen=False)
+    path, _ = auto_path()
+    assert (path.compile, path.attention, path.precision, path.cuda_graphs) == (True, "buckets", "bf16", False)
+    assert path.line() == (f"path: fast engine, compiled layers (Triton), attention buckets (no flash varlen: torch "
+                           f"{torch.__version__} has no torch.nn.attention.varlen), bf16 (native on sm90), "
+                           f"CUDA graphs off (attention buckets)")
+    with pytest.raises(UserError, match=r"^--attention varlen cannot run here \(torch .* has no torch.nn.attention"
+                                        r".varlen\); use --attention auto.$"):
+        auto_path(attention="varlen")
+
+
+def test_emulated_only_bf16_t4_trains_fp16_with_scaler(monkeypatch):
+    fake_gpu(monkeypatch, (7, 5), "Tesla T4", bf16=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    from sftbench.core.device import auto_precision, pick_precision
+
+    assert auto_precision(CUDA) == "fp16"  # torch's default is_bf16_supported() would have said True (emulation)
+    asked_bf16 = pick_precision(CUDA, precision="bf16")
+    assert asked_bf16.name == "fp16" and asked_bf16.reason == ("Tesla T4 has no bf16: using fp16 autocast with a "
+                                                               "gradient scaler instead")
+    path, _ = auto_path()
+    assert path.line() == ("path: fast engine, compiled layers (Triton), attention buckets (no flash varlen: flash "
+                           "needs sm80+, this GPU is sm75), fp16+scaler (bf16 not native on sm75), CUDA graphs off "
+                           "(attention buckets)")
+
+
+def test_bf16_query_asks_for_native_bf16_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "device", lambda dev: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: calls.append(including_emulation) or including_emulation)
+    assert capm._bf16_query(CUDA, (7, 5)) is False and calls == [False]
+
+
+def test_all_features_present_h100_and_forced_choices(monkeypatch):
+    fake_gpu(monkeypatch, (9, 0), "NVIDIA H100 80GB HBM3")
+    path, _ = auto_path()
+    assert path.line() == ("path: fast engine, compiled layers (Triton), attention varlen (flash, sm90), bf16 (native "
+                           "on sm90), CUDA graphs on (compiled varlen rows)")
+    forced, _ = auto_path(compile="off", attention="buckets", precision="fp16", cuda_graphs=True)
+    assert forced.line() == ("path: fast engine, eager layers (--compile off), attention buckets (--attention buckets), "
+                             "fp16+scaler (--precision auto), CUDA graphs off (eager layers)")
+    assert auto_path(cuda_graphs=False)[0].why["cuda_graphs"] == "--cuda_graphs False"
+    ref = decide_train_path(probe(CUDA), engine="reference", precision="bf16")
+    assert ref.line() == "path: reference engine, bf16 (native on sm90)"
+
+
+def test_cpu_path():
+    caps = probe("cpu")
+    assert (caps.triton_missing, caps.varlen_missing, caps.bf16_native) == ("CPU", "not a CUDA device", False)
+    path = decide_train_path(caps, precision="fp32")
+    assert path.line() == ("path: fast engine, eager layers (CPU), attention sdpa (CPU), fp32 (CPU), "
+                           "CUDA graphs off (CPU)")
+
+
+def test_fast_engine_falls_back_to_eager_when_compile_fails_at_the_first_step(tiny_model_dir, monkeypatch, capsys):
+    from transformers import LlamaForCausalLM
+
+    from sftbench.core.device import Precision
+    from sftbench.engine import fast_model as fm
+    from sftbench.train.dist import Dist
+    from sftbench.train.engines import FastEngine
+
+    class TritonMissing(RuntimeError):
+        pass
+
+    m = fm.prepare_fast_model(LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), attention="sdpa",
+                              compile=True)
+    real, calls = fm.packed_loss_sum, []
+
+    def flaky(model, batch):
+        calls.append(model._sftbench_fast.compile)
+        if model._sftbench_fast.compile:
+            raise RuntimeError("backend failed") from TritonMissing("Cannot find a working triton installation.")
+        return real(model, batch)
+
+    monkeypatch.setattr(fm, "packed_loss_sum", flaky)
+    cpu = torch.device("cpu")
+    e = FastEngine(m, cpu, Dist(), Precision(cpu, None, False, "t"), torch.amp.GradScaler("cpu", enabled=False),
+                   token_budget=64, pad_id=2)
+    e.path = decide_train_path(probe(cpu), precision="fp32", compile="on")
+    ex = [{"input_ids": [5, 6, 7, 8], "labels": [-100, 6, 7, 8]}]
+    s, real_tokens = e.window([ex], 3, seed=0)
+    assert calls == [True, False] and m._sftbench_fast.compile is False and real_tokens == 4 and float(s) > 0
+    out = capsys.readouterr().out
+    assert ("[train] fast engine: torch.compile failed (TritonMissing: Triton missing or unusable on this GPU); "
+            "running the layers eagerly from now on") in out
+    assert e.path.line() in out and "eager layers (compile failed: TritonMissing" in e.path.line()
+
+
+def test_cpu_run_records_its_path_in_sft_config(tiny_model_dir, tmp_path, capsys):
+    from sftbench.config.train import parse_train_config
+    from sftbench.data.demo import make_conversations
+    from sftbench.train.loop import train
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in make_conversations(8, seed=1)))
+    out = tmp_path / "run"
+    train(parse_train_config(["--model_name_or_path", str(tiny_model_dir), "--data_path", str(data), "--output_dir",
+                              str(out), "--max_steps", "1", "--per_device_train_batch_size", "2",
+                              "--gradient_accumulation_steps", "1", "--model_max_length", "128", "--engine", "fast",
+                              "--progress", "False", "--data_cache_dir", "none", "--save_steps", "1"]))
+    cfg = json.loads((out / "sft_config.json").read_text())
+    line = "path: fast engine, eager layers (CPU), attention sdpa (CPU), fp32 (CPU), CUDA graphs off (CPU)"
+    assert cfg["resolved_path"]["line"] == line and cfg["precision"] == "fp32" and cfg["compile"] == "auto"
+    assert (cfg["resolved_path"]["engine"], cfg["resolved_path"]["compile"], cfg["resolved_path"]["attention"]) == \
+        ("fast", False, "sdpa")
+    assert capsys.readouterr().out.count("[train] " + line) == 1
