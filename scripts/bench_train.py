@@ -179,70 +179,63 @@ class Meter:
                 "first_step_s": round(self.step_ends[0] - self.t0, 2) if n else None}
 
 
-def _lr_lambda(warmup: int):
-    return lambda s: min(1.0, (s + 1) / max(1, warmup))
-
-
-def _our_engine(kind: str, model, device, precision: str = "bf16", **kw):
-    """The product's engine (sftbench.train.engines, what train() runs): bf16 (or fp16 with a gradient scaler,
-    the T4/P100 precision) autocast on a GPU, fp32 on the CPU."""
-    import torch
-
-    from sftbench.core.device import Precision
-    from sftbench.train.dist import Dist
-    from sftbench.train.engines import FastEngine, ReferenceEngine
-
-    half = device.type == "cuda"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision] if half else None
-    fp16 = dtype is torch.float16
-    prec = Precision(device, dtype, fp16, f"bench: {precision} autocast" if half else "bench: fp32")
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    cls = FastEngine if kind == "fast" else ReferenceEngine
-    return cls(model, device, Dist(), prec, scaler, pad_id=PAD_ID, **kw)
-
-
-def _our_optimizer(a, model, device):
+def trainer_config(a, engine: str, precision: str, **flags):
+    """The TrainConfig of a row: what the trainer runs for these flags (AdamW at --lr without weight decay,
+    gradient norm clipped at 1, a constant LR after --warmup-lr-steps of linear warm-up)."""
     from sftbench.config.train import TrainConfig
-    from sftbench.train.setup import build_optimizer
+    from sftbench.core.cli import config_from_flat
 
-    return build_optimizer(model, TrainConfig(learning_rate=a.lr, weight_decay=0.0), device)
+    return config_from_flat(TrainConfig, {"engine": engine, "precision": precision, "learning_rate": a.lr,
+                                          "weight_decay": 0.0, "max_grad_norm": 1.0,
+                                          "lr_scheduler_type": "constant_with_warmup",
+                                          "warmup_steps": a.warmup_lr_steps, **flags})
+
+
+def trainer_pieces(cfg, model, device, total_steps: int, checkpoint_layers: int | None = None):
+    """The trainer's own set-up of a row (sftbench.train.step / engines, what train() runs): the model prepared,
+    precision and gradient scaler (bf16, or fp16 with a scaler, autocast on a GPU; fp32 on the CPU), the engine
+    with the trainer's attention choice, AdamW and the LR schedule.  Returns (engine, optimizer, scheduler)."""
+    from sftbench.train.dist import Dist
+    from sftbench.train.engines import make_engine
+    from sftbench.train.step import optimizer_and_schedule, precision_and_scaler, prepare_model
+
+    prepare_model(model, cfg, device)
+    prec, scaler = precision_and_scaler(cfg, device)
+    engine = make_engine(model, cfg, device, Dist(), prec, scaler, pad_id=PAD_ID, explicit=True,
+                         checkpoint_layers=checkpoint_layers)
+    opt, sched = optimizer_and_schedule(model, cfg, device, total_steps)
+    return engine, opt, sched
 
 
 def _n_targets(exs) -> int:
-    return sum(sum(1 for l in e["labels"][1:] if l != IGN) for e in exs)
+    from sftbench.train.step import target_count
+
+    return sum(target_count(e) for e in exs)
 
 
-def _train_steps(a, engine, model, opt, sched, examples, windows, micro: int | None, meter, losses) -> None:
-    """Optimizer steps as train() takes them: engine.window, then clip, step, schedule."""
-    import torch
+def _train_steps(cfg, engine, opt, sched, examples, windows, micro: int | None, meter, losses) -> None:
+    """Optimizer steps as train() takes them (sftbench.train.step.train_step): the engine's window with the
+    window's target count, then clip, step, schedule."""
+    from sftbench.train.step import train_step
 
     for step, win in enumerate(windows):
         exs = [examples[i] for i in win]
         n_window = _n_targets(exs)
         mbs = [exs] if micro is None else [exs[s:s + micro] for s in range(0, len(exs), micro)]
-        total, real = engine.window(mbs, n_window, seed=step)
-        engine.scaler.unscale_(opt)  # no-ops unless fp16 (GradScaler enabled)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        engine.scaler.step(opt)
-        engine.scaler.update()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(total / max(n_window, 1))
-        meter.step(real)
+        res = train_step(engine, opt, sched, mbs, n_window, step, cfg.max_grad_norm)
+        losses.append(res.ce_sum / max(n_window, 1))
+        meter.step(res.real_tokens)
 
 
 def row_reference(a, examples, windows, model, device) -> dict:
     import torch
 
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    model.train()
-    engine = _our_engine("reference", model, device, a.precision, loss_chunk_size=a.ref_ce_chunk)
-    opt = _our_optimizer(a, model, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
+    cfg = trainer_config(a, "reference", a.precision, gradient_checkpointing=True, loss_chunk_size=a.ref_ce_chunk,
+                         per_device_train_batch_size=a.ref_batch)
+    engine, opt, sched = trainer_pieces(cfg, model, device, len(windows))
     meter, losses = Meter(), []
     meter.start()
-    _train_steps(a, engine, model, opt, sched, examples, windows, a.ref_batch, meter, losses)
+    _train_steps(cfg, engine, opt, sched, examples, windows, a.ref_batch, meter, losses)
     out = meter.summary(a.warmup_steps)
     out["losses"] = [round(float(x), 5) for x in torch.stack(losses).tolist()]
     out["config"] = {"micro_batch": a.ref_batch, "gradient_checkpointing": True, "precision": engine.prec.name,
@@ -282,31 +275,24 @@ def row_fast(a, examples, windows, model, device, budget: int, ckpt: str, fuse: 
              attention: str = "auto", precision: str = "bf16", graphs: bool = True) -> dict:
     import torch
 
-    from sftbench.engine.fast_model import prepare_fast_model
-    from sftbench.engine.memory_budget import choose_checkpoint_layers, torch_budget_bytes
-
-    if ckpt == "auto":  # the trainer's own plan for --target-gib of device memory
-        k = choose_checkpoint_layers(model, budget, torch_budget_bytes(a.target_gib), ce_chunk_size=a.ce_chunk)
-    else:
-        k = int(ckpt)
     longest = max(len(e["input_ids"]) for e in examples)  # varlen attention's static segment bound
-    prepare_fast_model(model, attention=attention, compile=not a.no_compile and device.type == "cuda",
-                       checkpoint_layers=k, ce_chunk_size=a.ce_chunk, fuse_projections=fuse, max_seqlen=longest,
-                       half_precision=device.type == "cuda")
-    model.train()
-    engine = _our_engine("fast", model, device, precision, token_budget=budget, cuda_graphs=graphs)
-    opt = _our_optimizer(a, model, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(a.warmup_lr_steps))
+    # ckpt "auto": the trainer's own plan for --target-gib of device memory under the --cap-gib cap
+    cfg = trainer_config(a, "fast", precision, token_budget=budget, attention=attention, fuse_projections=fuse,
+                         cuda_graphs=graphs, compile="off" if a.no_compile else "auto", loss_chunk_size=a.ce_chunk,
+                         model_max_length=longest, vram_target_gib=a.target_gib, memory_cap_gib=a.cap_gib)
+    engine, opt, sched = trainer_pieces(cfg, model, device, len(windows),
+                                        checkpoint_layers=None if ckpt == "auto" else int(ckpt))
+    k = model._sftbench_fast.checkpoint_layers
     meter, losses = Meter(), []
     if a.profile_row == a.row:
         windows, prof_window = windows[:-1], windows[-1]
     meter.start()
-    _train_steps(a, engine, model, opt, sched, examples, windows, None, meter, losses)
+    _train_steps(cfg, engine, opt, sched, examples, windows, None, meter, losses)
     out = meter.summary(a.warmup_steps if not a.row.startswith("fast@") else a.peer_warmup_steps)
     out["losses"] = [round(float(x), 5) for x in torch.stack(losses).tolist()]
     n_bins = engine.rows_packed
     if a.profile_row == a.row:
-        out["profile"] = _profile_one_step(a, engine, opt, [examples[i] for i in prof_window], budget, device)
+        out["profile"] = _profile_one_step(a, cfg, engine, opt, sched, [examples[i] for i in prof_window], budget, device)
     out["config"] = {"token_budget": budget, "checkpoint_layers": k, "ce_chunk": a.ce_chunk,
                      "attention": model._sftbench_fast.attention, "compile": model._sftbench_fast.compile,
                      "fuse_projections": fuse, "conversations_per_step": len(windows[0]),
@@ -336,7 +322,7 @@ def kernel_category(name: str) -> str:
     return "other"
 
 
-def _profile_one_step(a, engine, opt, exs, budget, device) -> str:
+def _profile_one_step(a, cfg, engine, opt, sched, exs, budget, device) -> str:
     """Device-kernel breakdown of one optimizer step (for docs/bench_train.md: where the time goes): time per
     category of kernel, the top kernels, and a Chrome trace (profile_trace.json.gz beside profile.txt)."""
     import gzip
@@ -349,11 +335,10 @@ def _profile_one_step(a, engine, opt, exs, budget, device) -> str:
     rows_before = engine.rows_packed
     t0 = time.perf_counter()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    from sftbench.train.step import train_step
+
     with profile(activities=acts) as prof:
-        engine.window([exs], _n_targets(exs), seed=0)
-        torch.nn.utils.clip_grad_norm_(engine.model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(engine, opt, sched, [exs], _n_targets(exs), 0, cfg.max_grad_norm)
         _sync()
     wall = time.perf_counter() - t0
     rows = engine.rows_packed - rows_before

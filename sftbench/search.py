@@ -156,7 +156,12 @@ def train_config(grid: Grid, c: Config, out_dir: Path, resume: bool = False):
     from sftbench.config.train import parse_train_config
 
     argv = flag_args(c.flags) + ["--output_dir", str(out_dir)] + (["--resume_from_checkpoint", "latest"] if resume else [])
-    cfg = parsed(f"{grid.path}: configuration {c.name}", parse_train_config, argv, f"{PROG} ({c.name})")
+    where = f"{grid.path}: configuration {c.name}"
+    cfg = parsed(where, parse_train_config, argv, f"{PROG} ({c.name})")
+    try:
+        cfg.check()  # every value, by the config that defines it (as the trainer's start does)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
     if cfg.augment_fraction > 0:
         from sftbench.train.prepare import checked_augment_config
 
@@ -611,7 +616,7 @@ def _parse_flag_list(rest: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)  # trainer flags pass through: none may be taken for ours
-    p.add_argument("grid", metavar="GRID", help="the grid (JSON; see scripts/grids/default.json)")
+    p.add_argument("grid", metavar="GRID", help="the grid (JSON; see sftbench/grids/default.json, which `sftbench search default OUT` runs)")
     p.add_argument("out", metavar="OUT", help="search directory: runs/, results/, search.json, ranking.md/.csv")
     p.add_argument("--only", default=None, help="comma-separated configuration names to run (the ranking covers all done)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the Holm-corrected tests")

@@ -80,12 +80,28 @@ CASES = [
     ('keywords:letter_frequency', {},
      'Paris is the capital of France. It has about 2,100,000 residents, many museums, and the Seine river. Visitors love the food.',
      {'letter': 'p', 'let_frequency': 4, 'let_relation': 'less than'}),
+    # the project's own training-only types (issue 22; checkers in sftbench/tasks/train_constraints.py)
+    ('train:max_sentence_words', {},
+     'Paris is the capital of France. It has about 2,100,000 residents, many museums, and the Seine river. Visitors love the food.',
+     {'max_words': 16}),
+    ('train:no_digits', {},
+     'Paris is the capital of France. It has about two million one hundred thousand residents, many museums, and the Seine river. Visitors love the food.',
+     {}),
+    ('train:start_phrase', {'start_phrase': 'Good question.'},
+     'Good question. Paris is the capital of France. It has about 2,100,000 residents, many museums, and the Seine river. Visitors love the food.',
+     {'start_phrase': 'Good question.'}),
+    ('train:end_with_question', {'_question': 'Shall I add an example?'},
+     'Paris is the capital of France. It has about 2,100,000 residents, many museums, and the Seine river. Visitors love the food.\n\nShall I add an example?',
+     {}),
+    ('train:wrap_tag', {'tag': 'reply'},
+     '<reply>\nParis is the capital of France. It has about 2,100,000 residents, many museums, and the Seine river. Visitors love the food.\n</reply>',
+     {'tag': 'reply'}),
 ]
 
 
 def test_every_type_has_a_fixed_case():
     assert sorted(c[0] for c in CASES) == sorted(T.TYPES)
-    assert len(T.TYPES) == 19
+    assert len(T.TYPES) == 24  # 19 IFEval types + 5 of the project's own (issue 22)
 
 
 @pytest.mark.parametrize("iid,planned,expected,kwargs", CASES, ids=[c[0] for c in CASES])

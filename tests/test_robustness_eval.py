@@ -317,3 +317,19 @@ def test_a_run_named_checkpoint_n_inside_a_run_is_not_one_of_its_checkpoints(tmp
     assert [(s, why) for s, _, why in rundir.incomplete_checkpoints(run)] == [
         (7, "it is another run directory (it holds metrics.jsonl, checkpoint-<step>/ folders)"),
         (8, "its trainer_state.json says step 80, not 8")]
+
+
+def test_report_refuses_damaged_ifbench_results_too(tmp_path, capsys):
+    from fixtures_results import make_fake_ifbench
+
+    run, res = make_fake_sweep(tmp_path)
+    ifb = make_fake_ifbench(res, run)
+    assert report.main([str(res)]) == 0
+    capsys.readouterr()
+    (ifb / "checkpoint-5" / "eval_results_loose.jsonl").unlink()
+    err = _report_error(capsys, res)
+    assert f"{ifb}: the results of 1 checkpoint(s) are stale or damaged" in err
+    assert "checkpoint-5: eval_results_loose.jsonl is missing" in err
+    assert report.main([str(res), "--allow_incomplete"]) == 0
+    md = (res / "report.md").read_text()
+    assert md.count("**Left out of this report (1 checkpoint(s)") == 1 and "- checkpoint-5: eval_results_loose" in md

@@ -26,6 +26,7 @@ class FakeConfig:
     max_new_tokens: int = field(default=1280, metadata={"help": "generation cap"})
     device: str = "auto"
     greedy: bool = True
+    benchmark: str = "ifeval"
 
 
 class FakeEvaluator:

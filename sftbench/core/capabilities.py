@@ -256,6 +256,23 @@ def decide_train_path(caps: Capabilities, *, engine: str = "fast", precision: st
     return TrainPath(engine, comp, att, precision, scaler, graphs, why, caps.to_dict())
 
 
+def assumed(gpu_name: str, capability: tuple[int, int], triton: bool = True) -> Capabilities:
+    """What a GPU of `capability` would report (the planner's table; `triton`: importable, as on Linux wheels)."""
+    return Capabilities("cuda", gpu_name, capability,
+                        (None if capability >= (7, 0) else f"Triton needs sm70+, this GPU is {sm(capability)}")
+                        if triton else "import failed",
+                        None if capability >= (8, 0) else f"flash needs sm80+, this GPU is {sm(capability)}",
+                        capability >= (8, 0), None)
+
+
+def short_label(path: TrainPath) -> str:
+    """"varlen bf16, compiled, graphs" -- the planner's path column."""
+    if path.engine != "fast":
+        return f"reference {path.precision}{'+scaler' if path.grad_scaler else ''}"
+    return (f"{path.attention} {path.precision}{'+scaler' if path.grad_scaler else ''}, "
+            f"{'compiled' if path.compile else 'eager'}{', graphs' if path.cuda_graphs else ''}")
+
+
 # ----------------------------------------------------------------------------- generation
 
 def generation_path(caps: Capabilities, backend: str, dtype: str) -> dict:

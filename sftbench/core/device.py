@@ -92,3 +92,57 @@ def pick_precision(device: torch.device, bf16: bool = False, fp16: bool = False,
             return Precision(device, torch.bfloat16, False, f"{name}: bf16 autocast over fp32 master weights")
         return Precision(device, torch.float16, True, f"{name} has no bf16: using fp16 autocast with a gradient scaler instead")
     return Precision(device, None, False, f"{name}: fp32 (pass --bf16 True or --precision auto for mixed precision)")
+
+
+CUDA_WHEEL_COMMAND = "pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/cu124"
+
+
+def _nvidia_smi_gpus() -> list[str]:
+    """GPU names nvidia-smi lists ([] when there is no nvidia-smi or it fails)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=15)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def cpu_torch_note() -> str | None:
+    """When an NVIDIA GPU is here (nvidia-smi lists one) but torch is a CPU build: the line to say at start, with the
+    command that installs a CUDA build (PyPI's torch wheel on Windows is CPU-only).  None otherwise."""
+    if torch.version.cuda is not None or torch.cuda.is_available():
+        return None
+    gpus = _nvidia_smi_gpus()
+    if not gpus:
+        return None
+    return (f"an NVIDIA GPU is here ({gpus[0]}, nvidia-smi sees it) but this torch {torch.__version__} is a CPU build, "
+            f"so this runs on the CPU. Install a CUDA build of torch into this environment: `{CUDA_WHEEL_COMMAND}` "
+            f"(the index for your driver's CUDA version: https://pytorch.org/get-started/locally/).")
+
+
+_SAID: set[str] = set()
+
+
+def start_notes(device: torch.device) -> list[str]:
+    """Facts to say once per process at start (trainer and evaluation; a sweep evaluates many checkpoints): a CPU
+    torch next to a GPU, a Windows WDDM driver.  Each note is returned the first time only."""
+    notes: list[str] = []
+    if device.type != "cuda":
+        note = cpu_torch_note()
+        if note:
+            notes.append(note)
+    else:
+        from sftbench.core.memory import wddm_note
+
+        note = wddm_note(device.index or 0)
+        if note:
+            notes.append(note)
+    new = [n for n in notes if n not in _SAID]
+    _SAID.update(new)
+    return new

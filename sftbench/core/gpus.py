@@ -46,6 +46,13 @@ EXTRA_GPUS: list[GPU] = [
     GPU("h200", "H200 141 GB", 139.8, 989.0, True, "clouds", 4800.0),
 ]
 
+# CUDA compute capability of each GPU above (NVIDIA's published table): what decides the training path
+# (sftbench.core.capabilities: Triton needs sm70+, flash varlen and native bf16 sm80+).
+COMPUTE_CAPABILITY: dict[str, tuple[int, int]] = {
+    "4060-8gb": (8, 9), "t4": (7, 5), "p100": (6, 0), "l4": (8, 9), "a10g": (8, 6), "3090": (8, 6), "4090": (8, 9),
+    "a100-40gb": (8, 0), "a100-80gb": (8, 0), "h100": (9, 0), "h200": (9, 0),
+}
+
 PRICES_AS_OF = "2025-06"
 PRICES: dict[str, float] = {  # USD per GPU-hour (on-demand, approximate; edit me)
     "4060-8gb": 0.0,

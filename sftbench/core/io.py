@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -106,6 +107,44 @@ def check_free_space(path: str | os.PathLike, needed: int, kept: str = "") -> No
         raise DiskWriteError(disk_write_message(path, errno.ENOSPC, needed, kept), errno.ENOSPC)
 
 
+# Windows: a file open in another program (sweep.csv in Excel, a virus scanner, a sync client) cannot be replaced
+# or removed (PermissionError, WinError 5/32/33) until it is closed; such locks are often brief, so retry with
+# backoff before saying which file and what to do.  Elsewhere PermissionError means no permission: no retry.
+LOCKS_POSSIBLE = os.name == "nt"
+LOCK_RETRY_WAITS = (0.2, 0.5, 1.0, 2.0)  # seconds slept between tries
+_sleep = time.sleep  # tests patch this
+
+
+def locked_message(path: str | os.PathLike, what: str = "replace") -> str:
+    return (f"could not {what} {path}: another program has it open (on Windows, e.g. the file open in Excel, an "
+            f"editor or a sync client). Close it in the program that has it open and run the same command again.")
+
+
+def retry_locked(fn, path: str | os.PathLike, what: str = "replace"):
+    """fn() retried while it fails with a lock (PermissionError where files can be locked: Windows); then a
+    UserError naming `path` and what to do.  Other errors, and PermissionError elsewhere, pass unchanged."""
+    for wait in (*LOCK_RETRY_WAITS, None):
+        try:
+            return fn()
+        except PermissionError:
+            if not LOCKS_POSSIBLE:
+                raise
+            if wait is None:
+                raise UserError(locked_message(path, what)) from None
+            _sleep(wait)
+
+
+def replace_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """os.replace, retried while `dst` is locked by another program (Windows)."""
+    retry_locked(lambda: os.replace(src, dst), dst)
+
+
+def rmtree_retry(path: str | os.PathLike) -> None:
+    """shutil.rmtree, retried while a file inside is held open (WinError 32: an indexer, a scanner, an Explorer
+    window); then a UserError naming the directory."""
+    retry_locked(lambda: shutil.rmtree(path), path, "remove")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     with disk_writes(path):
@@ -121,7 +160,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
+        replace_file(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

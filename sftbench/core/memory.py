@@ -8,6 +8,7 @@ and says so (fields are None).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -138,3 +139,31 @@ def apply_memory_cap(cap_gib: float | None, device) -> str | None:
     torch.cuda.set_per_process_memory_fraction(frac, dev)
     return (f"memory cap: {cap_gib:.2f} GiB device total -> torch may allocate {budget / GIB:.2f} GiB "
             f"(fraction {frac:.4f} of {total / GIB:.1f} GiB; {context / GIB:.2f} GiB already used by context)")
+
+
+# ----------------------------------------------------------------------------- Windows (WDDM)
+
+def _driver_model(device_index: int) -> str | None:
+    """"WDDM", "TCC" or "MCDM" on Windows (NVML), None elsewhere or when NVML cannot tell."""
+    if sys.platform != "win32":
+        return None
+    nvml, handle = _nvml_handle(device_index)
+    if handle is None:
+        return None
+    try:
+        current, _pending = nvml.nvmlDeviceGetDriverModel(handle)
+    except Exception:
+        return None
+    return {0: "WDDM", 1: "TCC", 2: "MCDM"}.get(int(current))
+
+
+WDDM_NOTE = ("Windows WDDM driver: NVML reports no per-process memory here (only the whole device's), and the driver's "
+             "system-memory fallback lets a run that does not fit spill into system RAM and crawl instead of running "
+             "out of memory: a falling tokens/s, not an error, is the sign. To get an out-of-memory error instead, set "
+             "NVIDIA Control Panel > Manage 3D Settings > CUDA - Sysmem Fallback Policy to \"Prefer No Sysmem "
+             "Fallback\".")
+
+
+def wddm_note(device_index: int = 0) -> str | None:
+    """The WDDM line to say once at start (None off Windows or under TCC/MCDM)."""
+    return WDDM_NOTE if _driver_model(device_index) == "WDDM" else None

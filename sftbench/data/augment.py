@@ -255,10 +255,16 @@ class Checker:
         bad = set(own.failures([c for c in constraints if own.is_own(c["instruction_id"])], response))
         theirs = [c for c in constraints if not own.is_own(c["instruction_id"])]
         if theirs:
+            from sftbench.tasks.scoring import seeded
+
             ids = [c["instruction_id"] for c in theirs]
             ex = Example(key=key, prompt=prompt, instruction_id_list=ids, kwargs=[dict(c["kwargs"]) for c in theirs])
-            strict, _ = self.scorer.score_one(ex, response)
-            bad |= {i for i, ok in zip(ids, strict["follow_instruction_list"]) if not ok}
+            # strict only (Scorer.score_one's strict half: the same inputs and seeding); loose mode would cost 8x
+            inp = self.scorer.utils.InputExample(key=ex.key, instruction_id_list=ex.instruction_id_list,
+                                                 prompt=ex.prompt, kwargs=ex.kwargs)
+            with seeded(self.scorer.seed, ex.key):
+                out = self.scorer.utils.test_instruction_following_strict(inp, response)
+            bad |= {i for i, ok in zip(ids, out.follow_instruction_list) if not ok}
         return [c["instruction_id"] for c in constraints if c["instruction_id"] in bad]
 
 

@@ -324,6 +324,79 @@ def _fin_letter(text, kw, rng, util):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# The project's own training-only types (checkers: sftbench.tasks.train_constraints; ids "train:...")
+# ------------------------------------------------------------------------------------------------------------
+
+START_PHRASES = ("Here is my answer.", "Short answer first:", "Good question.", "Let me explain.", "Sure thing.")
+QUESTIONS = ("Would you like more detail on any part?", "Does that answer your question?",
+             "Shall I add an example?")
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_words(n: int) -> str:
+    """An integer 0 <= n < 10^12 in English words ("two million one hundred thousand")."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
+    if n < 1000:
+        return _ONES[n // 100] + " hundred" + ("" if n % 100 == 0 else " " + number_words(n % 100))
+    for size, name in ((10**9, "billion"), (10**6, "million"), (10**3, "thousand")):
+        if n >= size:
+            return number_words(n // size) + " " + name + ("" if n % size == 0 else " " + number_words(n % size))
+    raise ValueError(n)
+
+
+def spell_numbers(text: str, kw: dict | None = None) -> str:
+    """Every number written with digits ("2,100,000", "42", "3.5") spelt out in words; None-safe for big ones."""
+    def one(m):
+        whole, frac = m.group(1).replace(",", ""), m.group(2)
+        if len(whole) > 12:
+            return m.group(0)
+        out = number_words(int(whole))
+        return out + (" point " + " ".join(_ONES[int(d)] for d in frac[1:]) if frac else "")
+
+    return re.sub(r"(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?", one, text)
+
+
+def _plan_no_digits(answer, request, rng):
+    return None if _has_code(answer) or re.search(r"\d{13}", answer) else {}
+
+
+def _fin_sentence_words(text, kw, rng, util):
+    from sftbench.tasks.train_constraints import sentence_words
+
+    counts = sentence_words(text)
+    return {"max_words": max(counts) + rng.randint(0, 3)} if counts and max(counts) <= 40 else None
+
+
+def _plan_start(answer, request, rng):
+    return {"start_phrase": rng.choice(START_PHRASES)}
+
+
+def start_rewrite(text: str, kw: dict) -> str:
+    return f"{kw['start_phrase']} {text.lstrip()}"
+
+
+def _plan_question(answer, request, rng):
+    return {"_question": rng.choice(QUESTIONS)}
+
+
+def question_rewrite(text: str, kw: dict) -> str:
+    return text if text.rstrip().endswith("?") else f"{text.rstrip()}\n\n{kw['_question']}"
+
+
+def _plan_tag(answer, request, rng):
+    return None if "</" in answer else {"tag": rng.choice(("answer", "reply", "response"))}
+
+
+def tag_rewrite(text: str, kw: dict) -> str:
+    return f"<{kw['tag']}>\n{text.strip()}\n</{kw['tag']}>"
+
+
+# ------------------------------------------------------------------------------------------------------------
 # The types
 # ------------------------------------------------------------------------------------------------------------
 
@@ -366,10 +439,16 @@ _TYPES = [
         "at least": ("Write {num_sentences} sentences or more.", "Include no fewer than {num_sentences} sentences.",
                      "Your answer needs a minimum of {num_sentences} sentences.")}, _plan_cut, _cut, _fin_sentences,
         cuts=True),
+    ConstraintType("train:max_sentence_words", {"": (
+        "Keep every sentence to at most {max_words} words.", "No sentence in your reply may run longer than {max_words} words.",
+        "Write short sentences: {max_words} words per sentence at most.")}, _plan_text_edit, finalize=_fin_sentence_words),
     ConstraintType("punctuation:no_comma", {"": (
         "Do not put a single comma anywhere in the reply.", "Write the answer without using any commas.",
         "Avoid commas entirely.", "No commas are allowed in your response.")}, _plan_text_edit, no_comma,
         changes_text=True),
+    ConstraintType("train:no_digits", {"": (
+        "Do not write any digits; spell every number out in words.", "Avoid numerals (0-9) entirely in your answer.",
+        "Use no digit characters at all: write numbers as words.")}, _plan_no_digits, spell_numbers, changes_text=True),
     ConstraintType("length_constraints:number_paragraphs", {"": (
         "Split the answer into {num_paragraphs} paragraphs separated by a line with ***.",
         "Give exactly {num_paragraphs} paragraphs and put the markdown divider *** between them.",
@@ -399,6 +478,9 @@ _TYPES = [
         "Start by restating the request exactly as written above (leave out these instructions), then give your answer.",
         "Echo the question verbatim first (only the question itself), and answer after it.")},
         _plan_repeat, repeat_rewrite),
+    ConstraintType("train:start_phrase", {"": (
+        "Begin your reply with the exact words \"{start_phrase}\"", "Open your answer with this phrase, word for word: {start_phrase}",
+        "The very first words of your response must be \"{start_phrase}\"")}, _plan_start, start_rewrite),
     ConstraintType("detectable_content:postscript", {"": (
         "Close with a note that begins with {postscript_marker}", "Append a short postscript introduced by {postscript_marker}",
         "After the main answer include a short {postscript_marker} note.")}, _plan_postscript, postscript_rewrite),
@@ -406,6 +488,9 @@ _TYPES = [
         "Finish the reply with the exact sentence \"{end_phrase}\" and write nothing after it.",
         "The last words of your answer must be: {end_phrase}",
         "End with this phrase, exactly: \"{end_phrase}\"")}, _plan_end, end_rewrite),
+    ConstraintType("train:end_with_question", {"": (
+        "End your reply with a question for me.", "Make the last sentence of your answer a question.",
+        "Finish with a follow-up question addressed to me.")}, _plan_question, question_rewrite),
     ConstraintType("change_case:english_lowercase", {"": (
         "Write everything in lowercase letters; no capitals at all.", "Use only lowercase English letters in the reply.",
         "Do not use any uppercase letters anywhere in your answer.")}, _plan_text_edit, lambda t, kw: t.lower(),
@@ -422,6 +507,10 @@ _TYPES = [
         "Return the reply as valid JSON; a markdown code block around it is fine.",
         "Format your whole output as a JSON object.", "Give the answer in JSON format only.")},
         _plan_json, json_rewrite),
+    ConstraintType("train:wrap_tag", {"": (
+        "Enclose the entire reply between <{tag}> and </{tag}> tags.",
+        "Put your whole answer inside an XML-style <{tag}> element.",
+        "Start with the tag <{tag}> and close with </{tag}>; everything goes between them.")}, _plan_tag, tag_rewrite),
     ConstraintType("keywords:existence", {"": (
         "Make sure the reply mentions {keywords}.", "Use the word(s) {keywords} somewhere in your answer.",
         "Your response has to include {keywords}.")}, _plan_always, finalize=_fin_existence),
@@ -468,6 +557,14 @@ def _conflict_pairs() -> set[frozenset]:
         add(s, ["detectable_format:number_highlighted_sections"], "stars of bullets and rules clash with *highlights*")
     add("detectable_format:multiple_sections", _CASE, "the section word is matched case-sensitively")
     add("startend:quotation", ["detectable_format:title"], "lm-eval's INSTRUCTION_CONFLICTS pairs them")
+    add("train:start_phrase", ["change_case:english_lowercase", "change_case:english_capital", "startend:quotation",
+                               "train:wrap_tag"], "the phrase must open the reply as written")
+    add("train:end_with_question", ["startend:end_checker", "detectable_content:postscript", "startend:quotation",
+                                    "train:wrap_tag"], "something else must end the reply")
+    add("train:wrap_tag", ["startend:quotation", "change_case:english_capital", "startend:end_checker"],
+        "the tags open and close the reply, in lowercase")
+    add("train:no_digits", ["detectable_format:multiple_sections", "detectable_format:title"],
+        "section numbers; a title taken from the request may hold digits")
     # Repeating the request puts the user's own text first: it may carry commas or capitals, and it counts
     # towards lengths and keywords; keep it with the additions that cannot interfere.
     add("combination:repeat_prompt", set(TYPES) - {"detectable_format:title", "detectable_content:postscript",

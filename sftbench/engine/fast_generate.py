@@ -44,6 +44,7 @@ from sftbench.core.errors import UserError
 
 GIB = 1024**3
 MIB = 1024**2
+SAMPLE_SCRATCH_BYTES = 48  # per slot and vocabulary entry, while sampling (plan_batch)
 
 
 # ----------------------------------------------------------------------------------------- sizing
@@ -79,14 +80,15 @@ class BatchPlan:
 
 def plan_batch(shape: LlamaShape, *, budget_bytes: int, dtype_bytes: int, max_prompt_len: int, max_new_tokens: int,
                num_prompts: int, max_batch: int | None = None, prefill_tokens: int = 8192,
-               reserve_bytes: int = 256 * MIB) -> BatchPlan:
+               reserve_bytes: int = 256 * MIB, sampling: bool = False) -> BatchPlan:
     """Size the static KV cache to a memory budget (pure function; no device needed).
 
     The budget covers everything the generator allocates: weights, the staging buffer of one prefill
     group (its K/V plus activations), per-slot decode buffers (KV cache of `slot_len` tokens, logits row,
     output row, attention partials) and a fixed reserve for the allocator's slack and CUDA-graph pool.
     Slots are rounded down to a multiple of 8 when at least 16 fit (tensor-core friendly GEMMs).
-    Raises UserError when not even one slot fits.
+    sampling: also hold the sampler's per-slot scratch (float32 logits, noise, the nucleus sort: ~48 B a vocabulary
+    entry).  Raises UserError when not even one slot fits.
     """
     if max_prompt_len < 1 or max_new_tokens < 1 or num_prompts < 1:
         raise ValueError("plan_batch needs max_prompt_len, max_new_tokens and num_prompts >= 1")
@@ -100,7 +102,8 @@ def plan_batch(shape: LlamaShape, *, budget_bytes: int, dtype_bytes: int, max_pr
     per_slot_extra = (2 * shape.vocab_size * dtype_bytes  # logits row (+ argmax scratch)
                       + 2 * 8 * max_new_tokens  # int64 output row, gathered copy
                       + 2 * 32 * shape.num_heads * shape.head_dim * 4  # split-K partials (fp32), up to 32 splits
-                      + 8 * shape.intermediate_size * dtype_bytes)  # decode activations
+                      + 8 * shape.intermediate_size * dtype_bytes  # decode activations
+                      + (SAMPLE_SCRATCH_BYTES * shape.vocab_size if sampling else 0))
     per_slot = slot_len * kvb + per_slot_extra
     free = budget_bytes - weight_bytes - stage_bytes - reserve_bytes
     fit = free // per_slot if free > 0 else 0
@@ -213,6 +216,7 @@ class FastGenerator:
         self._graph = None
         self._sample_graphs: dict = {}  # use_top_p -> the sampling decode window's graph
         self._stage_seeds = None  # the current call's seed per request (sampling)
+        self._plan_sampling = False  # the current plan holds the sampler's scratch
         self._mode = "greedy"  # "greedy", "sample" (every top_p 1) or "sample_top_p": what _decode_step runs
         self.last_stats: dict = {}
 
@@ -451,7 +455,7 @@ class FastGenerator:
         self._check_prompts(prompt_ids)
         t_start = time.perf_counter()
         self._mode = "greedy"
-        setup_s = self._ensure_plan(prompt_ids, n)
+        setup_s = self._ensure_plan(prompt_ids, n, sampling is not None)
         if sampling is not None:
             self._mode = "sample_top_p" if sampling[1] < 1.0 else "sample"
             if self.use_graph and self._mode not in self._sample_graphs:
@@ -506,20 +510,23 @@ class FastGenerator:
             if min(p) < 0 or max(p) >= V:
                 raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {V})")
 
-    def _ensure_plan(self, prompt_ids: list[list[int]], requests: int | None = None) -> float:
+    def _ensure_plan(self, prompt_ids: list[list[int]], requests: int | None = None, sampling: bool = False) -> float:
         """(Re)plan, allocate and capture (greedy) when this call does not fit the current plan; seconds spent.
-        requests: sequences to decode (prompts x samples; default one per prompt)."""
+        requests: sequences to decode (prompts x samples; default one per prompt); sampling: the plan must hold
+        the sampler's scratch too (a greedy call reuses such a plan as it is)."""
         n, max_prompt = requests or len(prompt_ids), max(len(p) for p in prompt_ids)
         need_len = max_prompt + self.max_new_tokens
         if not (self.plan is None or need_len > self.plan.slot_len
-                or (self.plan.limited_by == "prompts" and n > self.plan.slots)):
+                or (self.plan.limited_by == "prompts" and n > self.plan.slots)
+                or (sampling and not self._plan_sampling)):
             return 0.0
         t0 = time.perf_counter()
         self._release()
         plan = plan_batch(self.shape, budget_bytes=self._budget_bytes(),
                           dtype_bytes=torch.empty(0, dtype=self.dtype).element_size(), max_prompt_len=max_prompt,
                           max_new_tokens=self.max_new_tokens, num_prompts=n, max_batch=self.max_batch,
-                          prefill_tokens=self.prefill_tokens)
+                          prefill_tokens=self.prefill_tokens, sampling=sampling)
+        self._plan_sampling = sampling
         self._allocate(plan)
         self._warm_and_capture()
         return time.perf_counter() - t0
@@ -562,8 +569,8 @@ class FastGenerator:
             rows = torch.arange(len(group), device=self.device).repeat_interleave(c)
             req = [i * c + k for i in group for k in range(c)]
             first = torch.empty(len(req), dtype=torch.long, device=self.device)
-            for a in range(0, len(req), 256):  # bounded scratch: 256 x vocab floats at a time
-                sl = slice(a, a + 256)
+            for a in range(0, len(req), 64):  # bounded scratch: 64 rows x vocab at a time (eager sampler)
+                sl = slice(a, a + 64)
                 m = len(req[sl])
                 first[sl] = sample_tokens(logits[rows[sl]], self.temperature[:1].expand(m), self.top_p[:1].expand(m),
                                           torch.tensor([stage.seeds[q] for q in req[sl]], device=self.device),
@@ -607,7 +614,7 @@ class FastGenerator:
             "hit_cap": sum(r["hit_cap"] for r in results),
             "slots": self.plan.slots,
             "compiled": bool(self.compile),
-            "cuda_graph": self._graph is not None,
+            "cuda_graph": (self._graph if self._mode == "greedy" else self._sample_graphs.get(self._mode)) is not None,
             "attention": self.attention,
             "num_splits": self.num_splits,
             "plan": asdict(self.plan),

@@ -62,7 +62,8 @@ class SweepConfig:
               "RUN_DIR/sft_config.json", cli=False)  # `--include_base [PATH]`: an optional value, added by the sweep
     watch: bool = setting(
         False, "keep polling RUN_DIR and evaluate checkpoints as training writes them; stops when the final model "
-               "appears and is evaluated, or after --watch_timeout")
+               "appears and is evaluated and no trainer holds RUN_DIR's lock (a run being extended is followed), "
+               "or after --watch_timeout")
     poll_s: float = setting(30.0, "seconds between polls with --watch")
     watch_timeout: Optional[float] = setting(
         None, "stop watching after this many seconds (default: wait for the final model)")

@@ -293,6 +293,10 @@ def result_problems(results_dir: str | os.PathLike, csv_steps: dict[str, int] | 
                 out[name] = (f"sweep.csv has a row for it but {d}/{SUMMARY} is missing or incomplete"
                              if d.is_dir() else f"sweep.csv has a row for it but {d}/ is missing")
             continue
+        why = weights_changed(summary, d / SUMMARY, summary.get("model_path"))
+        if why is not None:
+            out[name] = f"stale: the {why} ({summary.get('model_path')})"
+            continue
         if csv_steps is not None and name not in csv_steps:
             out[name] = f"{d} is complete but has no row in {res / SWEEP_CSV}"
             continue
@@ -310,9 +314,6 @@ def result_problems(results_dir: str | os.PathLike, csv_steps: dict[str, int] | 
         if bad:
             out[name] = "; ".join(bad)
             continue
-        why = weights_changed(summary, d / SUMMARY, summary.get("model_path"))
-        if why is not None:
-            out[name] = f"stale: the {why} ({summary.get('model_path')})"
     return out
 
 

@@ -616,6 +616,10 @@ def _check_inputs(model_path: str | None, cfg: EvalConfig, session: EvalSession)
         raise UserError("--max_new_tokens and --batch_size must be at least 1.")
     ps = session.prompts(cfg)
     device = resolve_device(cfg)
+    from sftbench.core.device import start_notes
+
+    for note in start_notes(device):  # once per process: a CPU torch next to a GPU; Windows WDDM
+        log(note)
     dtype = resolve_dtype(cfg, device)
     backend, why = resolve_backend(cfg, device)
     if why:

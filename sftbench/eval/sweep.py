@@ -47,6 +47,7 @@ from sftbench.core.rundir import final_model_present, is_model_dir, load_metrics
 
 from sftbench.model.chat_template import MODEL
 from sftbench.model.hf import chat_template_of, load_tokenizer
+from sftbench.model.offline import resolve_model_path
 
 from sftbench.eval import results
 from sftbench.eval.config import SweepConfig
@@ -214,7 +215,7 @@ class Sweep:
         # start: the runner's `start_checkpoint(...) -> Pending` (generation now, `.finish()` = scoring + writing),
         # so scoring one checkpoint overlaps the next one's generation; None: `evaluate`, one after the other.
         self.start = start
-        self.benchmark = getattr(cfg, "benchmark", results.DEFAULT_BENCHMARK)
+        self.benchmark = cfg.benchmark
         self.companions: list["Sweep"] = []  # other benchmarks' sweeps of the same run, run checkpoint by checkpoint
         self.session = session
         self.include_base = include_base
@@ -567,10 +568,8 @@ def build_parser(config_cls) -> tuple[argparse.ArgumentParser, list[str], list[s
 
 
 def _load_runner():
-    try:
-        from sftbench.eval import run as runner
-    except ImportError as e:  # pragma: no cover - the runner ships with the project
-        raise UserError(f"the IFEval runner (sftbench/eval/run.py) could not be imported: {e}") from None
+    from sftbench.eval import run as runner  # lazy: the sweep's --help and dry runs need no scorer or generator
+
     return runner
 
 
@@ -649,10 +648,6 @@ def parse_benchmarks(spec: str) -> list[str]:
 def benchmark_config(cfg, benchmark: str):
     """The eval config of one benchmark of a sweep: --data and --subset select IFEval prompts, so IFBench
     takes its own ($SFTBENCH_IFBENCH_DATA or the shipped copy) and the full set."""
-    if benchmark == results.DEFAULT_BENCHMARK and not hasattr(cfg, "benchmark"):
-        return cfg  # a runner whose config predates IFBench
-    if not hasattr(cfg, "benchmark"):
-        raise UserError(f"--benchmarks {benchmark}: this runner's EvalConfig has no `benchmark` field.")
     if benchmark == results.DEFAULT_BENCHMARK:
         return dataclasses.replace(cfg, benchmark=benchmark)
     return dataclasses.replace(cfg, benchmark=benchmark, data=None, subset="full")
@@ -690,18 +685,13 @@ def _make_sweep(run_dir: Path, results_dir: Path, cfg, opts: SweepConfig, runner
     if run_dir.resolve() == results_dir.resolve():
         raise UserError(f"{results_dir}: the results directory must differ from the run directory.")
     include_base = base_model_from_run(run_dir) if opts.include_base == "" else opts.include_base
-    resolve = getattr(runner, "resolve_model_path", None)
-    if resolve is None:
-        try:
-            from sftbench.model.offline import resolve_model_path as resolve
-        except ImportError:  # pragma: no cover
-            resolve = None
+    resolve = getattr(runner, "resolve_model_path", None) or resolve_model_path
     sweep = Sweep(run_dir, results_dir, cfg, runner.evaluate_checkpoint, include_base=include_base,
                   force=opts.force, expected_hash=getattr(runner, "expected_settings_hash", None),
                   resolve_model=resolve)
     base = sweep.state.get("include_base")
     if base is not None:
-        sweep.base_template = base_template(run_dir, resolve(base) if resolve else base, cfg)
+        sweep.base_template = base_template(run_dir, resolve(base), cfg)
     return sweep
 
 

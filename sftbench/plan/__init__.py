@@ -1,7 +1,7 @@
 """Plan a fine-tuning run before starting it: peak VRAM, which GPUs fit, steps, time and cost, per engine.
 
     python -m sftbench.plan --model_name_or_path HuggingFaceTB/SmolLM2-135M --model_max_length 1024 \
-        --per_device_train_batch_size 1 --gradient_accumulation_steps 64 --data_path data/demo_chat.jsonl \
+        --per_device_train_batch_size 1 --gradient_accumulation_steps 64 --data_path sftbench/data/demo_chat.jsonl \
         --num_train_epochs 5 [--method lora] [--gpu t4] [--both_engines]
 
 Homes: dims.py (model shapes), memory.py (reference engine's memory, fits, auto batch, OOM advice),

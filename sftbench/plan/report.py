@@ -26,6 +26,26 @@ class GpuRow:
     checkpoint_layers: int = 0    # fast engine: layers the trainer checkpoints on this card
     max_token_budget: int = 0     # fast engine: largest packed row that fits with every layer checkpointed
     breakdown: Breakdown | None = None
+    path: str = ""                # what the trainer would run there (sftbench.core.capabilities), e.g. "varlen bf16, compiled, graphs"
+
+
+def planned_path(g: GPU, engine: str) -> str:
+    """The trainer's path on `g` (--precision/--compile/--attention auto), and what changes without Triton (PyTorch's
+    Windows wheels): e.g. "buckets fp16+scaler, compiled (no Triton: eager)"; "?" for a GPU of unknown capability."""
+    from sftbench.core.capabilities import assumed, decide_train_path, short_label
+    from sftbench.core.gpus import COMPUTE_CAPABILITY
+
+    cap = COMPUTE_CAPABILITY.get(g.key)
+    if cap is None:
+        return "?"
+    labels = []
+    for triton in (True, False):
+        caps = assumed(g.name, cap, triton)
+        labels.append(short_label(decide_train_path(caps, engine=engine,
+                                                    precision="bf16" if caps.bf16_native else "fp16")))
+    if labels[0] == labels[1]:
+        return labels[0]
+    return f"{labels[0]} (no Triton: {'eager, no graphs' if 'graphs' in labels[0] else 'eager'})"
 
 
 def resolve_engine(engine: str, method: str) -> str:
@@ -54,7 +74,8 @@ def _row(g: GPU, engine: str, spec: PlanSpec, fast: FastSpec, tokens: float, avg
         extra, mmb, ml = {}, max_micro_batch(spec, g.mem_gib), max_length_that_fits(spec, g.mem_gib)
     hours = tokens / tps / 3600 if tps > 0 else float("inf")
     return GpuRow(g, b.total <= g.mem_gib * 0.97, b.total, mmb, ml, tps, hours,
-                  hours * num_gpus * prices.get(g.key, float("nan")), engine=engine, breakdown=b, **extra)
+                  hours * num_gpus * prices.get(g.key, float("nan")), engine=engine, breakdown=b,
+                  path=planned_path(g, engine), **extra)
 
 
 def plan_rows(spec: PlanSpec, data: DataSize, epochs: float, num_gpus: int = 1, gpus: list[GPU] | None = None,
@@ -128,14 +149,17 @@ def format_fast(spec: PlanSpec, fast: FastSpec, rows: list[GpuRow]) -> list[str]
     out.append("")
     out.append("Per GPU, fast engine (max token budget: the largest packed row that fits with every layer checkpointed):")
     out.append(f"  {'GPU':<22s} {'GiB':>5s} {'fits':>5s} {'needs GiB':>9s} {'ckpt layers':>11s} {'max token budget':>16s} "
-               f"{'tokens/s':>9s} {'hours':>7s} {'cost $':>7s}")
+               f"{'tokens/s':>9s} {'hours':>7s} {'cost $':>7s}  path")
     for r in rows:
         out.append(f"  {r.gpu.name:<22s} {r.gpu.mem_gib:5.1f} {'yes' if r.fits else 'NO':>5s} {r.total_gib:9.2f} "
                    f"{r.checkpoint_layers:>5d} of {spec.dims.layers:<3d} {r.max_token_budget:>16d} {r.tokens_per_s:>9,.0f} "
-                   f"{r.hours:>7.2f} {_cost(r):>7s}")
+                   f"{r.hours:>7.2f} {_cost(r):>7s}  {r.path}")
+    out.append("  (path: what the trainer runs there with --precision/--compile/--attention auto; \"no Triton\": PyTorch's "
+               "Windows wheels, where the layers run eagerly; tokens/s assume compiled layers: eager ones are slower, "
+               "measure with scripts/bench_train.py --no-compile.)")
     if any(not r.gpu.bf16 or r.gpu.tflops < 20 for r in rows):
-        out.append("  (GPUs without bf16 train in fp16 and, below compute capability 8.0, with FlexAttention (or --attention buckets) instead of "
-                   "varlen: their fast-engine rates are scaled, not measured.)")
+        out.append("  (GPUs without bf16 train in fp16 with a gradient scaler and, below compute capability 8.0, with "
+                   "attention in length buckets instead of varlen: their fast-engine rates are scaled, not measured.)")
     return out
 
 
@@ -145,7 +169,7 @@ def rows_json(rows: list[GpuRow]) -> list[dict]:
         d = {"gpu": r.gpu.key, "engine": r.engine, "mem_gib": r.gpu.mem_gib, "fits": r.fits,
              "total_gib": round(r.total_gib, 4), "max_micro_batch": r.max_micro_batch, "max_length": r.max_length,
              "tokens_per_s": round(r.tokens_per_s, 1), "hours": round(r.hours, 3),
-             "cost_usd": None if math.isnan(r.cost_usd) else round(r.cost_usd, 2)}
+             "cost_usd": None if math.isnan(r.cost_usd) else round(r.cost_usd, 2), "path": r.path}
         if r.engine == "fast":
             d.update(checkpoint_layers=r.checkpoint_layers, max_token_budget=r.max_token_budget,
                      breakdown_gib=r.breakdown.as_dict())

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from sftbench.core import rundir
 from sftbench.core.errors import UserError
-from sftbench.core.io import atomic_write_json, read_json
+from sftbench.core.io import atomic_write_json, read_json, rmtree_retry
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -196,10 +196,10 @@ def prune_checkpoints(output_dir, keep_state: int | None, keep_weights: int | No
     if keep_state is not None and keep_state >= 0:
         for _, p in ckpts[: max(0, len(ckpts) - keep_state)]:
             if (p / "training_state").exists():
-                shutil.rmtree(p / "training_state")
+                rmtree_retry(p / "training_state")  # Windows: retried while a file inside is held open
                 actions.append(f"removed optimizer state of {p.name}")
     if keep_weights is not None and keep_weights >= 0:
         for _, p in ckpts[: max(0, len(ckpts) - keep_weights)]:
-            shutil.rmtree(p)
+            rmtree_retry(p)
             actions.append(f"removed {p.name}")
     return actions

@@ -153,9 +153,12 @@ def causal_lm(model):
     return model.base_model.model if hasattr(model, "peft_config") else model
 
 
-def make_engine(model, cfg, device, d: Dist, prec, scaler, *, pad_id: int, explicit: bool) -> Engine:
+def make_engine(model, cfg, device, d: Dist, prec, scaler, *, pad_id: int, explicit: bool,
+                checkpoint_layers: int | None = None) -> Engine:
     """The engine cfg.engine names ('auto' already resolved); the fast one falls back to the reference engine
     when it does not support the model and was not asked for explicitly.  Resolves cfg.token_budget.
+    checkpoint_layers: the fast engine's recomputed layers (default: the memory model's choice; a benchmark's
+    fixed plan).
     The engine's `path` (sftbench.core.capabilities.TrainPath) says how it runs; its line is logged once."""
     from sftbench.core.capabilities import probe
 
@@ -163,7 +166,7 @@ def make_engine(model, cfg, device, d: Dist, prec, scaler, *, pad_id: int, expli
     engine: Engine | None = None
     if cfg.engine == "fast":
         path = train_path(caps, cfg, prec, "fast")
-        budget = prepare_fast(model, cfg, device, d, explicit=explicit, path=path)
+        budget = prepare_fast(model, cfg, device, d, explicit=explicit, path=path, checkpoint_layers=checkpoint_layers)
         if budget:
             engine = FastEngine(model, device, d, prec, scaler, token_budget=budget, pad_id=pad_id,
                                 cuda_graphs=path.cuda_graphs)
@@ -187,7 +190,7 @@ def train_path(caps, cfg, prec, engine: str):
                              compile=cfg.compile, attention=cfg.attention, cuda_graphs=cfg.cuda_graphs)
 
 
-def prepare_fast(model, cfg, device, d: Dist, *, path, explicit: bool = True) -> int:
+def prepare_fast(model, cfg, device, d: Dist, *, path, explicit: bool = True, checkpoint_layers: int | None = None) -> int:
     """Padding-free packing + per-conversation attention + (where Triton runs) compiled layers; returns the token
     budget (0 = unsupported).  `path`: the chosen TrainPath (attention, compile).
 
@@ -199,7 +202,9 @@ def prepare_fast(model, cfg, device, d: Dist, *, path, explicit: bool = True) ->
         raise UserError(f"--token_budget {budget} is smaller than --model_max_length {cfg.model_max_length}: "
                         f"a conversation must fit in one packed micro-batch.")
     k = 0
-    if device.type == "cuda":
+    if checkpoint_layers is not None:
+        k = checkpoint_layers
+    elif device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / 1024**3
         k = mb.choose_checkpoint_layers(model, budget, mb.torch_budget_bytes(total, cfg.vram_target_gib, cfg.memory_cap_gib),
                                         ce_chunk_size=cfg.loss_chunk_size or 1024)

@@ -1,5 +1,6 @@
 """The training loop, on one screen.  Everything it calls is in sftbench/train/setup.py (before, around and
-after each step), sftbench/train/engines.py (one accumulation window forward/backward) and
+after each step), sftbench/train/step.py (one optimizer step: the engine's window, then clip/step/schedule; the
+benchmarks call it too), sftbench/train/engines.py (one accumulation window forward/backward) and
 sftbench/train/checkpoint.py (what a checkpoint holds)."""
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 
 from sftbench.config.train import TrainConfig
 from sftbench.core.lock import DirLock
-from sftbench.train.setup import (build_model_and_engine, finish, log_step, open_run_dir, optimizer_step, restore,
-                                  save_step, start, window_of)
+from sftbench.train.setup import (build_model_and_engine, finish, log_step, open_run_dir, restore, save_step, start,
+                                  window_of)
+from sftbench.train.step import train_step
 from sftbench.train.stop import StopSignals, check_finite_step
 
 
@@ -47,9 +49,9 @@ def _train(cfg: TrainConfig, lock, signals: StopSignals) -> dict:
             # Normalise by the target tokens of the WHOLE window (all micro-batches, all ranks): the gradient
             # is then the same whatever the micro-batch / accumulation / GPU split.
             mine, n_window = window_of(run, step)
-            ce_sum, real_tokens = run.engine.window(mine, n_window, seed=cfg.seed + step)
-            grad_norm, lr = optimizer_step(run)
-            ce_total, real_tokens = d.sum(float(ce_sum)), int(d.sum(real_tokens))
+            r = train_step(run.engine, run.optimizer, run.scheduler, mine, n_window, cfg.seed + step, cfg.max_grad_norm)
+            grad_norm, lr = r.grad_norm, r.lr
+            ce_total, real_tokens = d.sum(float(r.ce_sum)), int(d.sum(r.real_tokens))
             run.last_loss = ce_total / max(n_window, 1)
             check_finite_step(run, step + 1, run.last_loss, grad_norm)  # two host floats: no extra device sync
             log_step(run, step, grad_norm, lr, real_tokens, n_window, time.time() - t0)

@@ -25,6 +25,8 @@ from sftbench.train.prepare import prepare_data
 from sftbench.config.train import TrainConfig, resolve_accumulation
 from sftbench.train.dist import Dist, log
 from sftbench.train.engines import causal_lm, make_engine
+from sftbench.train.step import build_optimizer, optimizer_and_schedule, prepare_model, target_count  # noqa: F401 (API)
+from sftbench.train.step import optimizer_step as _optimizer_step
 from sftbench.train.stop import check_weights_finite
 
 
@@ -96,6 +98,10 @@ def start(cfg: TrainConfig) -> Run:
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
     d.init(device.type)
+    from sftbench.core.device import start_notes
+
+    for note in start_notes(device):  # a CPU torch next to a GPU; Windows WDDM
+        log(d, note)
     prec = pick_precision(device, cfg.bf16, cfg.fp16, cfg.precision)
     if prec.name != "fp32":  # the resolved choice, in the HF booleans too (sft_config.json, the planner's OOM advice)
         cfg.precision, cfg.bf16, cfg.fp16 = prec.name, prec.name == "bf16", prec.name == "fp16"
@@ -133,7 +139,7 @@ def start(cfg: TrainConfig) -> Run:
         raise UserError(f"{cfg.data_path}: {len(examples)} trainable conversations, fewer than one optimizer step's "
                         f"effective batch ({window}). Lower --gradient_accumulation_steps or add data.")
     steps_per_epoch = len(examples) // window
-    n_targets = [sum(1 for x in ex["labels"][1:] if x != -100) for ex in examples]  # shifted targets, once
+    n_targets = [target_count(ex) for ex in examples]  # shifted targets, once
     total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     return Run(cfg, d, device, prec, out, resume, tok, examples, stats, n_targets, window, steps_per_epoch, total_steps,
                model_path=model_path, starting_over=starting_over, data_fingerprint=fingerprint, changes=changes)
@@ -320,8 +326,6 @@ def auto_batch(cfg: TrainConfig, device: torch.device, d: Dist) -> None:
 
 def build_model_and_engine(run: Run) -> None:
     """fp32 master weights (LoRA adapters on top for --method lora), the engine, optimizer, schedule, scaler."""
-    from transformers import get_scheduler
-
     from sftbench.core.memory import apply_memory_cap
     from sftbench.model.load import load_causal_lm
 
@@ -340,30 +344,11 @@ def build_model_and_engine(run: Run) -> None:
     gen_eos = [gcfg.eos_token_id] if isinstance(gcfg.eos_token_id, int) else list(gcfg.eos_token_id or [])
     gcfg.eos_token_id = list(dict.fromkeys(stop_token_ids(run.tok) + gen_eos))  # stop at end-of-turn when evaluated
     gcfg.pad_token_id = run.tok.pad_token_id
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.method == "lora":
-            model.enable_input_require_grads()
-    model.to(device).train()
+    prepare_model(model, cfg, device)  # no KV cache, HF checkpointing, on the device in train mode
     run.scaler = torch.amp.GradScaler(device.type, enabled=run.prec.use_grad_scaler)
     run.model = model
     run.engine = make_engine(model, cfg, device, d, run.prec, run.scaler, pad_id=run.tok.pad_token_id, explicit=explicit)
-    run.optimizer = build_optimizer(model, cfg, device)
-    run.scheduler = get_scheduler(cfg.lr_scheduler_type, run.optimizer, num_training_steps=run.total_steps,
-                                  num_warmup_steps=cfg.effective_warmup_steps(run.total_steps))
-
-
-def build_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kw = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
-    if device.type == "cuda":
-        kw["fused"] = True  # one kernel for the whole update instead of several per tensor
-    return torch.optim.AdamW(groups, **kw)
+    run.optimizer, run.scheduler = optimizer_and_schedule(model, cfg, device, run.total_steps)
 
 
 def load_lora_model(model_path: str, resume, cfg: TrainConfig):
@@ -486,24 +471,9 @@ def open_run_dir(run: Run) -> None:
 # ----------------------------------------------------------------------------- each step
 
 def optimizer_step(run: Run) -> tuple[float, float]:
-    """Unscale, clip, step, advance the schedule; returns (grad_norm before clipping, the lr this step used)."""
-    run.scaler.unscale_(run.optimizer)
-    max_norm = run.cfg.max_grad_norm if run.cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
-    try:
-        run.scaler.step(run.optimizer)
-    except RuntimeError as e:  # AdamW's scalar maths overflowing float (a learning rate near 1e38)
-        if "overflow" not in str(e):
-            raise
-        from sftbench.train.stop import nonfinite_error
-
-        run.optimizer.zero_grad(set_to_none=True)
-        raise nonfinite_error(run, run.scheduler.last_epoch + 1, f"the optimizer update overflowed ({e})") from None
-    run.scaler.update()
-    lr = run.scheduler.get_last_lr()[0]
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm), lr
+    """Unscale, clip, step, advance the schedule (sftbench.train.step.optimizer_step); returns (grad_norm before
+    clipping, the lr this step used)."""
+    return _optimizer_step(run.model, run.optimizer, run.scheduler, run.scaler, run.cfg.max_grad_norm)
 
 
 def log_step(run: Run, step: int, grad_norm: float, lr: float, real_tokens: int, n_window: int, dt: float) -> None:
