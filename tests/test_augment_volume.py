@@ -124,3 +124,22 @@ def test_settings_are_checked_and_named_on_both_clis(tiny_model_dir, tmp_path):
     cfg = parse_train_config(["--model_name_or_path", str(tiny_model_dir), "--augment_fraction", "0.5",
                               "--augment_variants", "3", "--augment_top_p", "0.9", "--augment_samples", "2"])
     assert (cfg.augment.variants, cfg.augment.top_p, cfg.augment.samples) == (3, 0.9, 2)
+
+
+def test_parallel_verification_equals_serial(checker, monkeypatch):
+    """Past PARALLEL_FROM variants the samples are verified in spawned workers: the same records and counts."""
+    import os
+
+    records = [_conv(f"Tell me about city number {i}.", ANSWER) for i in range(4)]
+
+    def fake(prompts, n, temperature):
+        return [["It is old, and big. It has a river.", "It is old and big!", ""] for _ in prompts]
+
+    cfg = A.AugmentConfig(fraction=1.0, targets="self", samples=3, temperature=0.9, variants=3, seed=4,
+                          types="punctuation:no_comma,detectable_content:postscript,train:end_with_question")
+    serial = A.augment_records(records, cfg, checker=checker, generate=fake)
+    monkeypatch.setattr(A, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    parallel = A.augment_records(records, cfg, checker=checker, generate=fake)
+    assert parallel[0] == serial[0] and parallel[1].kept == serial[1].kept > 0
+    assert parallel[1].per_type == serial[1].per_type and parallel[1].dropped == serial[1].dropped

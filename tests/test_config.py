@@ -134,13 +134,6 @@ PINNED_INSPECT = {
     '--special_tokens_in_content': ('special_tokens_in_content', 'text', ('text', 'refuse'), 'str', None, None, False),
     '--show': ('show', 1, None, 'int', None, None, False),
     '--index': ('index', 0, None, 'int', None, None, False),
-    '--max_length|--max-length': ('model_max_length', '==SUPPRESS==', None, 'int', None, None, True),
-    '--max-rounds': ('max_rounds', '==SUPPRESS==', None, 'int', None, None, True),
-    '--mode': ('masking', '==SUPPRESS==', ('assistant', 'homework'), 'str', None, None, True),
-    '--truncation-side': ('truncation_side', '==SUPPRESS==', ('right', 'left', 'rounds'), 'str', None, None, True),
-    '--chat-template': ('chat_template', '==SUPPRESS==', None, 'str', None, None, True),
-    '--on_bad_record|--on-bad-record': ('skip_bad_records', '==SUPPRESS==', None, '_policy', None, None, True),
-    '--model_name_or_path': ('tokenizer', '==SUPPRESS==', None, 'str', None, None, True),
 }
 
 # TrainConfig().to_dict() before the split: the flat dict every checkpoint's sft_config.json holds
@@ -228,9 +221,24 @@ def _train_parser():
     return build_parser()[0]
 
 
+def _added_augment_settings() -> dict:
+    """{flat name: default} of AugmentConfig fields added after the pin: composed, they reach the trainer as
+    --augment_<field> with no edit to TrainConfig (that is the point); nothing else may be added."""
+    from sftbench.data.augment import AugmentConfig
+
+    return {f"augment_{f.name}": getattr(AugmentConfig(), f.name) for f in dataclasses.fields(AugmentConfig)
+            if f.name != "model" and f"augment_{f.name}" not in TODAY_DEFAULTS}
+
+
 # ------------------------------------------------------------------------------------ the flags did not change
 def test_train_flags_and_defaults_are_the_pinned_set():
-    assert _dump(_train_parser()) == PINNED_TRAIN
+    now = _dump(_train_parser())
+    assert {k: now.get(k) for k in PINNED_TRAIN} == PINNED_TRAIN
+    added = _added_augment_settings()
+    assert set(now) - set(PINNED_TRAIN) == ({f"--{n}" for n in added}
+                                            | {f"--no_{n}" for n, v in added.items() if v is True})
+    for n, v in added.items():
+        assert now[f"--{n}"][:2] == (n, v)
 
 
 def test_plan_flags_and_defaults_are_the_pinned_set():
@@ -305,7 +313,7 @@ def test_flat_names_are_unique_and_a_duplicate_is_refused():
     from sftbench.config.train import TrainConfig
 
     leaves = flat_fields(TrainConfig)
-    assert len(leaves) == len(TODAY_DEFAULTS) and set(leaves) == set(TODAY_DEFAULTS)
+    assert list(leaves) == list(dict.fromkeys(leaves)) and set(leaves) == set(TODAY_DEFAULTS) | set(_added_augment_settings())
     sections = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("section")}
     assert not sections & set(leaves)
 
@@ -327,9 +335,10 @@ def test_to_dict_is_todays_flat_dict_and_from_dict_reads_it_back():
     from sftbench.config.train import TrainConfig, parse_train_config
 
     d = TrainConfig().to_dict()
-    assert d == TODAY_DEFAULTS and list(d) == list(config_defaults(TrainConfig))
-    assert config_defaults(TrainConfig) == TODAY_DEFAULTS
+    assert d == TODAY_DEFAULTS | _added_augment_settings() and list(d) == list(config_defaults(TrainConfig))
+    assert config_defaults(TrainConfig) == d
     assert TrainConfig.from_dict(d) == TrainConfig()
+    assert TrainConfig.from_dict(TODAY_DEFAULTS) == TrainConfig()  # an older checkpoint's sft_config.json
     cfg = parse_train_config(["--learning_rate", "1e-4", "--augment_fraction", "0.5", "--augment_targets", "self",
                               "--fp16", "True", "--max_rounds", "-1", "--save_total_limit", "2"])
     saved = cfg.to_dict() | {"resolved_model_path": "/x", "world_size": 2}  # what sft_config.json holds besides

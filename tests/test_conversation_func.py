@@ -398,7 +398,7 @@ def test_collate_right_pads():
 
 def test_cli_shows_stats_and_highlight(tmp_path, capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", [{"messages": CONV}])
-    assert cf.main([str(data), "--tokenizer", "tiny", "--max_length", "512"]) == 0
+    assert cf.main([str(data), "--tokenizer", "tiny", "--model_max_length", "512"]) == 0
     out = capsys.readouterr().out
     assert '"examples": 1' in out
     assert "[[Paris is the capital of France.<|im_end|>]]" in out
@@ -431,7 +431,7 @@ def test_bad_records_hint_names_the_trainers_flag(tmp_path, tiny_tokenizer):
     assert str(ei.value).endswith("(1 more bad record(s) in this data; pass --skip_bad_records to skip and count them)")
 
 
-def test_cli_defaults_are_the_trainers_and_old_flags_still_work():
+def test_cli_defaults_are_the_trainers_and_old_flags_are_gone(capsys):
     from sftbench.core.cli import config_defaults, config_from_namespace
     from sftbench.data.cli import InspectConfig, build_parser
     from sftbench.config.train import TrainConfig
@@ -443,12 +443,15 @@ def test_cli_defaults_are_the_trainers_and_old_flags_still_work():
     assert (cfg.tokenizer, cfg.model_max_length, cfg.max_rounds, cfg.masking, cfg.truncation_side, cfg.skip_bad_records) == (
         train["model_name_or_path"], train["model_max_length"], train["max_rounds"], train["masking"],
         train["truncation_side"], train["skip_bad_records"])
-    ns = ap.parse_args(["d.jsonl", "--max_length", "77", "--max-rounds", "2", "--mode", "homework",
-                        "--truncation-side", "left", "--on_bad_record", "skip", "--chat-template", "plain"])
+    ns = ap.parse_args(["d.jsonl", "--model_max_length", "77", "--max_rounds", "2", "--masking", "homework",
+                        "--truncation_side", "left", "--skip_bad_records", "True", "--chat_template", "plain"])
     cfg = config_from_namespace(InspectConfig, ns, names, data_path=ns.data_path)
     assert (cfg.model_max_length, cfg.max_rounds, cfg.masking, cfg.truncation_side, cfg.skip_bad_records,
             cfg.chat_template) == (77, 2, "homework", "left", True, "plain")
-    assert "--max_length" not in ap.format_help() and "--model_max_length" in ap.format_help()
+    for old in ("--max_length", "--on_bad_record", "--chat-template", "--max-rounds"):
+        with pytest.raises(SystemExit) as e:
+            ap.parse_args(["d.jsonl", old, "x"])
+        assert e.value.code == 2 and f"unrecognized arguments: {old} x" in capsys.readouterr().err
 
 
 def test_load_tokenizer_template_and_pad(tmp_path):

@@ -333,3 +333,21 @@ def test_report_refuses_damaged_ifbench_results_too(tmp_path, capsys):
     assert report.main([str(res), "--allow_incomplete"]) == 0
     md = (res / "report.md").read_text()
     assert md.count("**Left out of this report (1 checkpoint(s)") == 1 and "- checkpoint-5: eval_results_loose" in md
+
+
+def test_load_model_refuses_weights_it_cannot_place(tiny_model_dir, tmp_path):
+    """The second line of defence (hub ids are not pre-checked): from_pretrained's loading info."""
+    import shutil
+
+    import torch
+    from transformers import GPT2Config
+
+    from sftbench.model.hf import load_model
+
+    gpt2 = shutil.copytree(tiny_model_dir, tmp_path / "gpt2")
+    GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=384).save_pretrained(gpt2)
+    with pytest.raises(UserError, match=rf"^{gpt2}: could not load the model \(its config.json does not match its "
+                                        r"weights: 29 missing keys \(e.g. lm_head.weight, .*; 20 unexpected keys "
+                                        r"\(e.g. model.embed_tokens.weight, "):
+        load_model(str(gpt2), "fp32", torch.device("cpu"))
+    assert load_model(str(tiny_model_dir), "fp32", torch.device("cpu")) is not None

@@ -274,11 +274,3 @@ def read_json(path: str | os.PathLike, data: bytes | None = None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: {json_error_text(e)}.") from None
-
-
-def atomic_replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
-    """Move a fully written temporary directory to its final name (same filesystem)."""
-    final_dir = Path(final_dir)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)

@@ -1,18 +1,23 @@
 """Constraint augmentation of any chat data: verifiable instructions added to the last user turn, and an answer
-that is checked to satisfy them by the checkers the evaluation uses (lm-eval's IFEval code, via sftbench.tasks.scoring).
+that is checked to satisfy them by the checkers the evaluation uses (lm-eval's IFEval code, via sftbench.tasks.scoring)
+or, for the project's own training-only types ("train:..."), by sftbench.tasks.train_constraints.
 
     python -m sftbench.data.augment IN.jsonl OUT.jsonl [--fraction 0.5] [--types all] [--hold_out_types default]
-                               [--seed 0] [--targets data|self --model PATH --samples 4 --temperature 0.7]
+                               [--seed 0] [--variants 1] [--targets data|self --model PATH --samples 4
+                               --temperature 0.7 --top_p 1.0 --multi_turn true]
 
-For a `fraction` of the conversations (chosen with `seed`), one to `max_constraints` compatible constraint types
-(sftbench/data/augment_types.py: templates, rewrites, CONFLICTS) are appended to the last user turn, and the answer to
-it is rewritten deterministically so that it satisfies them:
+For a `fraction` of the conversations (chosen with `seed`), `variants` drafts each add one to `max_constraints`
+compatible constraint types (sftbench/data/augment_types.py: templates, rewrites, CONFLICTS) to the last user turn
+(no two variants of a conversation carry the same constraints), and the answer to it is rewritten deterministically
+so that it satisfies them:
 - targets "data": the dataset's own answer is rewritten;
-- targets "self": the starting model answers the augmented prompt (`samples` samples at `temperature`, through an
-  injected `generate(prompts, n, temperature) -> [[answer, ...], ...]`); a sample that passes as it is wins,
-  else the first sample that passes after the same rewrite.  Single-turn conversations only.
-An augmented example is kept only if its answer passes the checker of every constraint it lists; otherwise the
-conversation stays as it was and the reason is counted.  Every output record is
+- targets "self": the starting model answers every variant's prompt in ONE call of an injected
+  `generate(prompts, n, temperature) -> [[answer, ...], ...]` (`samples` seeded samples at `temperature` / `top_p`;
+  the project's: project_generator); a sample that passes as it is wins, else the first that passes after the
+  same rewrite.  Multi-turn conversations too (`multi_turn`): the model answers the last user turn with the
+  earlier turns as context, and those turns are written back byte-identical.
+A variant is kept only if its answer passes the checker of every constraint it lists; a conversation with no kept
+variant stays as it was, and every reason is counted.  Every output record is
     {"messages": [...], "constraints": [{"instruction_id": ..., "kwargs": {...}}, ...]}
 (constraints empty when untouched), so anyone can re-verify it with `verify_record`.
 """
@@ -408,10 +413,9 @@ def best_sample(d: Draft, samples: list[str], checker: Checker, key: int = 0,
         failed = checker.failures(d.prompt, cons, s, key)
         if passed is not None:
             passed.update(set(d.ids) - set(failed))
-        if not failed and first is None:
+        if not failed:  # every type satisfied: `passed` is complete, no later sample can add to it
             first = s
-            if passed is None:
-                break
+            break
     if first is not None:
         return first, "self"
     cuts = any(T.TYPES[i].cuts for i in d.ids)
@@ -444,13 +448,53 @@ def _self_answers(drafts: dict[tuple[int, int], tuple[int, Draft]], records: lis
     if len(cands) != len(order):
         raise ValueError(f"generate returned {len(cands)} lists for {len(order)} prompts")
     out = {}
-    for k, samples in zip(order, cands):
-        best = best_sample(drafts[k][1], list(samples), checker, key=k[0], passed=raw_pass[k])
+    items = [(drafts[k][1], list(samples), k[0]) for k, samples in zip(order, cands)]
+    for k, (best, passed) in zip(order, _verify_all(items, checker)):
+        raw_pass[k].update(passed)
         if best is None:
             stats.drop("no_passing_sample")
         else:
             out[k] = best
     return out
+
+
+# Verifying thousands of samples is CPU work (NLTK sentence splits, langdetect): past this many variants it is
+# spread over worker processes (spawned: the parent may hold a CUDA context).  The results do not depend on it.
+PARALLEL_FROM = 256
+_WORKER: dict = {}
+
+
+def _verify_one(item) -> tuple[tuple[str, str] | None, set]:
+    d, samples, key = item
+    passed: set = set()
+    return best_sample(d, samples, _WORKER["checker"], key=key, passed=passed), passed
+
+
+def _init_worker(seed: int) -> None:
+    _WORKER["checker"] = Checker(seed=seed)
+
+
+def _verify_all(items: list, checker: Checker) -> list[tuple[tuple[str, str] | None, set]]:
+    """best_sample of every (draft, samples, key), in order: serially, or on up to 8 worker processes."""
+    import os
+
+    workers = min(8, (os.cpu_count() or 1) - 1)
+    if len(items) >= PARALLEL_FROM and workers >= 2:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        try:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                     initargs=(checker.scorer.seed,)) as ex:
+                return list(ex.map(_verify_one, items, chunksize=16))
+        except (OSError, RuntimeError) as e:  # no processes allowed here: verify in this one
+            print(f"[augment] parallel verification unavailable ({type(e).__name__}: {e}); verifying serially",
+                  file=sys.stderr)
+    _WORKER["checker"] = checker
+    try:
+        return [_verify_one(it) for it in items]
+    finally:
+        _WORKER.pop("checker", None)
 
 
 def _release_device_memory() -> None:

@@ -2,8 +2,8 @@
 examples with the supervised tokens wrapped in [[ ]], to check the loss mask by eye.
 
 The data settings are the trainer's own DataConfig (sftbench/data/config.py), composed here as in TrainConfig, so
-this view and a training run agree unless a flag says otherwise.  The flags of earlier versions (--max_length,
---mode, --on_bad_record, dashed spellings) are still accepted, hidden from --help.
+this view and a training run agree unless a flag says otherwise.  The trainer's flag names are the only ones (the
+earlier --max_length, --mode, --on_bad_record and dashed spellings are gone).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from sftbench.core.cli import ArgumentParser, Composed, add_config_arguments, composed, config_from_namespace, section, setting
 from sftbench.data.config import DataConfig
-from sftbench.data.records import BAD_RECORD_POLICIES
 from sftbench.core.errors import UserError
 from sftbench.model.offline import DEFAULT_MODEL
 
@@ -36,32 +35,10 @@ class InspectConfig(Composed):
     index: int = setting(0, "Index of the first example to show.")
 
 
-def _policy(value: str) -> bool:
-    if value not in BAD_RECORD_POLICIES:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(BAD_RECORD_POLICIES)} (got {value!r})")
-    return value == "skip"
-
-
-# Earlier spellings -> (field, argparse type); kept working, hidden from --help.
-LEGACY_FLAGS = {
-    ("--max_length", "--max-length"): ("model_max_length", int),
-    ("--max-rounds",): ("max_rounds", int),
-    ("--mode",): ("masking", str),
-    ("--truncation-side",): ("truncation_side", str),
-    ("--chat-template",): ("chat_template", str),
-    ("--on_bad_record", "--on-bad-record"): ("skip_bad_records", _policy),
-    ("--model_name_or_path",): ("tokenizer", str),
-}
-
-
 def build_parser(prog: str = "conversation_func.py") -> tuple[argparse.ArgumentParser, list[str]]:
     ap = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("data_path", help=dataclasses.fields(DataConfig)[0].metadata["help"])
     names = add_config_arguments(ap, InspectConfig, skip=("data_path",))
-    choices = {a.dest: a.choices for a in ap._actions}
-    for flags, (dest, conv) in LEGACY_FLAGS.items():
-        ap.add_argument(*flags, dest=dest, type=conv, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                        choices=choices.get(dest) if conv is str else None)
     return ap, names
 
 

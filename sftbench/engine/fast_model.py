@@ -8,7 +8,7 @@ ours, so that it can
   memory-efficient causal kernel per bucket, scattered back) on other GPUs (T4, P100: no flash attention, no
   bf16) and in fp32; dense SDPA with a boolean [T, T] mask on the CPU; FlexAttention (block-sparse mask) on
   request.  Neither varlen nor buckets needs an attention compile, while FlexAttention's forward+backward
-  took 195 s to compile on a cold H100 machine (4-9 s for varlen) and 324 s with 2 CPU cores;
+  takes minutes to compile on a cold machine (figures: docs/bench_train.md);
 - compile ONE decoder-layer function whose weights are arguments, so the 30 layers share one graph and a
   new shape costs seconds, not minutes;
 - recompute (activation-checkpoint) the first `checkpoint_layers` layers, chosen to fit a memory budget;
@@ -58,8 +58,8 @@ class FastSettings:
     """Rows of logits alive at once in the fused cross-entropy ([chunk, vocab] fp32)."""
     fuse_projections: bool = False
     """One matmul for q/k/v and one for gate/up (weights concatenated inside the compiled layer): fewer
-    kernel launches per layer, same maths; +8-15% tokens/s on an H100 (docs/bench_train.md).  The trainer
-    turns it on (--fuse_projections)."""
+    kernel launches per layer, same maths (the speed-up: docs/bench_train.md).  The trainer turns it on
+    (--fuse_projections)."""
     layer_fns: dict = field(default_factory=dict, repr=False)
 
 
@@ -80,9 +80,8 @@ def varlen_supported(device) -> str | None:
 
 def pick_attention(device, half_precision: bool) -> tuple[str, str]:
     """(attention, reason): varlen on sm80+ GPUs training in bf16/fp16, `buckets` on other GPUs (T4, P100) and in
-    fp32, sdpa on CPU (sftbench.core.capabilities.choose_attention).  buckets needs no attention compile: its cold
-    first step took 17.9 s with 2 CPU cores, 2 compile threads and empty caches, forced in fp16 on an H200
-    (2026-12-01), where FlexAttention's took 324 s."""
+    fp32, sdpa on CPU (sftbench.core.capabilities.choose_attention).  buckets needs no attention compile, so its
+    cold first step takes seconds where FlexAttention's takes minutes (figures: docs/bench_train.md)."""
     from sftbench.core.capabilities import choose_attention, probe
 
     return choose_attention(probe(device), "auto", half_precision)

@@ -13,8 +13,7 @@ DEFAULT_GPU_TOKEN_BUDGET = 16384
 CONTEXT_GIB = 1.3
 BUDGET_FRACTION = 0.9
 # Activation bytes kept per token per decoder layer under bf16 autocast with the compiled layer (SmolLM2-135M
-# shape): on an H100, 8192 tokens with no checkpointing exceeded 7.5 GiB, i.e. > ~17 KiB/token/layer; we plan
-# with 24 KiB.  A checkpointed layer keeps only its fp32 input (hidden x 4 B = 2.25 KiB at hidden 576).
+# shape): measured above ~17 KiB/token/layer (docs/bench_train.md); we plan with 24 KiB.  A checkpointed layer keeps only its fp32 input (hidden x 4 B = 2.25 KiB at hidden 576).
 ACT_BYTES_PER_TOKEN_LAYER = 24 * 1024
 CKPT_BYTES_PER_TOKEN_LAYER = 2560
 
@@ -41,9 +40,8 @@ def choose_checkpoint_layers(model, token_budget: int, memory_budget_bytes: int,
     `.numel()`).  Static estimate: 16 B/parameter (fp32 weights, grads, two Adam moments); the fused CE
     (~8 B x chunk x vocab of logits/softmax, three fp32 [vocab, hidden] weight-gradient buffers); one layer's
     recompute and the final hidden states; then `act_bytes` per token per stored layer and `ckpt_bytes` per
-    token per checkpointed layer.  Checked against an H100 run (8192 tokens, all 30 layers checkpointed,
-    chunk 2048): 3.88 GiB predicted, 3.81 GiB measured.  Returns num_hidden_layers when even full
-    checkpointing does not fit (the caller should then lower the token budget).
+    token per checkpointed layer (predicted vs measured peaks: docs/bench_train.md).  Returns num_hidden_layers
+    when even full checkpointing does not fit (the caller should then lower the token budget).
     """
     cfg = model.config
     n_layers = cfg.num_hidden_layers

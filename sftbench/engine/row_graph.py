@@ -1,9 +1,9 @@
 """CUDA graphs for the fast engine: one packed row's forward and backward replayed as one graph.
 
-Why: with 16,384-token rows an H200 runs a row's ~2,500 kernels in ~68 ms, while the host needed ~100 ms to
-launch them (the compiled layers' wrappers, autograd, the varlen attention op, cuBLAS calls), so the GPU idled
-a third of the time (profile of fast@16384:30:fused, H200, 2026-12-01, docs/bench_train.md).  A graph replay
-costs the host microseconds, so the row runs at the GPU's pace.
+Why: a packed row is a few thousand small kernels; on a fast GPU the host takes longer to launch them (the
+compiled layers' wrappers, autograd, the varlen attention op, cuBLAS calls) than the GPU takes to run them, so
+the GPU idles (the profile and figures: docs/bench_train.md).  A graph replay costs the host microseconds, so
+the row runs at the GPU's pace.
 
 How: the first row runs eagerly (that compiles the layers), then the same computation is captured over static
 input buffers; later rows copy their tensors into the buffers (pinned host memory, asynchronous) and replay.

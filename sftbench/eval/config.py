@@ -40,8 +40,9 @@ class EvalConfig:
         "auto", "Generator: `fast` (sftbench/engine/fast_generate.py, CUDA) or `hf` (transformers model.generate). "
                 "auto = fast on CUDA when available, hf on CPU.")
     chat_template: Optional[str] = setting(
-        None, "Jinja chat template file to use instead of the tokenizer's (needed for a model without one), or "
-              "`plain_chatml` (the homework's ChatML, no system prompt). Default: the model's own.")
+        None, "`model` (default): the tokenizer's own, or plain ChatML when it has none (said in the log, recorded in "
+              "summary.json as `chatml (tokenizer has none)`), as training does; `plain` / `plain_chatml`: ChatML "
+              "without a system prompt; `homework`: the homework's; or a Jinja template file.")
     system_prompt: str = setting(
         "default", "`default`: only the user turn, the template decides (SmolLM2-Instruct's injects its SmolLM "
                    "system prompt); `none`: no system turn at all; any other text: used as the system message.")

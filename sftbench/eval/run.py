@@ -34,11 +34,21 @@ import sys
 import time
 from pathlib import Path
 
+import jinja2
+
 from sftbench.core import fingerprint as fpr
 from sftbench.core.cli import HelpFormatter, add_config_arguments, config_defaults, config_from_namespace
 from sftbench.core.errors import UserError, exit_with_user_error
 from sftbench.core.io import append_jsonl, atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json
+from sftbench.core.capabilities import generation_line, generation_path, probe
+from sftbench.core.lock import DirLock
+from sftbench.core.memory import MemoryMonitor, apply_memory_cap, torch_peak_gib
 from sftbench.core.rundir import model_step
+from sftbench.engine import generate as gen
+from sftbench.engine.generate import fast_generator_class, pick_generation_dtype
+from sftbench.model.load import check_finite_weights
+from sftbench.model.offline import check_model_dir, resolve_model_path
+from sftbench.model.weights_match import check_config_matches_weights
 from sftbench.model.chat_template import ChatTemplate
 from sftbench.model.hf import (chat_template_of, load_generation_config, load_model, load_tokenizer, stop_token_ids,
                                tokenizer_files_fingerprint)
@@ -96,23 +106,13 @@ def same_model(a: str | None, b: str | None) -> bool:
 
 
 def resolve_model(name_or_path: str) -> str:
-    try:
-        from sftbench.model.offline import resolve_model_path
-    except ImportError:  # pragma: no cover - the lead ships it
-        resolve_model_path = None
-    p = resolve_user_path(name_or_path)
-    if resolve_model_path is not None:
-        p = resolve_model_path(p)
-    return model_identity(p)
+    return model_identity(resolve_model_path(resolve_user_path(name_or_path)))
 
 
 def _check_loadable(model_path: str) -> None:
     """Weights + tokenizer present in a local directory (hub ids are checked by from_pretrained)."""
     p = Path(model_path)
     if p.is_dir():
-        from sftbench.model.offline import check_model_dir
-        from sftbench.model.weights_match import check_config_matches_weights
-
         check_model_dir(p)
         check_config_matches_weights(p)  # a config beside other weights would evaluate a random model
     elif p.exists():
@@ -128,21 +128,17 @@ def checked_fingerprint(model_path: str) -> str | None:
 
 
 def resolve_device(cfg: EvalConfig):
-    from sftbench.core.device import pick_device
+    from sftbench.core.device import pick_device  # lazy: imports torch; --help and score-only runs need none
 
     return pick_device(cfg.device)
 
 
 def resolve_dtype(cfg: EvalConfig, device) -> str:
-    from sftbench.engine.generate import pick_generation_dtype
-
     return pick_generation_dtype(cfg.dtype, device)
 
 
 def resolve_backend(cfg: EvalConfig, device) -> tuple[str, str | None]:
     """(backend, a log line when we fell back)."""
-    from sftbench.engine.generate import fast_generator_class
-
     want = cfg.backend
     if want == "auto":
         want = "fast" if device.type == "cuda" else "hf"
@@ -202,11 +198,11 @@ class EvalSession:
     def scorer_for(self, benchmark: str):
         if benchmark not in self._scorers:
             if benchmark == "ifbench":
-                from sftbench.tasks.ifbench import IFBenchScorer
+                from sftbench.tasks.ifbench import IFBenchScorer  # lazy: the scorers load lm-eval/NLTK (~0.5 s)
 
                 self._scorers[benchmark] = IFBenchScorer(seed=self.cfg.seed)
             else:
-                from sftbench.tasks.scoring import Scorer
+                from sftbench.tasks.scoring import Scorer  # lazy: as above
 
                 self._scorers[benchmark] = Scorer(seed=self.cfg.seed)
         return self._scorers[benchmark]
@@ -235,7 +231,7 @@ class EvalSession:
 
     def _load_ifbench(self, cfg: EvalConfig) -> ifdata.PromptSet:
         """IFBench's prompts less those whose checkers need NLTK data that is not installed (logged, recorded)."""
-        from sftbench.tasks import ifbench
+        from sftbench.tasks import ifbench  # lazy: the scorers load lm-eval/NLTK (~0.5 s)
 
         if cfg.subset != "full":
             raise UserError(f"--subset {cfg.subset} selects IFEval prompts; IFBench has no subsets (use --subset full).")
@@ -271,8 +267,6 @@ class EvalSession:
 
     def encoded(self, tokenizer, cfg: EvalConfig, ps: ifdata.PromptSet) -> tuple[list[str], list[list[int]]]:
         """(rendered prompt strings, their token ids), computed once per tokenizer and prompt set."""
-        from sftbench.engine import generate as gen
-
         key = (id(tokenizer), cfg.benchmark, ps.sha256, len(ps.examples), cfg.system_prompt)
         if key not in self._encoded:
             texts = gen.render_prompts(tokenizer, [e.prompt for e in ps.examples], cfg.system_prompt)
@@ -290,7 +284,7 @@ def weights_signature(model_path: str) -> tuple:
 
 
 def ifbench_env() -> str | None:
-    from sftbench.tasks.ifbench import ENV_VAR as IFBENCH_ENV
+    from sftbench.tasks.ifbench import ENV_VAR as IFBENCH_ENV  # lazy: as above
 
     return os.environ.get(IFBENCH_ENV)
 
@@ -451,9 +445,6 @@ def _build_generator(model_path: str, cfg: EvalConfig, session: EvalSession, dev
     """The backend's Generator holding this checkpoint's weights: the session's when it already holds them
     (a second benchmark of the same checkpoint), the fast engine re-armed straight from the safetensors
     files when it can be, else a model loaded (under --memory_cap_gib) and put behind the backend."""
-    from sftbench.engine import generate as gen
-    from sftbench.core.memory import apply_memory_cap
-
     cap_line = apply_memory_cap(cfg.memory_cap_gib, device)
     if cap_line:
         log(cap_line)
@@ -476,8 +467,6 @@ def _build_generator(model_path: str, cfg: EvalConfig, session: EvalSession, dev
                                dtype=dtype, log=log, reuse=session.fast_generator)
     if backend == "fast":
         session.fast_generator = g if isinstance(g, gen.FastBackend) else None
-    from sftbench.model.load import check_finite_weights
-
     check_finite_weights(model_path, g)  # a diverged checkpoint is refused, not scored (docs/GUARANTEES.md)
     session.generator, session.generator_key = g, key
     return g
@@ -515,17 +504,13 @@ class DeviceMemory:
 
     def __enter__(self):
         if self.device.type == "cuda":
-            import torch
-
-            from sftbench.core.memory import MemoryMonitor
+            import torch  # lazy: CUDA runs only; the CLI's --help and score-only runs need no torch
 
             torch.cuda.reset_peak_memory_stats(self.device)
             self.monitor = MemoryMonitor(device_index=self.device.index or 0).start()
         return self
 
     def __exit__(self, *exc):
-        from sftbench.core.memory import torch_peak_gib
-
         if self.monitor is not None:
             self.monitor.stop()
         self.result = torch_peak_gib(self.device)
@@ -582,8 +567,6 @@ def start_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None = N
     what = "IFBench" if cfg.benchmark == "ifbench" else "IFEval"
     log(f"{what}: {len(ps.examples)} prompts from {ps.source}; model {model_path}; {device.type} {dtype}; "
         f"backend {backend}")
-    from sftbench.core.capabilities import generation_line, generation_path, probe
-
     gpath = generation_path(probe(device), backend, dtype)
     log(generation_line(gpath))
     res = generate_responses(model_path, out, cfg, session, ps, device, dtype, backend, shash, settings, tokenizer)
@@ -616,7 +599,7 @@ def _check_inputs(model_path: str | None, cfg: EvalConfig, session: EvalSession)
         raise UserError("--max_new_tokens and --batch_size must be at least 1.")
     ps = session.prompts(cfg)
     device = resolve_device(cfg)
-    from sftbench.core.device import start_notes
+    from sftbench.core.device import start_notes  # lazy: imports torch
 
     for note in start_notes(device):  # once per process: a CPU torch next to a GPU; Windows WDDM
         log(note)
@@ -631,10 +614,6 @@ def _check_inputs(model_path: str | None, cfg: EvalConfig, session: EvalSession)
 
 def _load_checked_tokenizer(model_path: str, cfg: EvalConfig, ps: ifdata.PromptSet):
     """The tokenizer, with its template rendered once: no template or a broken one is a UserError before any write."""
-    import jinja2
-
-    from sftbench.engine import generate as gen
-
     tokenizer = load_tokenizer(model_path, cfg.chat_template, padding_side="left", log=log)
     try:
         gen.render_prompts(tokenizer, [ps.examples[0].prompt], cfg.system_prompt)
@@ -649,14 +628,14 @@ def _score_and_write(out: Path, rows: list[dict], ps: ifdata.PromptSet, session:
                      settings: dict, shash: str, model_path: str | None, res: dict, t_start: float,
                      extra: dict | None = None) -> dict:
     """Score the rows, write the result directory (summary.json last) and log the four accuracies."""
-    from sftbench.tasks.scoring import aggregate
+    from sftbench.tasks.scoring import aggregate  # lazy: as above
 
     t0 = time.perf_counter()
     by_key = ps.by_key
     examples = [by_key[r["key"]] for r in rows]
     responses = [r["response"] for r in rows]
     if cfg.benchmark == "ifbench":
-        from sftbench.tasks.ifbench import score_ifbench
+        from sftbench.tasks.ifbench import score_ifbench  # lazy: as above
 
         strict, loose = score_ifbench(examples, responses, session.scorer_for("ifbench"))
     else:
@@ -755,8 +734,6 @@ def main(argv: list[str] | None = None) -> int:
             if len(args.paths) != 2:
                 raise UserError(f"expected MODEL OUT, got {len(args.paths)} path(s): {' '.join(args.paths)}.")
             model, out = args.paths
-        from sftbench.core.lock import DirLock
-
         with DirLock(resolve_out_dir(out), what="evaluation", flag="OUT"):  # one writer per results dir
             evaluate_checkpoint(model, resolve_out_dir(out), cfg)
     except UserError as e:

@@ -33,8 +33,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +45,7 @@ from sftbench.core import rundir
 from sftbench.core.cli import HelpFormatter, add_config_arguments, config_from_namespace, field_default
 from sftbench.core.errors import UserError, exit_with_user_error
 from sftbench.core.io import atomic_write_text, read_json
+from sftbench.core.lock import LOCK_NAME, DirLock, pid_alive, read_lock
 from sftbench.core.rundir import final_model_present, is_model_dir, load_metrics, loss_at_step  # noqa: F401 (API)
 
 from sftbench.model.chat_template import MODEL
@@ -382,14 +385,12 @@ class Sweep:
         for order, sw in enumerate(sweeps):
             work += [(ck.step, order, sw, ck, p) for ck, p in sw.prepare(ready)]
         work.sort(key=lambda w: (w[0], w[1]))  # checkpoint by checkpoint: its weights are loaded once
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover
-            tqdm = None
+        from tqdm.auto import tqdm  # lazy: tqdm.auto takes ~0.2 s to import; --help and dry runs skip it
+
         items = [(sw, ck, p) for _, _, sw, ck, p in work]
         n_ck = len({w[0] for w in work})
         it = tqdm(items, desc="checkpoints" if len(sweeps) == 1 else "evaluations", unit="eval",
-                  file=sys.stderr) if tqdm and n_ck > 1 else items
+                  file=sys.stderr) if n_ck > 1 else items
         self.timings = run_pipelined(it)
         for sw in sweeps:
             sw.write_csv()
@@ -451,8 +452,6 @@ def run_pipelined(items) -> list[dict]:
     Results are recorded from this thread, in order.  Returns one timing row per item evaluated:
     {"checkpoint", "benchmark", "step_s", load/generate/score/write seconds}; step_s is the sweep's wall time
     from this item's start to the next one's (for the last, to its end): what the item costs the sweep."""
-    from concurrent.futures import ThreadPoolExecutor
-
     rows: list[dict] = []
     prev = None  # (sweep, checkpoint, path, future, began)
 
@@ -528,10 +527,6 @@ def training_in_progress(run_dir: Path) -> str | None:
     """"a trainer (pid N)" when a live process holds the run directory's lock (sftbench.core.lock: training, or a
     run being extended by --resume_from_checkpoint); None when no lock is there or its process is gone.  A lock
     from another host cannot be checked and counts as live (--watch_timeout ends the wait)."""
-    import socket
-
-    from sftbench.core.lock import LOCK_NAME, pid_alive, read_lock
-
     info = read_lock(Path(run_dir) / LOCK_NAME)
     if info is None:
         return None
@@ -599,8 +594,6 @@ def sweep(run_dir, results_dir, cfg, opts: SweepConfig | None = None, *, runner=
     cfg: the runner's EvalConfig; opts: the sweep's own options (opts.include_base: the starting model as step 0,
     "" = the one recorded in the run).  runner: a module-like object with EvalConfig and evaluate_checkpoint
     (default sftbench.eval.run).  Returns the Sweep (its companions: the other --benchmarks).  UserError on bad input."""
-    from sftbench.core.lock import DirLock
-
     runner = runner or _load_runner()
     opts = opts or SweepConfig()
     with DirLock(results_dir, what="sweep", flag="RESULTS_DIR"):  # one sweep per results dir (docs/GUARANTEES.md)

@@ -138,9 +138,16 @@ def load_model(model_path: str, dtype: str, device):
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype))
-    except (OSError, ValueError, SafetensorError) as e:  # a truncated or corrupt weights file, a bad config
+        model, info = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype),
+                                                           output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # truncated/corrupt weights, a bad config
         raise UserError(f"{model_path}: could not load the model ({_first_line(e)}).") from None
+    # transformers only warns and initialises at random what it could not place (a config beside other weights)
+    bad = {k: sorted(map(str, info.get(k) or ())) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(bad.values()):
+        what = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {', '.join(v[:3])})" for k, v in bad.items() if v)
+        raise UserError(f"{model_path}: could not load the model (its config.json does not match its weights: "
+                        f"{what}).")
     return model.to(device).eval()
 
 

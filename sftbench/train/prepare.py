@@ -148,8 +148,10 @@ def augment(records: list[dict], acfg, fingerprint: str, cache: str, d: Dist) ->
     out, stats, hit = augment_cached(records, acfg, fingerprint, cache, log=lambda m: log(d, m))
     key = cache_key(fingerprint, acfg)[:16]
     report = {**stats.as_dict(), "config": {k: v for k, v in vars(acfg).items()}, "cache_key": key, "cache_hit": hit}
-    log(d, f"augmentation ({'cached' if hit else f'{stats.seconds} s'}): {stats.kept} of {stats.records} conversations "
-           f"got constraints ({stats.selected} selected; dropped {json.dumps(stats.dropped, sort_keys=True)}); "
+    variants = f", {stats.kept} records: up to {stats.variants} variants each" if stats.variants > 1 else ""
+    log(d, f"augmentation ({'cached' if hit else f'{stats.seconds} s'}): {stats.conversations} of {stats.records} "
+           f"conversations got constraints ({stats.selected} selected{variants}; dropped "
+           f"{json.dumps(stats.dropped, sort_keys=True)}); "
            f"held out: {', '.join(stats.held_out) or 'none'}")
     return str(Path(cache) / f"augment-{key}.jsonl"), report
 
