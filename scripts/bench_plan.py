@@ -4,18 +4,19 @@
     python scripts/bench_plan.py                       # SmolLM2-135M shape, 12 full + 4 LoRA configs
     python scripts/bench_plan.py --lengths 512 1024 --micro_batches 1 4 --out bench_plan.json
 
-Each configuration runs the trainer's recipe on a randomly initialised model of the given config (no weights
-or data needed): fp32 master weights, bf16 autocast (fp16 where the GPU has no bf16), HF gradient
-checkpointing (non-reentrant), the loss via loss_functions.chunked_ce_sum when it exists (else the full
-logits CE), fused AdamW, `--grad_accum` micro-batches per step, two optimizer steps; the peak is measured on
-the second step (AdamW state and accumulated gradients alive, as in a long run).
+Each configuration runs the trainer's own step (sftbench.train.step: the model set-up, the reference engine with
+its loss, AdamW with the schedule, clipping) on a randomly initialised model of the given config (no weights or
+data needed): fp32 master weights, bf16 autocast (fp16 with a gradient scaler where the GPU has no bf16), HF
+gradient checkpointing (non-reentrant), the chunked CE of --loss_chunk_size (0: full logits), fused AdamW,
+`--grad_accum` micro-batches per step, two optimizer steps; the peak is measured on the second step (AdamW
+state and accumulated gradients alive, as in a long run).
 Measured: torch.cuda.max_memory_allocated (compared with the planner's `torch_allocated`), and the device
 total as NVML sees it (sampled every 5 ms, and reconstructed as peak reserved + the context measured before
 the run), compared with the planner's `total`.  Prints one row per config and the error %; exits 1 when
 fewer than `--min_within` configs are within 10% on torch allocated.
 
-Fast engine rows (`--token_budgets`, `--checkpoint_plans`): the trainer's own code path (sftbench.train.
-fast_model.prepare_fast_model + FastEngine.window, so CUDA graphs on varlen, on rows packed by
+Fast engine rows (`--token_budgets`, `--checkpoint_plans`): the trainer's own code path (sftbench.train.engines.
+make_engine + sftbench.train.step.train_step, so CUDA graphs on varlen, on rows packed by
 sftbench.data.packing, fused AdamW, compiled, bf16), random conversations of up to `--fast_max_length` tokens; peak of the last of `--fast_steps`
 steps, and real tokens/s over the steps after the first (compilation).  Printed next to the planner's
 estimate_fast_peak_gib (NVML) and fast_tokens_per_second, with error %.  `--checkpoint_plans` entries are a
@@ -39,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 GIB = 1024**3
 
 
-def build_model(dims, method: str, lora_rank: int, lora_base_dtype: str, ckpt: bool, device):
+def random_model(dims):
+    """A randomly initialised fp32 LlamaForCausalLM of the given shape (memory does not depend on the weights)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -48,48 +50,39 @@ def build_model(dims, method: str, lora_rank: int, lora_base_dtype: str, ckpt: b
                       head_dim=dims.hd, max_position_embeddings=max(dims.max_position_embeddings or 0, 8192),
                       tie_word_embeddings=dims.tie_word_embeddings, use_cache=False)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(torch.float32)
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        if lora_base_dtype == "bf16":
-            model = model.to(torch.bfloat16)
-        model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                 "gate_proj", "up_proj", "down_proj"]))
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
-        if ckpt:
-            model.enable_input_require_grads()
-    if ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model.to(device).train()
+    return LlamaForCausalLM(cfg).to(torch.float32)
 
 
-def loss_fn(model, ids, labels, chunk: int):
-    """(sum of CE) the way train_hw_parallel.CausalLMLossSum computes it."""
-    import torch.nn.functional as F
+def trainer(model, device, total_steps: int, checkpoint_layers: int | None = None, **flags):
+    """The trainer's own pieces for `flags` (sftbench.train.step / engines, what train() runs): the model prepared
+    (HF checkpointing, on the device), bf16 autocast (fp16 with a gradient scaler where the GPU has no bf16),
+    the engine, AdamW (fused on CUDA) and the schedule.  Returns (cfg, engine, optimizer, scheduler)."""
+    import torch
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        import loss_functions as lf
-    except ImportError:
-        lf = None
-    if chunk > 0 and lf is not None and hasattr(lf, "chunked_ce_sum"):
-        hidden = base.model(input_ids=ids, use_cache=False).last_hidden_state
-        return lf.chunked_ce_sum(hidden, base.lm_head.weight, labels, chunk_size=chunk)[0]
-    logits = model(input_ids=ids, use_cache=False).logits
-    if lf is not None and hasattr(lf, "masked_ce_sum"):
-        return lf.masked_ce_sum(logits, labels)[0]
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum")
+    from sftbench.config.train import TrainConfig
+    from sftbench.core.cli import config_from_flat
+    from sftbench.train.dist import Dist
+    from sftbench.train.engines import make_engine
+    from sftbench.train.step import optimizer_and_schedule, precision_and_scaler, prepare_model
+
+    precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    cfg = config_from_flat(TrainConfig, {"precision": precision, "learning_rate": 1e-5, "weight_decay": 0.0,
+                                         "lr_scheduler_type": "constant", **flags})
+    prepare_model(model, cfg, device)
+    prec, scaler = precision_and_scaler(cfg, device)
+    engine = make_engine(model, cfg, device, Dist(), prec, scaler, pad_id=0, explicit=True,
+                         checkpoint_layers=checkpoint_layers)
+    opt, sched = optimizer_and_schedule(model, cfg, device, total_steps)
+    return cfg, engine, opt, sched
 
 
 def measure(spec, device, steps: int = 2) -> dict:
-    """Run `steps` optimizer steps; peak of the last one."""
+    """Run `steps` optimizer steps of the trainer's reference engine (sftbench.train.step.train_step: padded
+    micro-batches through CausalLMLossSum, --loss_chunk_size, AdamW, clipping); peak of the last one."""
     import torch
 
     from sftbench.core.memory import MemoryMonitor
+    from sftbench.train.step import add_lora, target_count, train_step
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -97,13 +90,24 @@ def measure(spec, device, steps: int = 2) -> dict:
     mon = MemoryMonitor(device_index=device.index or 0, interval_s=0.005)
     base_used = mon.sample()
     context = None if base_used is None else base_used - torch.cuda.memory_reserved(device)
-    model = build_model(spec.dims, spec.method, spec.lora_rank, spec.lora_base_dtype, spec.gradient_checkpointing, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    flags = dict(engine="reference", method=spec.method, lora_rank=spec.lora_rank,
+                 gradient_checkpointing=spec.gradient_checkpointing,
+                 loss_chunk_size=spec.ce_chunk_size if spec.chunked_ce else 0,
+                 per_device_train_batch_size=spec.micro_batch, gradient_accumulation_steps=spec.grad_accum,
+                 model_max_length=spec.max_length)
+    model = random_model(spec.dims)
+    if spec.method == "lora":
+        from sftbench.config.train import TrainConfig
+        from sftbench.core.cli import config_from_flat
+
+        if spec.lora_base_dtype == "bf16":  # the planner's option of a bf16 frozen base (the trainer keeps fp32)
+            model = model.to(torch.bfloat16)
+        model = add_lora(model, config_from_flat(TrainConfig, {"lora_rank": spec.lora_rank}))
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    cfg, engine, opt, sched = trainer(model, device, steps, **flags)
     g = torch.Generator(device="cpu").manual_seed(0)
-    chunk = spec.ce_chunk_size if spec.chunked_ce else 0
     t0 = time.time()
     for step in range(steps):
         if step == steps - 1:
@@ -111,16 +115,12 @@ def measure(spec, device, steps: int = 2) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
             mon.samples.clear()
             mon.start()
+        micro = []
         for _ in range(spec.grad_accum):
-            ids = torch.randint(3, spec.dims.vocab, (spec.micro_batch, spec.max_length), generator=g).to(device)
-            with torch.autocast("cuda", dtype=dtype):
-                ce = loss_fn(model, ids, ids, chunk)
-            scaler.scale(ce.float() / (spec.micro_batch * spec.max_length)).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+            ids = torch.randint(3, spec.dims.vocab, (spec.micro_batch, spec.max_length), generator=g).tolist()
+            micro.append([{"input_ids": x, "labels": x} for x in ids])  # every token a target: the worst case
+        n_window = sum(target_count(e) for mb in micro for e in mb)
+        train_step(engine, opt, sched, micro, n_window, step, cfg.max_grad_norm)
     torch.cuda.synchronize()
     mon.stop()
     out = {"torch_peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
@@ -128,7 +128,7 @@ def measure(spec, device, steps: int = 2) -> dict:
            "nvml_sampled_peak_gib": None if mon.peak_bytes() is None else mon.peak_bytes() / GIB,
            "context_gib": None if context is None else context / GIB, "wall_s": time.time() - t0}
     out["nvml_reconstructed_gib"] = None if context is None else out["torch_peak_reserved_gib"] + out["context_gib"]
-    del model, opt, params
+    del model, opt, engine
     gc.collect()
     torch.cuda.empty_cache()
     return out
@@ -139,25 +139,16 @@ def measure_fast(dims, token_budget: int, ckpt_layers: int, device, steps: int, 
     import torch
 
     from sftbench.core.memory import MemoryMonitor
-    from sftbench.engine.fast_model import make_fused_adamw, prepare_fast_model
+    from sftbench.train.step import train_step
 
     gc.collect()
     torch.cuda.empty_cache()
     mon = MemoryMonitor(device_index=device.index or 0, interval_s=0.005)
-    model = build_model(dims, "full", 0, "fp32", False, device)
-    bf16 = torch.cuda.is_bf16_supported()
-    prepare_fast_model(model, checkpoint_layers=ckpt_layers, ce_chunk_size=1024, fuse_projections=True,
-                       max_seqlen=max_len, half_precision=True)
-    opt = make_fused_adamw(model.parameters(), lr=1e-5)
-    dtype = torch.bfloat16 if bf16 else torch.float16
-    # The trainer's own engine (sftbench.train.engines.FastEngine.window: CUDA graphs on varlen), one row per step.
-    from sftbench.core.device import Precision
-    from sftbench.train.dist import Dist
-    from sftbench.train.engines import FastEngine
-
-    prec = Precision(device, dtype, dtype is torch.float16, "bench_plan")
-    engine = FastEngine(model, device, Dist(), prec, torch.amp.GradScaler("cuda", enabled=dtype is torch.float16),
-                        token_budget=token_budget, pad_id=0, cuda_graphs=True)
+    # The trainer's own engine (sftbench.train.engines.FastEngine: CUDA graphs on varlen) and step, one row per step.
+    cfg, engine, opt, sched = trainer(random_model(dims), device, steps, checkpoint_layers=ckpt_layers, engine="fast",
+                                      token_budget=token_budget, loss_chunk_size=1024, fuse_projections=True,
+                                      model_max_length=max_len, cuda_graphs=True)
+    model = engine.model
     g = torch.Generator().manual_seed(0)
     real, t_start = 0, None
     for step in range(steps):
@@ -178,17 +169,13 @@ def measure_fast(dims, token_budget: int, ckpt_layers: int, device, steps: int, 
             exs.append({"input_ids": ids, "labels": ids})
             used += n
         n_t = sum(len(e["input_ids"]) - 1 for e in exs)
-        _, r = engine.window([exs], n_t, seed=step)
-        engine.scaler.step(opt)
-        engine.scaler.update()
-        opt.zero_grad(set_to_none=True)
-        real += r
+        real += train_step(engine, opt, sched, [exs], n_t, step, cfg.max_grad_norm).real_tokens
     torch.cuda.synchronize()
     mon.stop()
     out = {"torch_peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
            "nvml_sampled_peak_gib": None if mon.peak_bytes() is None else mon.peak_bytes() / GIB,
            "tokens_per_s": real / max(time.time() - t_start, 1e-9)}
-    del model, opt
+    del model, opt, engine
     gc.collect()
     torch.cuda.empty_cache()
     return out

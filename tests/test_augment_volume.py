@@ -143,3 +143,18 @@ def test_parallel_verification_equals_serial(checker, monkeypatch):
     parallel = A.augment_records(records, cfg, checker=checker, generate=fake)
     assert parallel[0] == serial[0] and parallel[1].kept == serial[1].kept > 0
     assert parallel[1].per_type == serial[1].per_type and parallel[1].dropped == serial[1].dropped
+
+
+def test_project_generator_samples_reproducibly_and_skips_long_prompts(tiny_model_dir, monkeypatch):
+    """CPU: the HF generator with the project's sampler; a prompt's samples do not depend on the other prompts;
+    a prompt over MAX_PROMPT_TOKENS gets no answer."""
+    gen = A.project_generator(str(tiny_model_dir), max_new_tokens=6, seed=3)
+    a = gen(["Tell me a story.", "Hi"], 2, 0.9)
+    b = gen(["Hi", [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Yes."},
+                    {"role": "user", "content": "Tell me a story."}]], 2, 0.9)
+    assert len(a) == 2 and [len(x) for x in a] == [2, 2] and len(b[1]) == 2
+    assert b[0] == a[1]  # "Hi" drew the same samples next to another prompt
+    assert gen(["Tell me a story.", "Hi"], 2, 0.9) == a
+    monkeypatch.setattr(A, "MAX_PROMPT_TOKENS", 12)
+    long = gen(["word " * 40, "Hi"], 2, 0.9)
+    assert long[0] == ["", ""] and long[1] == a[1]

@@ -120,3 +120,50 @@ def test_bad_row_is_a_usage_error_before_any_row_runs(bt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("bench_train: error: --rows: row fast@512:2:fp8: unknown flag 'fp8'")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_bench_step_is_the_trainers_step(bt, engine, tiny_model_dir, tmp_path):
+    """The bench's reference and fast rows run the trainer's own step (sftbench.train.step, engines): one step of
+    the same window from the same tiny model gives the trainer's loss and the trainer's weights."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    import train_hw_parallel
+    from sftbench.config.train import parse_train_config
+    from sftbench.data.demo import make_conversations
+    from sftbench.train.setup import epoch_order, start
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in make_conversations(8, seed=3)))
+    flags = dict(model_name_or_path=tiny_model_dir, data_path=data, output_dir=tmp_path / "run", max_steps=1,
+                 per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-3, weight_decay=0.0,
+                 max_grad_norm=1.0, lr_scheduler_type="constant_with_warmup", warmup_steps=0, model_max_length=128,
+                 seed=0, data_cache_dir="none", progress=False, loss_chunk_size=64, device="cpu", engine=engine,
+                 gradient_checkpointing=engine == "reference", save_steps=1)
+    if engine == "fast":
+        flags.update(attention="sdpa", token_budget=256, fuse_projections=True)
+    argv = [x for k, v in flags.items() for x in (f"--{k}", str(v))]
+    run = start(parse_train_config(argv))  # the trainer's own examples (tokenised, masked) and data order
+    window = list(epoch_order(0, 0, len(run.examples))[:4])
+    assert train_hw_parallel.main(argv) == 0
+    logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+
+    a = bt.parse(["--_cpu-debug", "--lr", "1e-3", "--warmup-lr-steps", "0", "--warmup-steps", "0", "--ref-batch", "2",
+                  "--ref-ce-chunk", "64", "--ce-chunk", "64"])
+    a.row = engine
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    if engine == "reference":
+        res = bt.row_reference(a, run.examples, [window], model, torch.device("cpu"))
+    else:
+        res = bt.row_fast(a, run.examples, [window], model, torch.device("cpu"), budget=256, ckpt="0", fuse=True,
+                          attention="sdpa", graphs=False)
+    assert bt._n_targets([run.examples[i] for i in window]) == logged["target_tokens"]
+    assert res["losses"][0] == pytest.approx(logged["loss"], abs=2e-5)
+    trained = load_file(str(tmp_path / "run" / "model.safetensors"))
+    got = {k: v.detach() for k, v in model.state_dict().items()}
+    for name, w in trained.items():
+        assert torch.allclose(got[name], w, rtol=0, atol=1e-7), name

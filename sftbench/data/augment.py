@@ -507,6 +507,11 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+# Prompts (rendered, in tokens) longer than this are not answered by project_generator (the trainer's default
+# --model_max_length: a longer example would be cut there).
+MAX_PROMPT_TOKENS = 1024
+
+
 def project_generator(model_path: str, max_new_tokens: int, *, seed: int = 0, top_p: float = 1.0) -> Generate:
     """The one adapter to the project's generation code: the tokenizer and chat template of sftbench.model.hf
     (as in training and evaluation), the system prompt policy and stop tokens of sftbench/engine/generate.py, and
@@ -534,13 +539,19 @@ def project_generator(model_path: str, max_new_tokens: int, *, seed: int = 0, to
 
     def gen(prompts: list, n: int, temperature: float) -> list[list[str]]:
         texts = [render(p) for p in prompts]
-        keys = [hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts]
+        ids = G.encode(tok, texts)
+        # a prompt past MAX_PROMPT_TOKENS gets no answer (""): one long multi-turn prompt would widen every decode
+        # slot of the batch, and the trainer would cut such an example at its length limit anyway
+        fit = [i for i, x in enumerate(ids) if len(x) <= MAX_PROMPT_TOKENS]
+        keys = [hashlib.sha256(texts[i].encode()).hexdigest()[:16] for i in fit]
         k = n if temperature > 0 else 1  # greedy: one answer (n would be n copies of it)
-        out: list[list[str]] = []
-        for a in range(0, len(texts), step or max(1, len(texts))):
-            done = backend.sample(G.encode(tok, texts[a:a + (step or len(texts))]), k, temperature, top_p=top_p,
-                                  seed=seed, keys=keys[a:a + (step or len(texts))])
-            out.extend(["" if c.hit_cap else c.text for c in done[j:j + k]] for j in range(0, len(done), k))
+        out: list[list[str]] = [[""] * k for _ in prompts]
+        b = step or max(1, len(fit))
+        for a in range(0, len(fit), b):
+            done = backend.sample([ids[i] for i in fit[a:a + b]], k, temperature, top_p=top_p, seed=seed,
+                                  keys=keys[a:a + b])
+            for j, i in enumerate(fit[a:a + b]):
+                out[i] = ["" if c.hit_cap else c.text for c in done[j * k:(j + 1) * k]]
         return out
 
     return gen

@@ -17,7 +17,7 @@ prediction made at t-1 with labels[t].
 
 from __future__ import annotations
 
-from sftbench.model.chat_template import HOMEWORK_CHATML, IM_END, PLAIN_CHATML
+from sftbench.model.chat_template import HOMEWORK_CHATML, IM_END, resolve_chat_template
 from sftbench.data.normalise import round_starts, truncate_rounds
 from sftbench.core.errors import UserError
 from sftbench.loss import IGNORE_INDEX  # one definition, in the loss home
@@ -37,12 +37,14 @@ def check_truncation_side(side: str) -> None:
 
 
 def resolve_template(tokenizer, chat_template: str | None, mode: str) -> str:
-    """The template actually used: explicit > (homework mode: HOMEWORK_CHATML) > tokenizer's > PLAIN_CHATML."""
+    """The template text rendered: `chat_template` (text) when given, HOMEWORK_CHATML in homework mode (its golden
+    labels need it), else the tokenizer's as sftbench.model.chat_template.resolve_chat_template reads it (plain ChatML
+    when it has none: sftbench.model.hf.load_tokenizer has said so already)."""
     if chat_template:
         return chat_template
     if mode == "homework":
         return HOMEWORK_CHATML
-    return getattr(tokenizer, "chat_template", None) or PLAIN_CHATML
+    return resolve_chat_template(None, getattr(tokenizer, "chat_template", None)).text
 
 
 def render(tokenizer, messages: list[dict], template: str, add_generation_prompt: bool = False) -> str:

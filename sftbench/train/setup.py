@@ -25,7 +25,7 @@ from sftbench.train.prepare import prepare_data
 from sftbench.config.train import TrainConfig, resolve_accumulation
 from sftbench.train.dist import Dist, log
 from sftbench.train.engines import causal_lm, make_engine
-from sftbench.train.step import build_optimizer, optimizer_and_schedule, prepare_model, target_count  # noqa: F401 (API)
+from sftbench.train.step import add_lora, build_optimizer, optimizer_and_schedule, prepare_model, target_count  # noqa: F401 (API)
 from sftbench.train.step import optimizer_step as _optimizer_step
 from sftbench.train.stop import check_weights_finite
 
@@ -354,7 +354,7 @@ def build_model_and_engine(run: Run) -> None:
 def load_lora_model(model_path: str, resume, cfg: TrainConfig):
     """Base weights in fp32 + LoRA adapters on q/k/v/o/gate/up/down; resumed adapters from ckpt/adapter."""
     try:
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import PeftModel
     except ImportError:
         raise UserError("--method lora needs the package peft: pip install 'sftbench[lora]' (or pip install peft).") from None
     from sftbench.model.load import load_causal_lm
@@ -362,9 +362,7 @@ def load_lora_model(model_path: str, resume, cfg: TrainConfig):
     base = load_causal_lm(model_path, torch.float32, llama_only=True)
     if resume:
         return PeftModel.from_pretrained(base, str(Path(resume) / "adapter"), is_trainable=True)
-    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    return get_peft_model(base, lcfg)
+    return add_lora(base, cfg)
 
 
 def restore(run: Run) -> None:

@@ -37,6 +37,15 @@ def prepare_model(model, cfg, device: torch.device):
     return model.to(device).train()
 
 
+def add_lora(base, cfg):
+    """--method lora: LoRA adapters (rank --lora_rank, alpha 2 x rank) on q/k/v/o/gate/up/down over `base`."""
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    return get_peft_model(base, lcfg)
+
+
 def precision_and_scaler(cfg, device: torch.device):
     """(Precision, GradScaler) from --precision/--bf16/--fp16 (sftbench.core.device.pick_precision, the one place
     that decides): the scaler is enabled only for fp16."""
