@@ -19,7 +19,7 @@ PROJECT = ("sftbench", "ifeval", "analysis", "conversation_func", "loss_function
 
 # (prefix, floor); the longest matching prefix wins.  Lower floors never import higher ones.
 LAYERS = [
-    ("sftbench.core", 0),        # errors io cli device memory fingerprint stats rundir gpus nltk_data
+    ("sftbench.core", 0),        # errors io cli device capabilities memory fingerprint stats rundir gpus nltk_data
     ("sftbench.model", 1),       # llama maths, the chat-template parser, offline SmolLM2, tiny model
     ("sftbench.loss", 2),
     ("sftbench.engine", 3),      # training forward + the decode engine

@@ -140,16 +140,16 @@ def test_nonfinite_weights_are_never_checkpointed(tiny_model_dir, data, tmp_path
     the checkpoint, before anything of it is written."""
     import sftbench.train.loop as loop
 
-    orig = loop.optimizer_step
+    orig = loop.train_step
 
-    def step_then_overflow(run):
-        g = orig(run)
-        if run.scheduler.last_epoch == 2:
+    def step_then_overflow(engine, optimizer, scheduler, *a):
+        r = orig(engine, optimizer, scheduler, *a)
+        if scheduler.last_epoch == 2:
             with torch.no_grad():
-                next(run.model.parameters()).view(-1)[0] = float("inf")
-        return g
+                next(engine.model.parameters()).view(-1)[0] = float("inf")
+        return r
 
-    monkeypatch.setattr(loop, "optimizer_step", step_then_overflow)
+    monkeypatch.setattr(loop, "train_step", step_then_overflow)
     out = tmp_path / "inf"
     with pytest.raises(NonFiniteTraining, match=r"^step 2: the weights after this step are not finite"):
         run_train(args(tiny_model_dir, data, out))

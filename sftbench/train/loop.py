@@ -16,7 +16,7 @@ from sftbench.core.lock import DirLock
 from sftbench.train.setup import (build_model_and_engine, finish, log_step, open_run_dir, restore, save_step, start,
                                   window_of)
 from sftbench.train.step import train_step
-from sftbench.train.stop import StopSignals, check_finite_step
+from sftbench.train.stop import StopSignals, check_finite_step, nonfinite_error
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -49,11 +49,18 @@ def _train(cfg: TrainConfig, lock, signals: StopSignals) -> dict:
             # Normalise by the target tokens of the WHOLE window (all micro-batches, all ranks): the gradient
             # is then the same whatever the micro-batch / accumulation / GPU split.
             mine, n_window = window_of(run, step)
-            r = train_step(run.engine, run.optimizer, run.scheduler, mine, n_window, cfg.seed + step, cfg.max_grad_norm)
+            try:
+                r = train_step(run.engine, run.optimizer, run.scheduler, mine, n_window, cfg.seed + step, cfg.max_grad_norm)
+            except RuntimeError as e:  # AdamW's scalar maths overflowing float (a learning rate near 1e38)
+                if "without overflow" not in str(e):
+                    raise
+                raise nonfinite_error(run, step + 1, f"the optimizer update overflowed ({e})") from None
             grad_norm, lr = r.grad_norm, r.lr
             ce_total, real_tokens = d.sum(float(r.ce_sum)), int(d.sum(r.real_tokens))
             run.last_loss = ce_total / max(n_window, 1)
-            check_finite_step(run, step + 1, run.last_loss, grad_norm)  # two host floats: no extra device sync
+            # Two host floats: no extra device sync.  Under fp16's gradient scaler an Inf gradient is routine: the
+            # scaler skips that update and lowers its scale, so only the loss is checked then.
+            check_finite_step(run, step + 1, run.last_loss, 0.0 if run.scaler.is_enabled() else grad_norm)
             log_step(run, step, grad_norm, lr, real_tokens, n_window, time.time() - t0)
             save_step(run, step + 1)
             stop = signals.requested or 0
