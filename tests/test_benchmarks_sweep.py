@@ -144,7 +144,7 @@ def test_scoring_overlaps_the_next_generation(tmp_path):
         log.append(("start", step))
         return Pending(step, out, model)
 
-    s = sw.Sweep(run, res, types.SimpleNamespace(limit=None), lambda *a, **k: pytest.fail("not sequential"),
+    s = sw.Sweep(run, res, types.SimpleNamespace(limit=None, benchmark="ifeval"), lambda *a, **k: pytest.fail("not sequential"),
                  log=lambda *a: None, start=start)
     assert s.run_once() == (3, 0)
     finishes = [e for e in log if e[0] == "finish"]
