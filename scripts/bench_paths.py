@@ -8,8 +8,8 @@ trainer logged, and how far its per-step losses are from the reference engine's 
 
     python scripts/bench_paths.py --model M --data chat.jsonl --out /tmp/paths [--steps 8] [--rows a,b,...]
 
-Rows: reference_bf16, reference_fp16, fast_default (what --engine auto picks), fast_no_triton, buckets_fp16,
-varlen_bf16.  Prints a markdown table last and writes OUT/paths.json.
+Rows: reference_bf16, reference_fp16, fast_no_triton (the fast engine with `import triton` failing), buckets_fp16,
+varlen_bf16 (what --engine auto picks on an sm80+ GPU with Triton).  Prints a markdown table last and writes OUT/paths.json.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from sftbench.presets import preset_flags  # noqa: E402
 ROWS = {
     "reference_bf16": (["--engine", "reference", "--precision", "bf16", "--per_device_train_batch_size", "8"], False, None),
     "reference_fp16": (["--engine", "reference", "--precision", "fp16", "--per_device_train_batch_size", "8"], False, None),
-    "fast_default": (["--engine", "fast"], False, "reference_bf16"),
     "fast_no_triton": (["--engine", "fast"], True, "reference_bf16"),
     "buckets_fp16": (["--engine", "fast", "--attention", "buckets", "--precision", "fp16"], False, "reference_fp16"),
     "varlen_bf16": (["--engine", "fast", "--attention", "varlen", "--precision", "bf16"], False, "reference_bf16"),

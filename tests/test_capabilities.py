@@ -4,9 +4,12 @@ bf16 only emulated.  Each case asserts the chosen path and its exact log line.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
+
+from sftbench.model.tiny import PLAIN_CHATML
 import torch
 
 import sftbench.core.capabilities as capm
@@ -194,7 +197,8 @@ def test_summary_records_the_generation_path(tiny_model_dir, tmp_path, capsys):
     s = runner.evaluate_checkpoint(str(tiny_model_dir), tmp_path / "ev", runner.EvalConfig(
         data=str(ifdata.TINY_PROMPTS), limit=1, max_new_tokens=2, device="cpu", batch_size=1))
     assert s["path"] == {"backend": "hf", "attention": "hf", "compile": False, "cuda_graphs": False, "dtype": "fp32",
-                         "why": "transformers generate()"}
+                         "why": "transformers generate()",
+                         "template_sha256": hashlib.sha256(PLAIN_CHATML.encode()).hexdigest()}
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["path"] == s["path"]
     logged = capsys.readouterr()
     assert ("generation path: hf backend, hf attention, eager, CUDA graphs off, fp32 (transformers generate())"

@@ -59,7 +59,7 @@ DROPPED = "dropped_unscorable"
 # "attention": triton|torch|hf, "compile": bool, "cuda_graphs": bool, "dtype": bf16|fp16|fp32, "why": str}.
 # Greedy answers change with the kernel (19.59% vs 20.33% prompt strict measured without/with Triton).
 PATH = "path"
-PATH_FIELDS = ("backend", "attention", "compile", "cuda_graphs", "dtype")
+PATH_FIELDS = ("backend", "attention", "compile", "cuda_graphs", "dtype", "template_sha256")
 # settings that name a file (its content is compared through the *_sha256 next to it)
 LOCATION_SETTINGS = ("data_path", "chat_template", "responses_path")
 
@@ -68,7 +68,10 @@ def comparable_settings(summary: dict) -> dict:
     """What must be equal for two results to share a curve or a ranking: the eval settings (not where their files
     are) and the generation path, each field only when recorded (results written before a field existed)."""
     s = {k: v for k, v in (summary.get("settings") or {}).items() if k not in LOCATION_SETTINGS}
-    s.update({k: v for k, v in (summary.get(PATH) or {}).items() if k in PATH_FIELDS})
+    path = summary.get(PATH) or {}
+    s.update({k: v for k, v in path.items() if k in PATH_FIELDS})
+    if "template_sha256" in path:  # the used template's text decides; its name (`model`, a file) does not
+        s.pop("chat_template_sha256", None)
     return s
 
 

@@ -568,6 +568,10 @@ def start_checkpoint(model_path: str | None, out_dir, cfg: EvalConfig | None = N
     log(f"{what}: {len(ps.examples)} prompts from {ps.source}; model {model_path}; {device.type} {dtype}; "
         f"backend {backend}")
     gpath = generation_path(probe(device), backend, dtype)
+    # the text of the template the prompts were rendered with, whatever its name (`model`, the fallback, a file):
+    # what the report compares, so a base evaluated with its run's template file and checkpoints carrying that
+    # template as their own share one curve (kept out of settings_hash, like the rest of the path)
+    gpath["template_sha256"] = hashlib.sha256(chat_template_of(tokenizer).text.encode()).hexdigest()
     log(generation_line(gpath))
     res = generate_responses(model_path, out, cfg, session, ps, device, dtype, backend, shash, settings, tokenizer)
     gpath.update(res["generation"].get("path") or {})
