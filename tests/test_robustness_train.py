@@ -402,7 +402,6 @@ def test_evaluation_refuses_nonfinite_weights(tiny_model_dir, tmp_path, capsys):
 
 
 def test_second_evaluation_into_one_results_dir_is_refused(tiny_model_dir, tmp_path, capsys):
-    from sftbench.core.lock import DirLock
     from sftbench.eval import run as runner
     from sftbench.eval import sweep as sw
     from sftbench.tasks import data as ifdata

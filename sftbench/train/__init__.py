@@ -8,5 +8,6 @@ step.py        one optimizer step (window, clip, step, schedule), the optimizer 
 fast_model.py  the fast engine's packed forward (Llama blocks from sftbench/model/llama.py)
 checkpoint.py  checkpoint IO (atomic, no pickles), list_checkpoints(run_dir)
 oom.py         the CUDA out-of-memory policy: release, shrink and retry, or advise and exit 3
+stop.py        stopping early: Ctrl-C/SIGTERM (130/143), non-finite loss or weights (4), the resume command
 dist.py        rank / world size and the two collectives the trainer uses
 """
