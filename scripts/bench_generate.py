@@ -254,7 +254,7 @@ class Bench:
 
     @property
     def dtype(self):
-        from sftbench.engine.generate import torch_dtype
+        from sftbench.model.hf import torch_dtype
 
         return torch_dtype(self.dtype_name)
 
@@ -270,7 +270,8 @@ def setup(args) -> Bench:
     from sftbench.tasks.data import load_jsonl
     from sftbench.engine.fast_llama import LlamaShape
     from sftbench.engine.generate import GenSpec, encode, pick_generation_dtype, render_prompts
-    from sftbench.model.hf import load_model, load_tokenizer, stop_token_ids
+    from sftbench.model.hf import load_tokenizer, stop_token_ids
+    from sftbench.model.load import load_model
     from sftbench.core.device import pick_device
     from sftbench.core.memory import apply_memory_cap
 
@@ -388,7 +389,7 @@ def hf_full_run(b: Bench, hf, order: list[int], best: dict) -> dict:
 def hf_phase(b: Bench) -> dict:
     """HF generate() through the product's HFGenerator; {} when it failed (the fast rows are kept)."""
     from sftbench.engine.generate import HFGenerator
-    from sftbench.model.hf import load_model
+    from sftbench.model.load import load_model
 
     try:
         hf = HFGenerator(load_model(str(b.model_dir), b.dtype_name, b.device), b.tok, b.spec)
@@ -427,7 +428,7 @@ def fast_run(b: Bench, name: str, gen, prompt_idx: list[int], note: str = "") ->
 def fast_phase(b: Bench, hf_done: dict):
     """Checkpoint 1 (build), checkpoint 2 (load + generate), HF's prompts only; returns (gen, ckpt-1 and ckpt-2 answers, reloaded model)."""
     from sftbench.engine.generate import make_fast_generator
-    from sftbench.model.hf import load_model
+    from sftbench.model.load import load_model
 
     all_idx = list(range(len(b.ids)))
     with Phase(b.device) as ph_build:

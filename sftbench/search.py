@@ -15,7 +15,11 @@ Writes OUT/search.json (the grid as resolved, each configuration's state), OUT/r
 OUT/results/<name>/ (its sweep; checkpoint-0 = the starting model, evaluated once in OUT/results/_start/ and
 copied), OUT/ranking.csv and OUT/ranking.md: every (configuration, checkpoint) with prompt-level strict accuracy,
 the change from the start in points, the exact McNemar p-value against the start, Holm-corrected over every
-checkpoint compared, and the verdict.  Resumable and idempotent: a configuration whose training and sweep are
+checkpoint compared, and the verdict; each configuration's best checkpoint also gets the transfer guard
+(sftbench.analysis.transfer: instruction-level strict on the trained and held-out IFEval types and IFBench
+prompt-level strict, start -> best, and the guard's verdict), and the pick is the best-ranked configuration whose
+held-out types or IFBench do not fall significantly (the summary names it and says why a higher one was passed
+over).  Resumable and idempotent: a configuration whose training and sweep are
 complete is skipped; a half-trained one resumes from its newest checkpoint (restarts when it has none); a
 configuration whose flags changed since it was trained is an error (rename it or use a new OUT).  Everything runs
 in this one process: each configuration's flags become a TrainConfig (through the trainer's own parser, before any
@@ -498,6 +502,46 @@ def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:
     return rows
 
 
+def transfer_pick(search: "Search", rows: list[dict], alpha: float = 0.05) -> tuple[str | None, str]:
+    """The transfer guard (sftbench.analysis.transfer) on each configuration's best checkpoint (its first row in
+    rank order) against the start: IFEval rows, the held-out types its run recorded (seen_unseen.held_out_types),
+    and IFBench rows where the sweep ran IFBench for both (else the guard checks the held-out types only and its
+    sentence says so).  Writes the guard's columns into those rows and marks the pick: the best-ranked
+    configuration that the guard does not block and that gains on IFEval.  Returns (pick "config checkpoint-N"
+    or None, the summary naming it: transfer.pick_sentence)."""
+    from sftbench.analysis.seen_unseen import held_out_types
+    from sftbench.analysis.transfer import pick_sentence, transfer_guard
+    from sftbench.eval.results import STRICT
+
+    if not rows:
+        return None, ""
+    start = _strict_rows(search.results_dir(START) / "checkpoint-0")
+    bench_dir = search.results_dir(START) / IFBENCH_DIR / "checkpoint-0"
+    bench_start = _strict_rows(bench_dir) if (bench_dir / STRICT).is_file() else None
+    best: dict[str, dict] = {}
+    for r in rows:
+        best.setdefault(r["config"], r)
+    ranked = []
+    for name, r in best.items():
+        d = search.results_dir(name) / IFBENCH_DIR / r["checkpoint"]
+        bench = _strict_rows(d) if bench_start is not None and (d / STRICT).is_file() else None
+        if bench is not None and set(bench) != set(bench_start):
+            bench = None  # scored on other prompts: cannot be paired (the IFBench columns leave it out too)
+        t = transfer_guard(start, _strict_rows(Path(r["result_dir"])), bench_start if bench else None, bench,
+                           held_out=held_out_types(search.run_dir(name)), alpha=alpha)
+        r.update({"transfer": t, "guard": t.verdict, "guard_blocks": t.blocks,
+                  "start_inst_seen": t.seen.start, "start_inst_held_out": t.held_out.start,
+                  "held_out_p": t.held_out.p_value,
+                  "guard_ifbench_start": None if t.ifbench is None else t.ifbench.start,
+                  "guard_ifbench": None if t.ifbench is None else t.ifbench.candidate,
+                  "guard_ifbench_p": None if t.ifbench is None else t.ifbench.p_value, "pick": False})
+        ranked.append((f"{name} {r['checkpoint']}", t))
+    pick, text = pick_sentence(ranked)
+    for name, r in best.items():
+        r["pick"] = f"{name} {r['checkpoint']}" == pick
+    return pick, text
+
+
 def _ifbench_columns(search: "Search", rows: list[dict]) -> None:
     """IFBench prompt-level strict of each row's checkpoint vs the start's (exact McNemar, Holm over the rows),
     where the sweep ran IFBench too (RESULTS/<config>/ifbench/): is a gain instruction following or IFEval's types?"""
@@ -525,7 +569,9 @@ def _ifbench_columns(search: "Search", rows: list[dict]) -> None:
 
 CSV_COLUMNS = ("rank", "config", "step", "checkpoint", "prompt_strict", "delta_points", "ckpt_only", "start_only",
                "p_mcnemar", "p_holm", "verdict", "inst_seen", "inst_held_out", "ifbench_strict", "ifbench_delta_points",
-               "ifbench_p_holm", "n_prompts", "overrides", "result_dir")
+               "ifbench_p_holm", "start_inst_seen", "start_inst_held_out", "held_out_p", "guard_ifbench_start",
+               "guard_ifbench", "guard_ifbench_p", "guard", "guard_blocks", "pick", "n_prompts", "overrides",
+               "result_dir")
 
 
 def headline(rows: list[dict], alpha: float) -> str:
@@ -547,6 +593,15 @@ def _fmt(v, kind: str) -> str:
     return str(v)
 
 
+def _guard_cell(start, cand, p=None) -> str:
+    """"33.4 → 41.6" (percent, start → candidate), with " (p 0.21)" when a p-value is given."""
+    from sftbench.analysis.paired_stats import format_p
+
+    if start is None or cand is None:
+        return ""
+    return f"{100 * start:.1f} → {100 * cand:.1f}" + ("" if p is None else f" (p {format_p(p)})")
+
+
 def write_ranking(search: Search, alpha: float = 0.05) -> dict:
     """OUT/ranking.csv and OUT/ranking.md; returns {"rows", "headline", "start"}."""
     import csv
@@ -555,30 +610,39 @@ def write_ranking(search: Search, alpha: float = 0.05) -> dict:
     from sftbench.core.io import atomic_write_text
 
     rows = ranking_rows(search, alpha)
+    pick, pick_text = transfer_pick(search, rows, alpha)
     start = _strict_rows(search.results_dir(START) / "checkpoint-0")
     start_acc = sum(bool(r["follow_all_instructions"]) for r in start.values()) / len(start)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: "" if r.get(k) is None else r[k] for k in CSV_COLUMNS})
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in CSV_COLUMNS})  # guard columns: best rows only
     atomic_write_text(search.out / "ranking.csv", buf.getvalue())
-    text = headline(rows, alpha) if rows else "No trained checkpoint has results yet."
-    lines = [f"# Recipe search: {search.grid.path}", "", text, "",
+    # the family's verdict names checkpoints of configurations the guard does not block first (none is the pick)
+    blocked = {r["config"] for r in rows if r.get("guard_blocks")}
+    text = (headline(sorted(rows, key=lambda r: r["config"] in blocked), alpha) if rows
+            else "No trained checkpoint has results yet.")
+    lines = [f"# Recipe search: {search.grid.path}", "", text, "", *([pick_text, ""] if pick_text else []),
              f"Starting model: {search.start_model()}, prompt-level strict {100 * start_acc:.1f}% over {len(start)} "
              f"prompts (step 0 of every configuration). Shared flags: "
              f"{' '.join(flag_args({k: search.grid.configs[0].flags[k] for k in sorted(search.common())})) or 'none'}.",
              "", "| rank | config | checkpoint | prompt strict % | Δ vs start (points) | ckpt-only / start-only | "
                  "McNemar p | Holm p | verdict | inst. seen % | inst. held-out % | IFBench strict % | IFBench Δ | "
-                 "IFBench Holm p |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+                 "IFBench Holm p | inst. seen % start → best | inst. held-out % start → best | "
+                 "IFBench strict % start → best | transfer guard |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['rank']} | {r['config']} | {r['checkpoint']} | {_fmt(r['prompt_strict'], 'pct')} | "
                      f"{_fmt(r['delta_points'], 'pts')} | {r['ckpt_only']} / {r['start_only']} | "
                      f"{_fmt(r['p_mcnemar'], 'p')} | {_fmt(r['p_holm'], 'p')} | {r['verdict']} | "
                      f"{_fmt(r['inst_seen'], 'pct')} | {_fmt(r['inst_held_out'], 'pct')} | "
                      f"{_fmt(r.get('ifbench_strict'), 'pct')} | {_fmt(r.get('ifbench_delta_points'), 'pts')} | "
-                     f"{_fmt(r.get('ifbench_p_holm'), 'p')} |")
+                     f"{_fmt(r.get('ifbench_p_holm'), 'p')} | "
+                     f"{_guard_cell(r.get('start_inst_seen'), r.get('inst_seen'))} | "
+                     f"{_guard_cell(r.get('start_inst_held_out'), r.get('inst_held_out'), r.get('held_out_p'))} | "
+                     f"{_guard_cell(r.get('guard_ifbench_start'), r.get('guard_ifbench'), r.get('guard_ifbench_p'))} | "
+                     f"{(r['guard'] + (' (pick)' if r['pick'] else '')) if 'guard' in r else ''} |")
     lines += ["", "Configurations (flags that differ):", ""]
     common = search.common()
     lines += [f"- {c.name}: {' '.join(flag_args({k: v for k, v in c.flags.items() if k not in common})) or '(base)'}"
@@ -586,9 +650,12 @@ def write_ranking(search: Search, alpha: float = 0.05) -> dict:
     lines += ["", f"Paired on the same prompts; ckpt-only / start-only: prompts only the checkpoint / only the start "
                   f"follows fully. Holm over all {len(rows)} (configuration, checkpoint) pairs compared with the "
                   f"start, alpha {alpha}. Instruction-level accuracy on the constraint types seen in training and on "
-                  f"the held-out ones: sftbench/analysis/seen_unseen.py."]
+                  f"the held-out ones: sftbench/analysis/seen_unseen.py. Transfer guard "
+                  f"(sftbench/analysis/transfer.py), on each configuration's best checkpoint: held-out types by a "
+                  f"paired bootstrap over prompts, IFBench by exact McNemar, uncorrected, alpha {alpha}; a "
+                  f"significant fall on either is never the pick."]
     atomic_write_text(search.out / "ranking.md", "\n".join(lines) + "\n")
-    return {"rows": rows, "headline": text, "start": start_acc}
+    return {"rows": rows, "headline": text, "start": start_acc, "pick": pick, "pick_sentence": pick_text}
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -645,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[search] interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
     print(res["headline"])
+    if res["pick_sentence"]:
+        print(res["pick_sentence"])
     print(f"[search] wrote {Path(ns.out) / 'ranking.md'} and ranking.csv")
     return 0
 

@@ -115,12 +115,6 @@ PINNED_PLAN = {
     '--tokens_per_s': ('tokens_per_s', None, None, 'float', None, None, False),
     '--json': ('json', False, None, 'str2bool', '?', True, False),
     '--price': ('price', [], None, None, None, None, False),
-    '--model': ('model_name_or_path', '==SUPPRESS==', None, 'str', None, None, True),
-    '--data': ('data_path', '==SUPPRESS==', None, 'str', None, None, True),
-    '--max_length': ('model_max_length', '==SUPPRESS==', None, 'int', None, None, True),
-    '--micro_batch': ('per_device_train_batch_size', '==SUPPRESS==', None, 'int', None, None, True),
-    '--grad_accum': ('gradient_accumulation_steps', '==SUPPRESS==', None, 'int', None, None, True),
-    '--epochs': ('num_train_epochs', '==SUPPRESS==', None, 'float', None, None, True),
 }
 PINNED_INSPECT = {
     'data_path': ('data_path', None, None, None, None, None, False),

@@ -16,7 +16,7 @@ from fixtures_results import fake_model_dir, make_fake_run, make_fake_sweep, wri
 from sftbench.analysis import report
 from sftbench.tasks import data as ifdata
 from sftbench.engine import generate as gen
-from sftbench.model import hf
+from sftbench.model.load import load_model
 from sftbench.eval import run as runner
 from sftbench.eval import sweep as sw
 from sftbench.eval.config import EvalConfig
@@ -230,7 +230,7 @@ def test_load_model_reports_a_corrupt_weights_file(tiny_model_dir, tmp_path):
     import torch
 
     with pytest.raises(UserError, match=f"{model}: could not load the model"):
-        hf.load_model(str(model), "fp32", torch.device("cpu"))
+        load_model(str(model), "fp32", torch.device("cpu"))
 
 
 class _FakeEval:

@@ -12,6 +12,7 @@ import pytest
 from sftbench.tasks import data as ifdata
 from sftbench.engine import generate as gen
 from sftbench.model import hf
+from sftbench.model.load import load_model
 from sftbench.eval import run as runner
 from sftbench.core.errors import UserError
 
@@ -274,7 +275,7 @@ def test_fast_backend_matches_hf(tiny_model_dir, tmp_path, session):
 def test_generator_interface_completions(tiny_model_dir, tiny_tokenizer):
     """HFGenerator.generate -> Completions: stop token cut, counted, hit_cap; a smaller cap per call."""
     tok = hf.load_tokenizer(str(tiny_model_dir), padding_side="left")
-    model = hf.load_model(str(tiny_model_dir), "fp32", __import__("torch").device("cpu"))
+    model = load_model(str(tiny_model_dir), "fp32", __import__("torch").device("cpu"))
     spec = gen.GenSpec(max_new_tokens=6, stop_ids=[0, 2], pad_id=int(tok.pad_token_id))
     g = gen.HFGenerator(model, tok, spec)
     ids = gen.encode(tok, gen.render_prompts(tok, ["Say hi.", "Write a longer answer about cats."]))

@@ -182,24 +182,28 @@ def test_cli_help_and_table(capsys):
         main(["--help"])
     assert e.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("--model", "--max_length", "--micro_batch", "--grad_accum", "--data", "--epochs", "--method", "--gpu",
+    for flag in ("--model_name_or_path", "--model_max_length", "--per_device_train_batch_size",
+                 "--gradient_accumulation_steps", "--data_path", "--num_train_epochs", "--method", "--gpu",
                  "--lora_rank", "--gradient_checkpointing", "--loss_chunk_size", "--price", "--num_gpus"):
         assert flag in help_text
-    assert main(["--model", "HuggingFaceTB/SmolLM2-135M", "--max_length", "1024", "--micro_batch", "1", "--grad_accum", "64",
-                 "--data", str(ROOT / "sftbench" / "data" / "demo_chat.jsonl"), "--epochs", "5"]) == 0
+    assert main(["--model_name_or_path", "HuggingFaceTB/SmolLM2-135M", "--model_max_length", "1024",
+                 "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "64",
+                 "--data_path", str(ROOT / "sftbench" / "data" / "demo_chat.jsonl"), "--num_train_epochs", "5"]) == 0
     out = capsys.readouterr().out
     for must in ("Peak VRAM", "weights (fp32 masters)", "gradients", "optimizer state", "activations", "logits / loss",
                  "CUDA context", "total device memory (NVML)", "RTX 4060 Laptop 8 GB", "Tesla T4", "H100", "optimizer steps"):
         assert must in out, must
-    assert main(["--gpu", "4060-8gb,t4", "--method", "lora", "--data", "2000", "--json"]) == 0
+    assert main(["--gpu", "4060-8gb,t4", "--method", "lora", "--data_path", "2000", "--json"]) == 0
     j = json.loads(capsys.readouterr().out)
     assert [g["gpu"] for g in j["gpus"]] == ["4060-8gb", "t4"] and j["optimizer_steps"] == 5 * (2000 // 64)
     assert j["breakdown_gib"]["total"] > j["breakdown_gib"]["torch_allocated"]
 
 
 def test_cli_errors_exit_2(capsys, tmp_path):
-    for argv, msg in ((["--gpu", "v100x"], "unknown GPU"), (["--data", str(tmp_path / "nope.jsonl")], "no such file"),
-                      (["--micro_batch", "0"], "--micro_batch must be >= 1"), (["--model", "not/a/dir/x"], "--model")):
+    for argv, msg in ((["--gpu", "v100x"], "unknown GPU"), (["--data_path", str(tmp_path / "nope.jsonl")], "no such file"),
+                      (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be >= 1"),
+                      (["--model_name_or_path", "not/a/dir/x"], "--model_name_or_path"),
+                      (["--max_length", "512"], "unrecognized arguments: --max_length 512")):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
@@ -207,7 +211,7 @@ def test_cli_errors_exit_2(capsys, tmp_path):
 
 
 def test_plan_sh_runs():
-    p = subprocess.run(["bash", str(ROOT / "scripts" / "plan.sh"), "--gpu", "t4", "--data", "500"],
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "plan.sh"), "--gpu", "t4", "--data_path", "500"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "Tesla T4" in p.stdout and "RTX 4060" not in p.stdout
@@ -273,12 +277,13 @@ def test_cli_engines_and_trainer_flags(capsys):
     assert j["gpus"][1]["tokens_per_s"] == 172857.6 and j["optimizer_steps"] == 75
     assert main(argv + ["--both_engines"]) == 0
     assert [g["engine"] for g in json.loads(capsys.readouterr().out)["gpus"]] == ["reference"] * 2 + ["fast"] * 2
-    # the old names are aliases of the trainer's fields
-    assert main(["--max_length", "512", "--micro_batch", "2", "--grad_accum", "8", "--data", "100", "--epochs", "2",
+    # the trainer's names (the planner's spec keeps its short keys)
+    assert main(["--model_max_length", "512", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "8",
+                 "--data_path", "100", "--num_train_epochs", "2",
                  "--engine", "reference", "--gpu", "t4", "--json"]) == 0
     j = json.loads(capsys.readouterr().out)
     assert (j["spec"]["max_length"], j["spec"]["micro_batch"], j["spec"]["grad_accum"], j["optimizer_steps"]) == (512, 2, 8, 12)
-    assert main(["--gpu", "4060-8gb", "--data", "500", "--both_engines"]) == 0
+    assert main(["--gpu", "4060-8gb", "--data_path", "500", "--both_engines"]) == 0
     out = capsys.readouterr().out
     assert "Reference engine (padded" in out and "Fast engine (packed rows of 16384 tokens" in out and "30 of 30" in out
     with pytest.raises(SystemExit) as e:

@@ -342,12 +342,13 @@ def test_load_model_refuses_weights_it_cannot_place(tiny_model_dir, tmp_path):
     import torch
     from transformers import GPT2Config
 
-    from sftbench.model.hf import load_model
+    from sftbench.model.load import load_model
 
     gpt2 = shutil.copytree(tiny_model_dir, tmp_path / "gpt2")
     GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=384).save_pretrained(gpt2)
-    with pytest.raises(UserError, match=rf"^{gpt2}: could not load the model \(its config.json does not match its "
-                                        r"weights: 29 missing keys \(e.g. lm_head.weight, .*; 20 unexpected keys "
-                                        r"\(e.g. model.embed_tokens.weight, "):
+    # the trainer's message for the same check (sftbench.model.load.check_loading_info, one home)
+    with pytest.raises(UserError, match=rf"^{gpt2}: could not load the model: config.json does not match the "
+                                        r"weights: 29 missing from the weights \(e.g. lm_head.weight, .*; 20 in the "
+                                        r"weights but not in the model \(e.g. model.embed_tokens.weight, "):
         load_model(str(gpt2), "fp32", torch.device("cpu"))
     assert load_model(str(tiny_model_dir), "fp32", torch.device("cpu")) is not None

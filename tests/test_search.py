@@ -171,9 +171,14 @@ def test_search_calls_the_stages_as_functions_with_typed_configs(tmp_path):
     assert (ev.limit, opts.benchmarks, opts.include_base) == (2, "ifeval,ifbench", "base/model")
 
 
-def test_default_grid_has_six_configurations_that_parse(tmp_path):
+def test_default_grid_has_five_configurations_that_parse(tmp_path):
+    """At most five configurations (issue 22: the whole grid in about 10 minutes on one GPU): preset A as the
+    plain-SFT baseline, and the two self-answer volume configurations among them."""
     g = S.load_grid(ROOT / "sftbench" / "grids" / "default.json", {"data_path": "chat.jsonl"})
-    assert len(g.configs) >= 6
+    assert [c.name for c in g.configs] == ["presetA", "lr1e-5", "lr2e-5_aug1_data", "lr4e-5_self_v8",
+                                           "lr4e-5_self_v4_s4"]
+    assert (g.configs[0].flags["learning_rate"], g.configs[0].flags["num_train_epochs"]) == (4e-5, 5)
+    assert [(c.flags["augment_variants"], c.flags["augment_samples"]) for c in g.configs[3:]] == [(8, 1), (4, 4)]
     assert {c.flags["learning_rate"] for c in g.configs} == {1e-5, 2e-5, 4e-5}
     assert {c.flags.get("augment_fraction", 0) for c in g.configs} == {0, 1.0}
     # the baseline (preset A as shipped), the data's own answers rewritten, and the start model's own answers
@@ -220,3 +225,141 @@ def test_ranking_exact_numbers_holm_and_headline(tmp_path):
     md = (tmp_path / "out" / "ranking.md").read_text()
     assert "| 1 | a | checkpoint-5 | 100.0 | +75.0 | 15 / 0 | 6.1e-05 | 0.000122 | better than start | 100.0 | 50.0 |" in md
     assert "| 2 | b | checkpoint-5 | 20.0 | -5.0 | 0 / 1 | 1 | 1 | no significant change | 100.0 | 20.0 |" in md
+
+
+# ---------------------------------------------------------------------- the transfer guard in the ranking (issue 22)
+SEEN, HELD = "punctuation:no_comma", "startend:quotation"  # a trained type; a held-out one (augment_types.HELD_OUT)
+
+
+def _guard_rows(seen_ok: int, held_ok: int, n: int = 100) -> list[dict]:
+    """IFEval rows: n prompts with the trained type (the first seen_ok follow it), n with the held-out type (the
+    first held_ok follow it), n with both (none followed)."""
+    def row(key, ids, oks):
+        return {"prompt": key, "instruction_id_list": ids, "follow_instruction_list": oks,
+                "follow_all_instructions": all(oks)}
+
+    return ([row(f"s{i}", [SEEN], [i < seen_ok]) for i in range(n)] + [row(f"h{i}", [HELD], [i < held_ok]) for i in range(n)]
+            + [row(f"b{i}", [SEEN, HELD], [False, False]) for i in range(n)])
+
+
+def _bench_rows(ok: int, n: int = 100) -> list[dict]:
+    return [{"prompt": f"q{i}", "instruction_id_list": ["count:word_count_range"], "follow_instruction_list": [i < ok],
+             "follow_all_instructions": i < ok} for i in range(n)]
+
+
+def _write_rows(d: Path, rows: list[dict]) -> None:
+    d.mkdir(parents=True)
+    (d / "eval_results_strict.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "summary.json").write_text(json.dumps({"complete": True}))
+
+
+def _guarded_search(tmp_path: Path, configs: dict[str, tuple], bench_start: int | None = 20):
+    """A search over `configs` ({name: (seen_ok, held_ok, ifbench_ok or None)}, one checkpoint-10 each) against the
+    start (40 / 40 of 100 on each type; IFBench bench_start of 100, None: no IFBench results); its ranking."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps({"configs": [{"name": n, "learning_rate": 1e-5 * (i + 1)} for i, n in enumerate(configs)]}))
+    search = S.Search(S.load_grid(p), tmp_path / "out")
+    _write_rows(search.results_dir(S.START) / "checkpoint-0", _guard_rows(40, 40))
+    if bench_start is not None:
+        _write_rows(search.results_dir(S.START) / "ifbench" / "checkpoint-0", _bench_rows(bench_start))
+    for name, (seen_ok, held_ok, bench_ok) in configs.items():
+        _write_rows(search.results_dir(name) / "checkpoint-10", _guard_rows(seen_ok, held_ok))
+        if bench_ok is not None:
+            _write_rows(search.results_dir(name) / "ifbench" / "checkpoint-10", _bench_rows(bench_ok))
+    res = S.write_ranking(search)
+    md = (tmp_path / "out" / "ranking.md").read_text()
+    return res, md, list(csv.DictReader(open(tmp_path / "out" / "ranking.csv")))
+
+
+GUARD_COLUMNS = ("guard", "guard_blocks", "pick", "start_inst_seen", "start_inst_held_out", "held_out_p",
+                 "guard_ifbench_start", "guard_ifbench", "guard_ifbench_p")
+TOP_TRANSFERS = ("The gain transfers: IFEval prompt-level strict 26.7 -> 38.3 (+11.7 points, p = 5.8e-11); IFEval "
+                 "held-out types (instruction-level) 20.0 -> 22.5 (+2.5 points, p = 0.012); IFBench prompt-level "
+                 "strict 20.0 -> 22.0 (+2.0 points, p = 0.50) (at or above the start).")
+
+
+def test_ranking_guard_transfers_the_top_configuration_is_the_pick(tmp_path):
+    res, md, rows = _guarded_search(tmp_path, {"top": (70, 45, 22), "next": (55, 40, 20)})
+    assert res["pick"] == "top checkpoint-10"
+    assert res["pick_sentence"] == "The pick: top checkpoint-10. " + TOP_TRANSFERS
+    assert "\n" + res["pick_sentence"] + "\n" in md
+    assert ("| 1 | top | checkpoint-10 | 38.3 | +11.7 | 35 / 0 | 5.82e-11 | 1.16e-10 | better than start | 35.0 | 22.5 "
+            "| 22.0 | +2.0 | 1 | 20.0 → 35.0 | 20.0 → 22.5 (p 0.012) | 20.0 → 22.0 (p 0.50) | transfers (pick) |") in md
+    assert ("| 2 | next | checkpoint-10 | 31.7 | +5.0 | 15 / 0 | 6.1e-05 | 6.1e-05 | better than start | 27.5 | 20.0 "
+            "| 20.0 | +0.0 | 1 | 20.0 → 27.5 | 20.0 → 20.0 (p 1.0) | 20.0 → 20.0 (p 1.0) | transfers |") in md
+    assert [rows[0][k] for k in GUARD_COLUMNS] == ["transfers", "False", "True", "0.2", "0.2", "0.012", "0.2",
+                                                   "0.22", "0.5"]
+    assert res["headline"].startswith("Training helped: top checkpoint-10 follows 38.3%")
+
+
+def test_ranking_guard_trained_types_only_is_picked_and_labelled(tmp_path):
+    """A gain with the held-out types and IFBench below the start, not significantly: the guard does not block
+    (issue 22: only a significant fall does); the pick's sentence and the table say so."""
+    res, md, rows = _guarded_search(tmp_path, {"top": (70, 37, 18), "next": (55, 40, 20)})
+    assert res["pick"] == "top checkpoint-10"
+    assert res["pick_sentence"] == (
+        "The pick: top checkpoint-10 (labelled: its gain is on trained constraint types only). The gain is on "
+        "trained constraint types only: IFEval prompt-level strict 26.7 -> 35.7 (+9.0 points, p = 1.4e-06); IFEval "
+        "trained types (instruction-level) 20.0 -> 35.0 (+15.0 points, p = 0.0e+00); but IFEval held-out types "
+        "(instruction-level) 20.0 -> 18.5 (-1.5 points, p = 0.11); IFBench prompt-level strict 20.0 -> 18.0 "
+        "(-2.0 points, p = 0.50) (below the start, not significantly).")
+    assert ("| 1 | top | checkpoint-10 | 35.7 | +9.0 | 30 / 3 | 1.4e-06 | 2.8e-06 | better than start | 35.0 | 18.5 "
+            "| 18.0 | -2.0 | 1 | 20.0 → 35.0 | 20.0 → 18.5 (p 0.11) | 20.0 → 18.0 (p 0.50) | trained types only (pick) |"
+            ) in md
+    assert [rows[0][k] for k in GUARD_COLUMNS[:3]] == ["trained types only", "False", "True"]
+    assert rows[1]["pick"] == "False"
+
+
+HELD_OUT_FALL = ("Not a pick: IFEval held-out types (instruction-level) 20.0 -> 10.0 (-10.0 points, p = 0.0e+00) "
+                 "(significant at 0.05), although IFEval prompt-level strict 26.7 -> 40.0 (+13.3 points, p = 8.6e-06).")
+
+
+def test_ranking_guard_falls_the_top_ifeval_configuration_is_passed_over(tmp_path):
+    """The top IFEval configuration loses 10 points on the held-out types (significant): the next one is the pick,
+    and the summary says why the higher one was passed over (the guard's sentence)."""
+    res, md, rows = _guarded_search(tmp_path, {"top": (100, 20, 20), "next": (70, 45, 22)})
+    assert [(r["rank"], r["config"], r["prompt_strict"]) for r in rows] == [("1", "top", "0.4"), ("2", "next", "0.38333333333333336")]
+    assert res["pick"] == "next checkpoint-10"
+    assert res["pick_sentence"] == ("The pick: next checkpoint-10. " + TOP_TRANSFERS
+                                    + " Passed over top checkpoint-10 (higher on IFEval): " + HELD_OUT_FALL)
+    assert ("| 1 | top | checkpoint-10 | 40.0 | +13.3 | 60 / 20 | 8.58e-06 | 8.58e-06 | better than start | 50.0 | 10.0 "
+            "| 20.0 | +0.0 | 1 | 20.0 → 50.0 | 20.0 → 10.0 (p 0.0e+00) | 20.0 → 20.0 (p 1.0) "
+            "| falls on held-out or IFBench (significant) |") in md
+    assert ("| 2 | next | checkpoint-10 | 38.3 | +11.7 | 35 / 0 | 5.82e-11 | 1.16e-10 | better than start | 35.0 | 22.5 "
+            "| 22.0 | +2.0 | 1 | 20.0 → 35.0 | 20.0 → 22.5 (p 0.012) | 20.0 → 22.0 (p 0.50) | transfers (pick) |") in md
+    assert [rows[0][k] for k in GUARD_COLUMNS[:3]] == ["falls on held-out or IFBench (significant)", "True", "False"]
+    # the family's verdict names the pick first, not the blocked configuration
+    assert res["headline"].startswith("Training helped: next checkpoint-10 follows 38.3% (prompt-level strict)")
+    assert res["headline"].endswith("2 of 2 checkpoints are significantly better.")
+
+    # a significant fall on IFBench blocks too
+    res, md, _ = _guarded_search(tmp_path / "ifbench", {"top": (70, 40, 5), "next": (60, 42, 22)})
+    assert res["pick"] == "next checkpoint-10"
+    assert res["pick_sentence"].endswith(
+        " Passed over top checkpoint-10 (higher on IFEval): Not a pick: IFBench prompt-level strict 20.0 -> 5.0 "
+        "(-15.0 points, p = 6.1e-05) (significant at 0.05), although IFEval prompt-level strict 26.7 -> 36.7 "
+        "(+10.0 points, p = 1.9e-09).")
+    assert "| 20.0 → 20.0 (p 1.0) | 20.0 → 5.0 (p 6.1e-05) | falls on held-out or IFBench (significant) |" in md
+
+
+def test_ranking_guard_without_ifbench_uses_the_held_out_types_and_says_so(tmp_path):
+    res, md, rows = _guarded_search(tmp_path, {"top": (100, 20, None), "next": (70, 45, None)}, bench_start=None)
+    no_ifbench = "IFBench was not evaluated: the guard checked the held-out IFEval types only."
+    assert res["pick"] == "next checkpoint-10"
+    assert res["pick_sentence"] == (
+        "The pick: next checkpoint-10. The gain transfers: IFEval prompt-level strict 26.7 -> 38.3 (+11.7 points, "
+        "p = 5.8e-11); IFEval held-out types (instruction-level) 20.0 -> 22.5 (+2.5 points, p = 0.012) (at or above "
+        f"the start). {no_ifbench} Passed over top checkpoint-10 (higher on IFEval): {HELD_OUT_FALL} {no_ifbench}")
+    assert "| 20.0 → 50.0 | 20.0 → 10.0 (p 0.0e+00) |  | falls on held-out or IFBench (significant) |" in md
+    assert rows[0]["guard_ifbench_p"] == "" and rows[1]["pick"] == "True"
+
+
+def test_ranking_guard_no_pick_when_nothing_gains_unblocked(tmp_path):
+    res, _, rows = _guarded_search(tmp_path, {"top": (100, 20, 20), "flat": (40, 40, 20)})
+    assert res["pick"] is None
+    assert res["pick_sentence"] == (
+        "No pick: no configuration gains on IFEval without a significant fall on the held-out types or IFBench; "
+        "keep the starting model. Passed over top checkpoint-10 (higher on IFEval): " + HELD_OUT_FALL)
+    assert [(r["config"], r["guard"], r["pick"]) for r in rows] == [
+        ("top", "falls on held-out or IFBench (significant)", "False"), ("flat", "no gain", "False")]

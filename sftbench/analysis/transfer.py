@@ -6,6 +6,7 @@ each candidate against the start and never picks one that `blocks`.
     t.verdict   # "transfers" | "trained types only" | "falls on held-out or IFBench (significant)" | "no gain"
     t.blocks    # True for the third: not a pick
     t.sentence  # the plain sentence for the report, with every figure and p-value
+    pick_sentence([(name, t), ...])  # (the pick, the summary naming it and why higher ones were passed over)
 
 Inputs are eval_results_strict.jsonl rows ({"instruction_id_list", "follow_instruction_list",
 "follow_all_instructions"}), as {key: row} mappings (paired by key; the search keys them by prompt) or lists
@@ -170,4 +171,27 @@ def transfer_guard(start_ifeval, cand_ifeval, start_ifbench=None, cand_ifbench=N
         below = [p for p in guards if p.delta_points < 0]
         text = (f"The gain is on trained constraint types only: {ifeval.text()}; {seen.text()}; but "
                 + "; ".join(p.text() for p in below) + " (below the start, not significantly).")
+    if ifbench is None and verdict != NO_GAIN:
+        text += " " + NO_IFBENCH
     return Transfer(verdict, ifeval, seen, unseen, ifbench, text)
+
+
+NO_IFBENCH = "IFBench was not evaluated: the guard checked the held-out IFEval types only."
+
+
+def pick_sentence(ranked: Sequence[tuple[str, Transfer]]) -> tuple[str | None, str]:
+    """The pick among candidates, best IFEval first ([(name, its Transfer against the start)]), and the summary
+    that names it: the first that does not `block` and gains on IFEval; each candidate ranked above it that a
+    significant fall blocked gets one sentence saying why it was passed over (its guard sentence).
+    Returns (the pick's name or None = keep the starting model, the sentences)."""
+    passed: list[str] = []
+    for name, t in ranked:
+        if t.blocks:
+            passed.append(f"Passed over {name} (higher on IFEval): {t.sentence}")
+            continue
+        if t.verdict == NO_GAIN:
+            break
+        label = "" if t.verdict == TRANSFERS else " (labelled: its gain is on trained constraint types only)"
+        return name, " ".join([f"The pick: {name}{label}. {t.sentence}", *passed])
+    return None, " ".join(["No pick: no configuration gains on IFEval without a significant fall on the held-out "
+                           "types or IFBench; keep the starting model.", *passed])

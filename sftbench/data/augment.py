@@ -39,7 +39,8 @@ from sftbench.core.cli import HelpFormatter, add_config_arguments, config_from_n
 from sftbench.core.errors import UserError, exit_with_user_error
 from sftbench.core.io import iter_jsonl
 from sftbench.engine import generate as G
-from sftbench.model.hf import load_model, load_tokenizer, stop_token_ids
+from sftbench.model.hf import load_tokenizer, stop_token_ids
+from sftbench.model.load import load_model
 
 # Bump when a rewrite, template or the selection changes, so cached augmented data is rebuilt.
 AUGMENT_VERSION = 2  # 2: variants, multi-turn self targets, seeded sampling in the fast generator

@@ -135,8 +135,8 @@ class Generator:
 
 
 class HFGenerator(Generator):
-    """Batched `model.generate` over left-padded prompts: greedy, or sampled (temperature > 0, num_samples
-    answers per prompt, prompt-major: the rows of prompt i are i*num_samples .. i*num_samples+num_samples-1)."""
+    """Batched `model.generate` over left-padded prompts: greedy (`generate`), or sampled through `sample()`
+    (n answers per prompt, prompt-major, drawn by sftbench.engine.sampling)."""
 
     name = "hf"
 
@@ -147,26 +147,28 @@ class HFGenerator(Generator):
     def load(self, model) -> None:
         self.model = model
 
-    def _generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: int, min_new_tokens: int | None = None,
-                      temperature: float = 0.0, num_samples: int = 1) -> list[list[int]]:
-        """min_new_tokens: force that many steps (benchmark probes of a fixed length)."""
+    def _left_padded(self, rows: list[list[int]]):
+        """(input_ids [B, width] left-padded with the pad id, attention_mask [B, width], the model's device)."""
+        import torch
+
+        width = max(len(p) for p in rows)
+        input_ids = torch.full((len(rows), width), self.spec.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, p in enumerate(rows):
+            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            attn[i, width - len(p):] = 1
+        return input_ids, attn, next(self.model.parameters()).device
+
+    def _generate_ids(self, prompt_ids: list[list[int]], max_new_tokens: int,
+                      min_new_tokens: int | None = None) -> list[list[int]]:
+        """Greedy; min_new_tokens: force that many steps (benchmark probes of a fixed length)."""
         import torch
         from transformers import GenerationConfig
 
-        if temperature > 0:  # one sampler for every backend (sftbench.engine.sampling), not HF's own
-            return self._sample_ids(prompt_ids, max_new_tokens, num_samples, temperature, 1.0, 0,
-                                    list(range(len(prompt_ids))))
-
-        dev = next(self.model.parameters()).device
-        width = max(len(p) for p in prompt_ids)
-        input_ids = torch.full((len(prompt_ids), width), self.spec.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-        for i, p in enumerate(prompt_ids):
-            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            attn[i, width - len(p):] = 1
-        gc = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=temperature > 0,
-                              temperature=temperature or None, num_return_sequences=num_samples, num_beams=1,
-                              eos_token_id=list(self.spec.stop_ids), pad_token_id=self.spec.pad_id)
+        input_ids, attn, dev = self._left_padded(prompt_ids)
+        width = input_ids.shape[1]
+        gc = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
+                              num_beams=1, eos_token_id=list(self.spec.stop_ids), pad_token_id=self.spec.pad_id)
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids.to(dev), attention_mask=attn.to(dev), generation_config=gc)
         # Rows that stopped early are padded by generate; `finish` cuts at the first stop token anyway.
@@ -179,14 +181,8 @@ class HFGenerator(Generator):
 
         from sftbench.engine.sampling import SampleLogitsProcessor, row_seed
 
-        dev = next(self.model.parameters()).device
-        width = max(len(p) for p in prompt_ids)
-        rows = [p for p in prompt_ids for _ in range(n)]
-        input_ids = torch.full((len(rows), width), self.spec.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, p in enumerate(rows):
-            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            attn[i, width - len(p):] = 1
+        input_ids, attn, dev = self._left_padded([p for p in prompt_ids for _ in range(n)])
+        width = input_ids.shape[1]
         proc = SampleLogitsProcessor([row_seed(seed, key, k) for key in keys for k in range(n)], temperature, top_p,
                                      width)
         gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,

@@ -46,11 +46,10 @@ from sftbench.core.memory import MemoryMonitor, apply_memory_cap, torch_peak_gib
 from sftbench.core.rundir import model_step
 from sftbench.engine import generate as gen
 from sftbench.engine.generate import fast_generator_class, pick_generation_dtype
-from sftbench.model.load import check_finite_weights
+from sftbench.model.load import check_config_matches_weights, check_finite_weights, check_weight_files, load_model
 from sftbench.model.offline import check_model_dir, resolve_model_path
-from sftbench.model.weights_match import check_config_matches_weights
 from sftbench.model.chat_template import ChatTemplate
-from sftbench.model.hf import (chat_template_of, load_generation_config, load_model, load_tokenizer, stop_token_ids,
+from sftbench.model.hf import (chat_template_of, load_generation_config, load_tokenizer, stop_token_ids,
                                tokenizer_files_fingerprint)
 
 from sftbench.tasks import data as ifdata
@@ -122,8 +121,7 @@ def _check_loadable(model_path: str) -> None:
 def checked_fingerprint(model_path: str) -> str | None:
     """The weights' sftbench.core.fingerprint (None for a hub id); UserError for a truncated or corrupt weights file,
     before anything is written."""
-    if Path(model_path).is_dir():
-        fpr.check_weights(model_path)
+    check_weight_files(model_path)
     return fpr.fingerprint(model_path)
 
 

@@ -1,5 +1,5 @@
 """Hugging Face loading, once for the whole project: the tokenizer (with the run's chat template and a pad
-token), the causal LM for generation, the ids that end an answer, and fingerprints of a tokenizer.
+token), the ids that end an answer, and fingerprints of a tokenizer (the causal LM: sftbench.model.load).
 
 Training, evaluation, augmentation and the data inspector all call `load_tokenizer`, so they render the same
 prompt text for the same conversation (sftbench.model.chat_template.resolve_chat_template decides the template).
@@ -129,26 +129,6 @@ def torch_dtype(name: str):
     import torch  # lazy: this module loads tokenizers for torch-free callers too
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-def load_model(model_path: str, dtype: str, device):
-    """AutoModelForCausalLM in `dtype` ("bf16"|"fp16"|"fp32") on `device`, eval mode.  UserError for an
-    unloadable directory."""
-    from safetensors import SafetensorError  # lazy: as torch above
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype),
-                                                           output_loading_info=True)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # truncated/corrupt weights, a bad config
-        raise UserError(f"{model_path}: could not load the model ({_first_line(e)}).") from None
-    # transformers only warns and initialises at random what it could not place (a config beside other weights)
-    bad = {k: sorted(map(str, info.get(k) or ())) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if any(bad.values()):
-        what = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {', '.join(v[:3])})" for k, v in bad.items() if v)
-        raise UserError(f"{model_path}: could not load the model (its config.json does not match its weights: "
-                        f"{what}).")
-    return model.to(device).eval()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -1,12 +1,16 @@
-"""Loading a causal LM that is what it claims to be: one check shared by the trainer and the evaluation.
+"""Loading a causal LM that is what it claims to be: the one home of the checks, for training and evaluation.
 
-    check_config(path, llama_only=True)   # before any weights load: a config the trainer can train
-    model = load_causal_lm(path, torch.float32)   # UserError unless every weight loads into the model
+    check_config(path, llama_only=True)       # config.json has a model_type (and is Llama, for the trainer)
+    check_weight_files(path)                  # no truncated or corrupt safetensors file
+    check_config_matches_weights(path)        # before any weights load: config names/shapes == the weights'
+    model = load_causal_lm(path, torch.float32, llama_only=True)   # UserError unless every weight loads
+    model = load_model(path, "bf16", device)  # the same, in eval mode on `device` (generation)
+    check_finite_weights(path, model_or_generator)   # no NaN/Inf weight (a diverged checkpoint)
 
 Errors are one line naming the directory: a truncated or corrupt weights file (sftbench.core.fingerprint), a
 config.json without `model_type` or of another architecture, a config whose shapes do not match the weights,
 weights missing from the file or left unused by the model (a GPT-2 config beside Llama weights would otherwise
-evaluate a randomly initialised model).
+evaluate a randomly initialised model), weights that are not finite.
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sftbench.core import fingerprint as fpr
 from sftbench.core.errors import UserError
+from sftbench.model.hf import torch_dtype
 
 # model_type values the trainer's engines (sftbench/model/llama.py, the fast engine) implement.
 LLAMA_TYPES = ("llama",)
+# tensors old checkpoints carry that current models recompute (transformers ignores them too)
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def _first_line(e: BaseException) -> str:
@@ -47,23 +55,22 @@ def check_config(model_path: str | os.PathLike, llama_only: bool = False) -> dic
 
 def check_weight_files(model_path: str | os.PathLike) -> None:
     """UserError for a truncated or corrupt safetensors file of a local model directory."""
-    from sftbench.core.fingerprint import check_weights
-
     if Path(model_path).is_dir():
-        check_weights(model_path)
+        fpr.check_weights(model_path)
 
 
 def load_causal_lm(model_path: str | os.PathLike, dtype, *, llama_only: bool = False, **kw):
-    """AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **kw), with every weight checked: UserError
-    (one line naming the directory) for a bad config, a damaged weights file, shapes that do not match, or
-    weights missing / unexpected."""
+    """AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **kw) (dtype: a torch dtype or
+    "bf16"|"fp16"|"fp32"), with every weight checked: UserError (one line naming the directory) for a bad
+    config, a damaged weights file, shapes that do not match, or weights missing / unexpected."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     check_config(model_path, llama_only=llama_only)
-    check_weight_files(model_path)
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype, output_loading_info=True, **kw)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(model_path), dtype=torch_dtype(dtype) if isinstance(dtype, str) else dtype,
+            output_loading_info=True, **kw)
     except (OSError, ValueError, RuntimeError, KeyError, AttributeError, TypeError, SafetensorError) as e:
         # a truncated or corrupt weights file, a config an architecture cannot be built from, shapes that differ
         if "ignore_mismatched_sizes" in str(e):
@@ -73,6 +80,11 @@ def load_causal_lm(model_path: str | os.PathLike, dtype, *, llama_only: bool = F
         raise UserError(f"{model_path}: could not load the model ({type(e).__name__}: {_first_line(e)}).") from None
     check_loading_info(model_path, info)
     return model
+
+
+def load_model(model_path: str, dtype: str, device):
+    """The model generation uses: load_causal_lm in `dtype` ("bf16"|"fp16"|"fp32") on `device`, eval mode."""
+    return load_causal_lm(model_path, dtype).to(device).eval()
 
 
 def check_loading_info(model_path, info: dict) -> None:
@@ -128,3 +140,72 @@ def check_finite_weights(model_path, obj) -> None:
         raise UserError(f"{model_path}: its weights hold NaN or Inf values (the training run diverged before this "
                         f"checkpoint was written); refusing to evaluate it. Evaluate an earlier checkpoint, or retrain "
                         f"with a lower --learning_rate.")
+
+
+def _file_tensors(model_dir: Path) -> dict[str, tuple[int, ...]] | None:
+    """{tensor name: shape} over the model's safetensors files; None when its weights are not all safetensors."""
+    files = [f for f in fpr.weight_files(model_dir) if f.name != "adapter_model.safetensors"]
+    st = [f for f in files if f.suffix == ".safetensors"]
+    if not st or any(f.suffix == ".bin" for f in files):
+        return None
+    out: dict[str, tuple[int, ...]] = {}
+    for f in st:
+        header, _ = fpr.read_safetensors_header(f)
+        for name, t in header.items():
+            if name != "__metadata__" and isinstance(t, dict):
+                out[name] = tuple(int(x) for x in t.get("shape") or ())
+    return out
+
+
+def _sample(names, n: int = 3) -> str:
+    names = sorted(names)
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def check_config_matches_weights(model_dir: str | os.PathLike) -> None:
+    """UserError "MODEL: could not load the model (...)" when config.json cannot be built into a model, or its
+    parameters are not the tensors in the weights files (missing, unexpected or another shape)."""
+    d = Path(model_dir)
+    if not (d / "config.json").is_file():
+        return
+    have = _file_tensors(d)
+    if have is None:
+        return
+    import torch  # lazy: the layer's torch-free modules import this package
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(d))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, OSError) as e:
+        raise UserError(f"{d}: could not load the model (config.json: {_first_line(e)}).") from None
+    params = dict(model.named_parameters(remove_duplicate=False))
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(IGNORED_SUFFIXES)}
+    have = {k: v for k, v in have.items() if not k.endswith(IGNORED_SUFFIXES)}
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    if prefix and not (set(have) & set(want)):  # weights saved from the bare model, without its prefix
+        prefixed = {f"{prefix}.{k}": v for k, v in have.items()}
+        if set(prefixed) & set(want):
+            have = prefixed
+    missing = set(want) - set(have)
+    # a tied parameter (lm_head.weight = embed_tokens.weight) is stored once
+    present_ids = {id(params[k]) for k in have if k in params}
+    missing = {k for k in missing if not (k in params and id(params[k]) in present_ids)}
+    unexpected = set(have) - set(want)
+    shapes = {k: (have[k], want[k]) for k in set(have) & set(want) if have[k] != want[k]}
+    if not (missing or unexpected or shapes):
+        return
+    arch = (getattr(cfg, "architectures", None) or [type(model).__name__])[0]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) the config needs are not in the weights: {_sample(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensor(s) in the weights are not in the model: {_sample(unexpected)}")
+    if shapes:
+        k = sorted(shapes)[0]
+        parts.append(f"{len(shapes)} tensor(s) have another shape, e.g. {k}: {list(shapes[k][0])} in the weights, "
+                     f"{list(shapes[k][1])} by the config")
+    raise UserError(f"{d}: could not load the model (its config.json, a {cfg.model_type} {arch}, does not match its "
+                    f"weights: {'; '.join(parts)}). Put the config.json that was saved with these weights beside "
+                    f"them; a model built from a mismatched config would be randomly initialised.")

@@ -4,7 +4,6 @@ The planner plans a training command, so it takes the trainer's flags (`--model_
 `--per_device_train_batch_size`, `--gradient_accumulation_steps`, `--engine`, `--token_budget`, ...) with the
 trainer's defaults, read from sftbench.config.train.TrainConfig: a training command line can be pasted in.
 Options that only make sense for a plan (which GPUs, prices, JSON) live in PlanConfig.
-The planner's earlier short names stay accepted (hidden): OLD_NAMES.
 """
 
 from __future__ import annotations
@@ -14,8 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from sftbench.core.cli import (ArgumentParser, add_config_arguments, config_from_namespace, field_type, flat_fields,
-                               setting)
+from sftbench.core.cli import ArgumentParser, add_config_arguments, config_from_namespace, flat_fields, setting
 from sftbench.core.gpus import GPUS, PRICES_AS_OF
 from sftbench.config.train import TrainConfig
 
@@ -25,10 +23,6 @@ PROG = "python -m sftbench.plan"
 TRAIN_FIELDS = ("model_name_or_path", "data_path", "model_max_length", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "num_train_epochs", "method", "lora_rank", "gradient_checkpointing",
                 "loss_chunk_size", "engine", "token_budget", "vram_target_gib", "memory_cap_gib")
-# Earlier planner flag -> the trainer's field (README and scripts use them).
-OLD_NAMES = {"model": "model_name_or_path", "data": "data_path", "max_length": "model_max_length",
-             "micro_batch": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
-             "epochs": "num_train_epochs"}
 
 
 @dataclass
@@ -61,8 +55,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str], list[str]]:
         description="Plan a fine-tuning run: predicted peak VRAM by part, which GPUs it fits, optimizer steps, and "
         "time and cost per GPU, for the engine the trainer will run (--engine auto: the fast engine on a CUDA GPU "
         "for full fine-tuning, the reference engine for LoRA).  Takes the trainer's flags and defaults.  'total' is "
-        "device memory as NVML / nvidia-smi report it (torch's peak + allocator slack + CUDA context).",
-        epilog="Earlier short names still work: " + ", ".join(f"--{o} = --{n}" for o, n in OLD_NAMES.items()) + ".")
+        "device memory as NVML / nvidia-smi report it (torch's peak + allocator slack + CUDA context).")
     g = p.add_argument_group("training run (the trainer's flags and defaults)")
     leaves = flat_fields(TrainConfig)  # the trainer's flat flag names, sub-configs walked
     train_names = add_config_arguments(g, TrainConfig, skip=[n for n in leaves if n not in TRAIN_FIELDS])
@@ -71,9 +64,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str], list[str]]:
     q.add_argument("--price", action="append", default=[], metavar="KEY=USD_PER_HOUR",
                    help=dataclasses.fields(PlanConfig)[[f.name for f in dataclasses.fields(PlanConfig)].index("price")]
                    .metadata["help"])
-    for old, new in OLD_NAMES.items():
-        t, _, _ = field_type(leaves[new].owner, leaves[new].field)
-        p.add_argument(f"--{old}", dest=new, type=t, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p, train_names, plan_names + ["price"]
 
 

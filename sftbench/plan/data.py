@@ -32,21 +32,21 @@ def _record_chars(rec) -> tuple[int, int]:
 
 
 def measure_data(data: str, avg_tokens: float | None = None) -> DataSize:
-    """--data: an integer N (conversations) or a .jsonl/.json file (counted; tokens ~ chars/4 + 5 per turn)."""
+    """--data_path: an integer N (conversations) or a .jsonl/.json file (counted; tokens ~ chars/4 + 5 per turn)."""
     s = str(data).strip()
     if re.fullmatch(r"\d+", s):
         n = int(s)
         if n < 1:
-            raise UserError("--data: the number of examples must be >= 1.")
+            raise UserError("--data_path: the number of examples must be >= 1.")
         return DataSize(n, float(avg_tokens or 512), f"{n} examples (given)")
     p = Path(s).expanduser()
     repo_p = Path(__file__).resolve().parents[2] / p
     if not p.exists() and not p.is_absolute() and repo_p.exists():
         p = repo_p  # e.g. the default data/demo_chat.jsonl when run from outside the repository
     if not p.exists():
-        raise UserError(f"--data {s}: no such file, and not a number of examples. Give a .jsonl/.json chat file or an integer.")
+        raise UserError(f"--data_path {s}: no such file, and not a number of examples. Give a .jsonl/.json chat file or an integer.")
     if p.is_dir():
-        raise UserError(f"--data {p}: is a directory; give one .jsonl/.json file or a number of examples.")
+        raise UserError(f"--data_path {p}: is a directory; give one .jsonl/.json file or a number of examples.")
     chars = turns = 0
     if p.suffix == ".json":
         from sftbench.core.io import read_json

@@ -128,8 +128,8 @@ def load_model_dims(name_or_path: str) -> ModelDims:
         except Exception as e:  # offline, gated, typo: fall back to the embedded numbers if we have them
             if key in BUILTIN_MODELS:
                 return replace(BUILTIN_MODELS[key], name=name_or_path)
-            raise UserError(f"--model {name_or_path}: could not read its config from the Hugging Face hub "
+            raise UserError(f"--model_name_or_path {name_or_path}: could not read its config from the Hugging Face hub "
                             f"({type(e).__name__}). Offline, give a local model directory (with config.json) "
                             f"or the built-in `smollm2-135m-instruct-offline`.") from None
-    raise UserError(f"--model {name_or_path}: not a directory, a config.json, a hub id (owner/name) or a built-in "
+    raise UserError(f"--model_name_or_path {name_or_path}: not a directory, a config.json, a hub id (owner/name) or a built-in "
                     f"name ({', '.join(sorted(BUILTIN_MODELS))}).")

@@ -52,9 +52,8 @@ class PlanSpec:
     optimizer: str = "fused"        # fused AdamW (the trainer on CUDA) | foreach (one param-sized temporary)
 
     def validate(self) -> "PlanSpec":
-        for k, flag in (("max_length", "--model_max_length / --max_length"),
-                        ("micro_batch", "--per_device_train_batch_size / --micro_batch"),
-                        ("grad_accum", "--gradient_accumulation_steps / --grad_accum")):
+        for k, flag in (("max_length", "--model_max_length"), ("micro_batch", "--per_device_train_batch_size"),
+                        ("grad_accum", "--gradient_accumulation_steps")):
             if getattr(self, k) < 1:
                 raise UserError(f"{flag} must be >= 1 (got {getattr(self, k)}).")
         if self.method not in ("full", "lora"):
