@@ -129,14 +129,29 @@ def weight_tensors(obj) -> list:
     return [p.detach() for p in obj.parameters()] if isinstance(obj, torch.nn.Module) else []
 
 
+def all_finite(tensors) -> bool:
+    """Whether every element of every tensor is finite (True for none): the one NaN/Inf test of weights, for the
+    trainer's checkpoints and the evaluation alike.  One fused max-|w| pass (NaN and Inf both propagate into it),
+    a few launches and one device sync."""
+    import torch
+
+    tensors = [t.detach() for t in tensors]
+    if not tensors:
+        return True
+    try:
+        norms = torch._foreach_norm(tensors, float("inf"))
+        return bool(torch.stack([n.float() for n in norms]).isfinite().all())
+    except (AttributeError, RuntimeError, TypeError):  # a torch without the private fused op: one check a tensor
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 def check_finite_weights(model_path, obj) -> None:
     """UserError when a weight of `obj` (a model, or a generator holding one) is NaN or Inf: a diverged run's
     checkpoint, whose evaluation would score garbage as if it were a model.  One pass over the weights on their
     device and one sync (milliseconds on a GPU, against minutes of generation)."""
     import torch
 
-    tensors = weight_tensors(obj)
-    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+    if not all_finite(weight_tensors(obj)):
         raise UserError(f"{model_path}: its weights hold NaN or Inf values (the training run diverged before this "
                         f"checkpoint was written); refusing to evaluate it. Evaluate an earlier checkpoint, or retrain "
                         f"with a lower --learning_rate.")

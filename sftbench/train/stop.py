@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from sftbench.core.errors import Interrupted, NonFiniteTraining
+from sftbench.model.load import all_finite
 
 EXIT_SIGNAL = {signal.SIGINT: 130, getattr(signal, "SIGTERM", 15): 143}
 # The settings a resume command must not repeat (they are replaced by --resume_from_checkpoint latest).
@@ -122,8 +123,7 @@ def nonfinite_error(run, global_step: int, what: str) -> NonFiniteTraining:
 
 def weights_finite(model) -> bool:
     """Whether every parameter is finite: one pass over the weights, one device sync (run per checkpoint)."""
-    flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]
-    return bool(torch.stack(flags).all()) if flags else True
+    return all_finite(model.parameters())
 
 
 def check_weights_finite(run, global_step: int) -> None:
