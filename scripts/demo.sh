@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . scripts/_env.sh
-PYTHON=$(venv_python .venv)  # the venv setup.sh just made, whatever else is active
+PYTHON=$(venv_python "$PWD/.venv")  # absolute; the venv setup.sh just made, whatever else is active
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 args=(--limit "${LIMIT:-8}" --max_new_tokens "${MAX_NEW:-64}")
 [ -n "${OUT:-}" ] && args+=(--out "$OUT")

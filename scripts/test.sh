@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . scripts/_env.sh
 # the venv setup.sh just made, whatever else is active (what `. .venv/bin/activate` does, Scripts/ on Windows)
-PATH="$(dirname "$(venv_python .venv)"):$PATH"
+PATH="$(dirname "$(venv_python "$PWD/.venv")"):$PATH"  # absolute (POSIX form, also under Git Bash): tests start subprocesses elsewhere
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # quiet once (pyproject addopts), so the closing "N passed, M skipped" line shows
 python -m pytest -p no:cacheprovider "$@"
