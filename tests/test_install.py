@@ -46,7 +46,10 @@ def installed(tmp_path_factory):
             shutil.copytree(s, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(s, src / name)
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # without PYTHONPATH: a checkout on it (scripts/_env.sh puts one there) shows pip its sftbench.egg-info, and pip
+    # would then skip installing the wheel as "already satisfied"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
           "-w", tmp / "wheels", src], tmp, env)
     wheels = sorted((tmp / "wheels").glob("sftbench-*.whl"))
@@ -222,4 +225,4 @@ def test_launchers_find_a_windows_venv(tmp_path):
     for script in ("setup.sh", "demo.sh", "test.sh"):
         text = (ROOT / "scripts" / script).read_text()
         code = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
-        assert ". .venv/bin/activate" not in code and "${PYTHON:-python3}" not in code and "venv_python .venv" in code, script
+        assert ". .venv/bin/activate" not in code and "${PYTHON:-python3}" not in code and ("venv_python .venv" in code or 'venv_python "$PWD/.venv"' in code), script
