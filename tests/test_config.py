@@ -261,9 +261,22 @@ def test_help_is_grouped_by_sub_config():
     assert "model's (--model_name_or_path) answers" in " ".join(text.split())
 
 
+DATED = r"H100|H200|A100|\d{4}-\d{2}-\d{2}|\d x the|%|\d+ s with"
+
+
 def test_help_texts_say_what_a_flag_does_not_dated_figures():
     for name, leaf in flat_fields(__import__("sftbench.config.train", fromlist=["TrainConfig"]).TrainConfig).items():
-        assert not re.search(r"H100|H200|A100|\d{4}-\d{2}-\d{2}|\d x the|%|\d+ s with", leaf.help), (name, leaf.help)
+        assert not re.search(DATED, leaf.help), (name, leaf.help)
+
+
+@pytest.mark.parametrize("module, cls", [("sftbench.plan.config", "PlanConfig"), ("sftbench.eval.config", "EvalConfig"),
+                                         ("sftbench.eval.config", "SweepConfig"), ("sftbench.data.augment", "AugmentConfig")])
+def test_every_cli_help_is_free_of_dated_figures(module, cls):
+    import dataclasses
+    import importlib
+
+    for f in dataclasses.fields(getattr(importlib.import_module(module), cls)):
+        assert not re.search(DATED, f.metadata.get("help", "")), (cls, f.name, f.metadata.get("help"))
 
 
 # ------------------------------------------------------------------------------------ composition

@@ -42,8 +42,8 @@ class PlanConfig:
     gpu_mem_gib: Optional[float] = setting(None, "Also plan for a custom card with this much memory (GiB).")
     num_gpus: int = setting(1, "Data-parallel GPUs (e.g. 2 for Kaggle's T4 x2): divides steps and time.")
     tokens_per_s: Optional[float] = setting(
-        None, "Reference engine: measured H100 training tokens/s to scale from (default: docs/bench_train.md's "
-              "`plan:` line, else 1013).")
+        None, "Reference engine: measured training tokens/s to scale the time estimates from (default: the "
+              "calibration in docs/bench_train.md's `plan:` line, else the planner's built-in one).")
     price: list = setting([], f"Override a GPU-hour price (table dated {PRICES_AS_OF}); repeatable.", cli=False)
     json: bool = setting(False, "Print the plan as JSON instead of tables.")
 

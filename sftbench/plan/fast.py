@@ -13,13 +13,8 @@ stored layer so that it errs on the safe side):
                  per stored layer, one layer's activations while it is recomputed, 8 x hidden B (final norm)
     NVML       = torch peak x (1 + 3% allocator slack) + FAST_CUDA_CONTEXT_GIB
 
-Calibration (SmolLM2-135M shape, varlen attention, fused projections, CE chunk 1024):
-  H100, 16,384 tokens, 30/30 layers checkpointed: torch 3.95 GiB, NVML 5.57 GiB (2026-11-24)
-  H100, 16,384 tokens, 25/30 layers checkpointed: torch 5.20 GiB, NVML 6.61 GiB (2026-11-24)
-  H200 capped to 8 GiB, 16,384 / 32,768 tokens, 30/30: NVML 5.66 / 7.2 GiB (2026-12-01)
-The stored-layer figure is the 25-vs-30 difference: (5.20 - 3.95) GiB / (5 layers x 16,384 tokens) = 16 KiB
-more than a checkpointed layer's 2,304 B.  Predicted: torch 4.11 / 5.36 GiB, NVML 5.57 / 6.86 / 5.57 / 7.02
-GiB: within 4% of each measurement.
+The coefficients were calibrated on measured runs of the SmolLM2-135M shape; the runs, their GPUs and dates,
+and the predicted-vs-measured check are in docs/bench_train.md ("Planner calibration").
 """
 
 from __future__ import annotations
