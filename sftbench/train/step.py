@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE_INDEX = -100
+from sftbench.loss import IGNORE_INDEX
 
 
 def target_count(example: dict) -> int:
