@@ -8,6 +8,10 @@ GRID (JSON):
      "eval":    {sweep/eval flag: value, ...},       # passed to every sweep (sftbench.eval.sweep / sftbench/eval/run.py flags)
      "configs": [{"name": "lr2e-5", trainer flag: value, ...}, ...],   # named overrides, and/or
      "axes":    {trainer flag: [value, ...], ...}}   # a product (crossed with each named config, if any)
+A named configuration may say {"after": "NAME"} (an earlier configuration): a further round of training
+(expert iteration) that starts from NAME's final model instead of --model_name_or_path; with
+--augment_targets self that model answers this round's constraint prompts (give another --augment_seed for
+other variants), the passing answers are this round's added data, and training continues from its weights.
 A flag with value true/false is a boolean; null passes `none`.  TRAINER FLAGS after OUT override the grid's
 base for every configuration (e.g. --data_path, --model_name_or_path); OUT/runs/<name> is each --output_dir.
 
@@ -51,6 +55,7 @@ from sftbench.core.errors import UserError, exit_with_user_error
 PROG = "python -m sftbench.search"
 START = "_start"
 RESERVED = ("output_dir", "resume_from_checkpoint")
+AFTER = "after"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
 
@@ -59,6 +64,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 class Config:
     name: str
     flags: dict[str, Any]  # trainer flags (base + overrides), output_dir excluded
+    after: str | None = None  # a round after this earlier configuration: starts from its final model
 
 
 @dataclasses.dataclass
@@ -115,18 +121,32 @@ def load_grid(path: str | Path, cli_flags: dict[str, Any] | None = None) -> Grid
     base = check_flags(g.get("base", {}), "\"base\"")
     base.update(cli_flags or {})
     named: list[tuple[str, dict]] = []
+    after: dict[str, str] = {}
     for i, c in enumerate(g.get("configs") or []):
         if not isinstance(c, dict) or not isinstance(c.get("name"), str):
             raise UserError(f"{p}: configs[{i}] must be an object with a \"name\" and trainer flags.")
-        named.append((c["name"], check_flags({k: v for k, v in c.items() if k != "name"}, f"configs[{i}] ({c['name']})")))
+        where = f"configs[{i}] ({c['name']})"
+        if AFTER in c:
+            prev = c[AFTER]
+            if not isinstance(prev, str) or prev not in [n for n, _ in named]:
+                raise UserError(f"{p}: {where}: \"after\": {prev!r} is not an earlier configuration's name; a round "
+                                f"starts from the final model of a configuration listed before it.")
+            if "model_name_or_path" in c:
+                raise UserError(f"{p}: {where}: give \"after\" or model_name_or_path, not both (\"after\" starts "
+                                f"from {prev}'s final model).")
+            after[c["name"]] = prev
+        named.append((c["name"], check_flags({k: v for k, v in c.items() if k not in ("name", AFTER)}, where)))
     axes = g.get("axes") or {}
+    if axes and after:
+        raise UserError(f"{p}: \"after\" (rounds) and \"axes\" cannot be combined; list each round as a named "
+                        f"configuration.")
     if axes:
         check_flags(axes, "\"axes\"")
         if not all(isinstance(v, list) and v for v in axes.values()):
             raise UserError(f"{p}: \"axes\": every axis must be a non-empty list of values.")
         prod = _product_names(axes)
         named = [(f"{n}_{pn}" if n else pn, {**o, **po}) for n, o in (named or [("", {})]) for pn, po in prod]
-    configs = [Config(n, {**base, **o}) for n, o in named]
+    configs = [Config(n, {**base, **o}, after.get(n)) for n, o in named]
     seen: set[str] = set()
     for c in configs:
         if not NAME_RE.match(c.name) or c.name == START:
@@ -159,7 +179,8 @@ def train_config(grid: Grid, c: Config, out_dir: Path, resume: bool = False):
     configuration.  With --augment_fraction, the augmentation settings are checked too."""
     from sftbench.config.train import parse_train_config
 
-    argv = flag_args(c.flags) + ["--output_dir", str(out_dir)] + (["--resume_from_checkpoint", "latest"] if resume else [])
+    flags = {**c.flags, "model_name_or_path": str(out_dir.parent / c.after)} if c.after else c.flags
+    argv = flag_args(flags) + ["--output_dir", str(out_dir)] + (["--resume_from_checkpoint", "latest"] if resume else [])
     where = f"{grid.path}: configuration {c.name}"
     cfg = parsed(where, parse_train_config, argv, f"{PROG} ({c.name})")
     try:
@@ -333,6 +354,9 @@ class Search:
                             f"{self.grid.eval} now). Use a new OUT: results with different settings must not be mixed.")
         for c in self.grid.configs:
             rec = state["configs"].get(c.name)
+            if rec and rec.get(AFTER) != c.after and (self.run_dir(c.name).exists() or rec.get("swept")):
+                raise UserError(f"{self.out}: configuration {c.name} was trained after {rec.get(AFTER) or 'the start'}, "
+                                f"the grid now says after {c.after or 'the start'}. Rename it in the grid, or use a new OUT.")
             if rec and rec.get("flags") != c.flags and (self.run_dir(c.name).exists() or rec.get("swept")):
                 old_f = rec.get("flags") or {}
                 diff = [f"--{k} {old_f.get(k)!r} -> {c.flags.get(k)!r}" for k in sorted(set(old_f) | set(c.flags))
@@ -397,13 +421,17 @@ class Search:
 
     def train(self, c: Config, action: str) -> None:
         run = self.run_dir(c.name)
+        if c.after and not run_complete(self.run_dir(c.after)):
+            raise UserError(f"{c.name} is a round after {c.after}, whose training has not finished "
+                            f"({self.run_dir(c.after)}); run {c.after} first (leave it in --only).")
         cfg = train_config(self.grid, c, run, resume=action == "resume")
         if action == "restart":
             self.log(f"[search] {c.name}: {run} holds no resumable checkpoint; starting it again")
             shutil.rmtree(run)
-        self.state["configs"][c.name] = {"flags": c.flags, "swept": False, "started": _now()}
+        self.state["configs"][c.name] = {"flags": c.flags, AFTER: c.after, "swept": False, "started": _now()}
         self._save()
-        self.log(f"[search] {c.name}: training ({'resuming' if action == 'resume' else 'from the start'}): "
+        self.log(f"[search] {c.name}: training ({'resuming' if action == 'resume' else 'from the start'}"
+                 f"{f' of a round after {c.after}' if c.after else ''}): "
                  f"{' '.join(flag_args({k: v for k, v in c.flags.items() if k not in self.common()}))}")
         if self.runner is not None:
             self.runner.release_gpu()
@@ -434,7 +462,11 @@ class Search:
         self.out.mkdir(parents=True, exist_ok=True)
         self._save()
         plan = [(c, a) for c, a in self.plan() if self.only is None or c.name in self.only]
+        planned = {c.name for c, a in plan if a != "done"}
         for c, action in plan:
+            if c.after and action != "done" and c.after not in planned and not run_complete(self.run_dir(c.after)):
+                raise UserError(f"{c.name} is a round after {c.after}, whose training has not finished "
+                                f"({self.run_dir(c.after)}); run {c.after} first (leave it in --only).")
             self.log(f"[search] {c.name}: {action}")
         start = self.evaluate_start()
         for c, action in plan:
@@ -489,7 +521,8 @@ def ranking_rows(search: Search, alpha: float = 0.05) -> list[dict]:
                          "prompt_strict": sum(b) / len(b), "start_prompt_strict": sum(a) / len(a),
                          "delta_points": round(100 * (sum(b) - sum(a)) / len(b), 2),
                          "inst_seen": ga.seen, "inst_held_out": ga.held_out, "n_prompts": len(b),
-                         "overrides": json.dumps({k: v for k, v in c.flags.items() if k not in common}, sort_keys=True),
+                         "overrides": json.dumps({**({AFTER: c.after} if c.after else {}),
+                                                  **{k: v for k, v in c.flags.items() if k not in common}}, sort_keys=True),
                          "result_dir": str(res / f"checkpoint-{step}")})
     _ifbench_columns(search, rows)
     for r, vs in zip(rows, V.compare_with_start(a, outcomes)):
@@ -646,6 +679,7 @@ def write_ranking(search: Search, alpha: float = 0.05) -> dict:
     lines += ["", "Configurations (flags that differ):", ""]
     common = search.common()
     lines += [f"- {c.name}: {' '.join(flag_args({k: v for k, v in c.flags.items() if k not in common})) or '(base)'}"
+              + (f" (a round after {c.after}: starts from its final model)" if c.after else "")
               for c in search.grid.configs]
     lines += ["", f"Paired on the same prompts; ckpt-only / start-only: prompts only the checkpoint / only the start "
                   f"follows fully. Holm over all {len(rows)} (configuration, checkpoint) pairs compared with the "
@@ -703,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         search.only = set(want) if ns.only else None
         if ns.dry_run:
             for c, action in search.plan():
-                print(f"{c.name:>32}  {action:<8}  {' '.join(flag_args(c.flags))}")
+                print(f"{c.name:>32}  {action:<8}  {f'(after {c.after}) ' if c.after else ''}{' '.join(flag_args(c.flags))}")
             return 0
         res = search.run()
     except UserError as e:

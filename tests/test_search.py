@@ -363,3 +363,58 @@ def test_ranking_guard_no_pick_when_nothing_gains_unblocked(tmp_path):
         "keep the starting model. Passed over top checkpoint-10 (higher on IFEval): " + HELD_OUT_FALL)
     assert [(r["config"], r["guard"], r["pick"]) for r in rows] == [
         ("top", "falls on held-out or IFBench (significant)", "False"), ("flat", "no gain", "False")]
+
+
+def test_round_after_starts_from_the_earlier_final_model(tiny_model_dir, tmp_path, monkeypatch):
+    """{"after": "a"}: a further round (expert iteration) trains from a's final model, is swept against the same
+    start, named in the ranking; it cannot run before a has finished."""
+    pytest.importorskip("lm_eval")
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in make_conversations(16, seed=1)))
+    grid = grid_file(tmp_path, tiny_model_dir, data)
+    g = json.loads(grid.read_text())
+    g["configs"] = [{"name": "a", "learning_rate": 1e-3}, {"name": "a_r2", "after": "a", "learning_rate": 1e-3}]
+    grid.write_text(json.dumps(g))
+    out = tmp_path / "search"
+    with pytest.raises(SystemExit) as e:  # the round alone: its first round was never trained
+        S.main([str(grid), str(out), "--only", "a_r2"])
+    assert e.value.code == 2
+    calls = Calls(monkeypatch, interrupt=False)
+    assert S.main([str(grid), str(out)]) == 0
+    assert calls.names(calls.train) == ["a", "a_r2"]
+    r2 = calls.train[1]
+    assert r2.model_name_or_path == str(out / "runs" / "a")
+    assert json.loads((out / "runs" / "a_r2" / "sft_config.json").read_text())["model_name_or_path"] == str(out / "runs" / "a")
+    rows = list(csv.DictReader((out / "ranking.csv").open()))
+    assert {(r["config"], r["checkpoint"]) for r in rows} == {("a", "checkpoint-1"), ("a", "checkpoint-2"),
+                                                              ("a_r2", "checkpoint-1"), ("a_r2", "checkpoint-2")}
+    assert {json.loads(r["overrides"]).get("after") for r in rows if r["config"] == "a_r2"} == {"a"}
+    md = (out / "ranking.md").read_text()
+    assert "- a_r2: (base) (a round after a: starts from its final model)" in md
+    assert json.loads((out / "search.json").read_text())["configs"]["a_r2"]["after"] == "a"
+    # the grid may not silently change what a trained round started from
+    g["configs"][1]["after"] = None
+    g["configs"][1].pop("after")
+    grid.write_text(json.dumps(g))
+    with pytest.raises(SystemExit) as e:
+        S.main([str(grid), str(out)])
+    assert e.value.code == 2
+
+
+def test_round_after_validation(tmp_path):
+    p = tmp_path / "g.json"
+    for cfgs, msg in (([{"name": "r2", "after": "a"}, {"name": "a"}], r"configs\[0\] \(r2\): \"after\": 'a' is not an earlier"),
+                      ([{"name": "a"}, {"name": "r2", "after": "zz"}], r"\"after\": 'zz' is not an earlier"),
+                      ([{"name": "a"}, {"name": "r2", "after": "a", "model_name_or_path": "m"}],
+                       r"give \"after\" or model_name_or_path, not both")):
+        p.write_text(json.dumps({"configs": cfgs}))
+        with pytest.raises(UserError, match=msg):
+            S.load_grid(p)
+    p.write_text(json.dumps({"configs": [{"name": "a"}, {"name": "r2", "after": "a"}], "axes": {"seed": [1, 2]}}))
+    with pytest.raises(UserError, match="cannot be combined"):
+        S.load_grid(p)
+    p.write_text(json.dumps({"configs": [{"name": "a"}, {"name": "r2", "after": "a", "augment_seed": 1}]}))
+    g = S.load_grid(p)
+    assert (g.configs[1].after, g.configs[1].flags) == ("a", {"augment_seed": 1})
+    cfg = S.train_config(g, g.configs[1], tmp_path / "runs" / "r2")
+    assert cfg.model_name_or_path == str(tmp_path / "runs" / "a")
