@@ -11,8 +11,8 @@ What it measures (GPU):
      HF finished (like-for-like ratio), variants without torch.compile / without CUDA graphs, and a timed
      decode window at full batch against its memory-traffic floor.
   3. Agreement: identical responses (token ids) fast vs HF on the prompts both generated.
-  4. With --sample: the fast backend sampling --sample-n answers per prompt (--sample-temperature, --sample-top-p)
-     against greedy over the same prompts repeated --sample-n times (the same sequences, slots and cap):
+  4. With --sample: the fast backend sampling --sample-n answers per prompt (--sample-temperature, --sample-top-p,
+     --sample-top-k) against greedy over the same prompts repeated --sample-n times (the same sequences, slots and cap):
      tokens/s and ms per decode step of each, and their ratio (the issue's bar: sampling within 1.25x of greedy).
 Prints a table last; writes bench_summary.json, fast_responses.jsonl, hf_responses.jsonl to --out-dir.
 
@@ -79,6 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--sample-n", type=int, default=4, help="--sample: answers per prompt.")
     p.add_argument("--sample-temperature", type=float, default=0.7, help="--sample: temperature (> 0).")
     p.add_argument("--sample-top-p", type=float, default=1.0, help="--sample: nucleus share (1 = no truncation).")
+    p.add_argument("--sample-top-k", type=int, default=0,
+                   help="--sample: draw among the k most likely tokens only, then top-p among them (0 = no limit).")
     p.add_argument("--out-dir", default=None, help="Where to write results ($OUT if set, else ./bench-out).")
     p.add_argument("--score", default=None, metavar="DIR",
                    help="Score DIR/fast_responses.jsonl and DIR/hf_responses.jsonl with lm-eval's checkers and exit.")
@@ -456,8 +458,9 @@ def sample_phase(b: Bench, gen) -> None:
     rows = {}
     for name, kw, prompts in (
             (f"fast greedy x{n}", {}, [p for p in ids for _ in range(n)]),
-            (f"fast sample n={n} T={args.sample_temperature} top_p={args.sample_top_p}",
-             dict(n=n, temperature=args.sample_temperature, top_p=args.sample_top_p, seed=0), ids)):
+            (f"fast sample n={n} T={args.sample_temperature} top_p={args.sample_top_p} top_k={args.sample_top_k}",
+             dict(n=n, temperature=args.sample_temperature, top_p=args.sample_top_p, top_k=args.sample_top_k,
+                  seed=0), ids)):
         with Phase(b.device) as ph:  # the timed part is the decode loop (generate_s): planning, compiling
             gen.engine.generate(prompts, progress=False, **kw)  # and capturing the sampling graph are set-up
         st = gen.engine.last_stats
@@ -473,7 +476,8 @@ def sample_phase(b: Bench, gen) -> None:
         "greedy_tokens_per_s": g["tokens_per_s"], "sample_tokens_per_s": smp["tokens_per_s"],
         "greedy_over_sample_tokens_per_s": round(g["tokens_per_s"] / max(smp["tokens_per_s"], 1e-9), 3),
         "greedy_ms_per_step": round(1000 * step(g), 3), "sample_ms_per_step": round(1000 * step(smp), 3),
-        "slots": smp["stats"]["slots"], "n": n, "temperature": args.sample_temperature, "top_p": args.sample_top_p}
+        "slots": smp["stats"]["slots"], "n": n, "temperature": args.sample_temperature, "top_p": args.sample_top_p,
+        "top_k": args.sample_top_k}
 
 
 def decode_window(b: Bench, eng) -> None:
@@ -641,7 +645,8 @@ def print_report(b: Bench) -> None:
     print(f"fast checkpoint after the first: {s['fast_ckpt2_total_s']} s (load_weights + generate)")
     if "sampling" in s:
         m = s["sampling"]
-        print(f"sampling (n={m['n']}, T={m['temperature']}, top_p={m['top_p']}, {m['slots']} slots): "
+        print(f"sampling (n={m['n']}, T={m['temperature']}, top_p={m['top_p']}, top_k={m.get('top_k', 0)}, "
+              f"{m['slots']} slots): "
               f"{m['sample_tokens_per_s']} tok/s vs greedy {m['greedy_tokens_per_s']} "
               f"(greedy/sampling tokens/s = {m['greedy_over_sample_tokens_per_s']}; issue 22's bar: at most 1.25); "
               f"decode step {m['sample_ms_per_step']} ms vs "

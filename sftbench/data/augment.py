@@ -4,7 +4,7 @@ or, for the project's own training-only types ("train:..."), by sftbench.tasks.t
 
     python -m sftbench.data.augment IN.jsonl OUT.jsonl [--fraction 0.5] [--types all] [--hold_out_types default]
                                [--seed 0] [--variants 1] [--targets data|self --model PATH --samples 4
-                               --temperature 0.7 --top_p 1.0 --multi_turn true]
+                               --temperature 0.7 --top_p 1.0 --top_k 50 --multi_turn true]
 
 For a `fraction` of the conversations (chosen with `seed`), `variants` drafts each add one to `max_constraints`
 compatible constraint types (sftbench/data/augment_types.py: templates, rewrites, CONFLICTS) to the last user turn
@@ -12,10 +12,10 @@ compatible constraint types (sftbench/data/augment_types.py: templates, rewrites
 so that it satisfies them:
 - targets "data": the dataset's own answer is rewritten;
 - targets "self": the starting model answers every variant's prompt in ONE call of an injected
-  `generate(prompts, n, temperature) -> [[answer, ...], ...]` (`samples` seeded samples at `temperature` / `top_p`;
-  the project's: project_generator); a sample that passes as it is wins, else the first that passes after the
-  same rewrite.  Multi-turn conversations too (`multi_turn`): the model answers the last user turn with the
-  earlier turns as context, and those turns are written back byte-identical.
+  `generate(prompts, n, temperature) -> [[answer, ...], ...]` (`samples` seeded samples at `temperature` /
+  `top_p` / `top_k`; the project's: project_generator); a sample that passes as it is wins, else the first that
+  passes after the same rewrite.  Multi-turn conversations too (`multi_turn`): the model answers the last user
+  turn with the earlier turns as context, and those turns are written back byte-identical.
 A variant is kept only if its answer passes the checker of every constraint it lists; a conversation with no kept
 variant stays as it was, and every reason is counted.  Every output record is
     {"messages": [...], "constraints": [{"instruction_id": ..., "kwargs": {...}}, ...]}
@@ -69,6 +69,8 @@ class AugmentConfig:
                                "each kept variant is its own record, and with --targets self all variants' prompts "
                                "are answered in one generation pass.")
     top_p: float = setting(1.0, "--targets self: nucleus sampling share (1 = the whole distribution).")
+    top_k: int = setting(50, "--targets self: sample only among the k most likely tokens, then apply top_p among "
+                             "them (0 = no limit; 50 is HF generate's default).")
     multi_turn: bool = setting(True, "--targets self: augment multi-turn conversations too (the model answers the "
                                      "last user turn with the earlier turns as context; they stay byte-identical).")
 
@@ -85,6 +87,8 @@ class AugmentConfig:
             raise UserError(f"{f('variants')} {self.variants}: give at least 1.")
         if not 0.0 < self.top_p <= 1.0:
             raise UserError(f"{f('top_p')} {self.top_p}: give a share in (0, 1].")
+        if self.top_k < 0:
+            raise UserError(f"{f('top_k')} {self.top_k}: give 0 (no limit) or more.")
         if not self.allowed(prefix):
             raise UserError(f"{f('types')} {self.types} {f('hold_out_types')} {self.hold_out_types}: no type is left to "
                             f"add (held out: {', '.join(self.held_out(prefix))}). Name other types, or pass "
@@ -439,7 +443,8 @@ def _self_answers(drafts: dict[tuple[int, int], tuple[int, Draft]], records: lis
     if own:
         if not cfg.model:
             raise UserError("--targets self needs --model PATH (the starting model whose answers are rewritten).")
-        generate = project_generator(cfg.model, cfg.max_new_tokens, seed=cfg.seed, top_p=cfg.top_p)
+        generate = project_generator(cfg.model, cfg.max_new_tokens, seed=cfg.seed, top_p=cfg.top_p,
+                                     top_k=cfg.top_k)
     order = sorted(drafts)
     prompts = [_prompt_of(records[k[0]]["messages"], drafts[k][0], drafts[k][1]) for k in order]
     cands = generate(prompts, cfg.samples, cfg.temperature) if prompts else []
@@ -513,7 +518,8 @@ def _release_device_memory() -> None:
 MAX_PROMPT_TOKENS = 1024
 
 
-def project_generator(model_path: str, max_new_tokens: int, *, seed: int = 0, top_p: float = 1.0) -> Generate:
+def project_generator(model_path: str, max_new_tokens: int, *, seed: int = 0, top_p: float = 1.0,
+                      top_k: int = 0) -> Generate:
     """The one adapter to the project's generation code: the tokenizer and chat template of sftbench.model.hf
     (as in training and evaluation), the system prompt policy and stop tokens of sftbench/engine/generate.py, and
     its generators: on a CUDA GPU the fast generator (the one the evaluation uses; greedy at temperature 0, else
@@ -550,7 +556,7 @@ def project_generator(model_path: str, max_new_tokens: int, *, seed: int = 0, to
         b = step or max(1, len(fit))
         for a in range(0, len(fit), b):
             done = backend.sample([ids[i] for i in fit[a:a + b]], k, temperature, top_p=top_p, seed=seed,
-                                  keys=keys[a:a + b])
+                                  keys=keys[a:a + b], top_k=top_k)
             for j, i in enumerate(fit[a:a + b]):
                 out[i] = ["" if c.hit_cap else c.text for c in done[j * k:(j + 1) * k]]
         return out

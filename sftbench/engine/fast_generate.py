@@ -16,11 +16,11 @@ How a `generate()` call runs
 4. `load_weights(model)` copies a new checkpoint into the same weight buffers: the captured graph and
    compiled kernels are reused, so checkpoints after the first skip all set-up.
 
-Sampling (`generate(..., n=, temperature=, top_p=, seed=)`): every prompt is prefilled once and decoded as
+Sampling (`generate(..., n=, temperature=, top_p=, top_k=, seed=)`): every prompt is prefilled once and decoded as
 `n` requests, each with its own 32-bit seed (sftbench.engine.sampling.row_seed of the run seed, the prompt's key
 and the sample number).  The decode step then takes the logits instead of their argmax and draws with
 sftbench.engine.sampling.sample_tokens (counter-based noise: no RNG state, so it is captured in the same
-kind of CUDA graph, one graph per mode).  temperature 0 never enters this branch: greedy is unchanged.
+kind of CUDA graph, one graph per (mode, top_k)).  temperature 0 never enters this branch: greedy is unchanged.
 
 Output contract (matches the hf backend's accounting): for each prompt, in input order,
 `{"token_ids": generated ids INCLUDING the stop token when one was produced and nothing after it,
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import time
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -148,6 +149,26 @@ def available_memory_bytes(device) -> int:
 
 # ----------------------------------------------------------------------------------------- generator
 
+_KEYED_SAMPLERS: dict = {}
+
+
+def keyed_sampler(use_top_p: bool, top_k: int):
+    """sample_tokens with (use_top_p, top_k) bound: f(logits, temperature, top_p, seeds, step).  Each key gets a
+    function with its own code object, because torch.compile keeps its compiled graphs (and its recompile limit)
+    per code object: one key's graphs never serve, nor crowd out, another's.  Shared by all generators, so a new
+    generator reuses what an earlier one compiled."""
+    key = (bool(use_top_p), int(top_k))
+    fn = _KEYED_SAMPLERS.get(key)
+    if fn is None:
+        def sampler(logits, temperature, top_p, seeds, step):
+            return sample_tokens(logits, temperature, top_p, seeds, step, key[0], key[1])
+
+        code = sampler.__code__.replace(co_name=f"sample_tokens_{'top_p' if key[0] else 'all'}_k{key[1]}")
+        fn = _KEYED_SAMPLERS[key] = types.FunctionType(code, sampler.__globals__, code.co_name, None,
+                                                       sampler.__closure__)
+    return fn
+
+
 def _compile_works(device) -> bool:
     from sftbench.core.capabilities import compile_works
 
@@ -211,13 +232,15 @@ class FastGenerator:
         self._compiled = False
         eps = s.rms_norm_eps
         self._eager_logits = lambda x, norm_w, lm_head: torch.nn.functional.linear(rms_norm(x, norm_w, eps), lm_head)
-        self._sample_fns = (self._eager_logits, sample_tokens)  # (logits head, sampler), compiled with the rest
+        self._sample_head = self._eager_logits  # the sampling step's logits head, compiled with the rest
+        self._samplers: dict | None = None  # None: the eager sampler; else (mode, top_k) -> its compiled sampler
         self.plan: BatchPlan | None = None
         self._graph = None
-        self._sample_graphs: dict = {}  # use_top_p -> the sampling decode window's graph
+        self._sample_graphs: dict = {}  # (mode, top_k) -> the sampling decode window's graph
         self._stage_seeds = None  # the current call's seed per request (sampling)
         self._plan_sampling = False  # the current plan holds the sampler's scratch
-        self._mode = "greedy"  # "greedy", "sample" (every top_p 1) or "sample_top_p": what _decode_step runs
+        self._mode = "greedy"  # "greedy", "sample" (every top_p 1, no top_k) or "sample_top_p": what _decode_step runs
+        self._top_k = 0  # the sampler's top_k (0: no limit) in mode "sample_top_p"; static per graph
         self.last_stats: dict = {}
 
     # ------------------------------------------------------------------ weights
@@ -348,9 +371,8 @@ class FastGenerator:
         if self._mode == "greedy":
             nxt = head(x, W.final_norm, W.lm_head)
         else:
-            logits_head, sampler = self._sample_fns
-            nxt = sampler(logits_head(x, W.final_norm, W.lm_head), self.temperature, self.top_p, self.row_seed,
-                          self.n_gen, self._mode == "sample_top_p")
+            nxt = self._sampler()(self._sample_head(x, W.final_norm, W.lm_head), self.temperature, self.top_p,
+                                  self.row_seed, self.n_gen)
         active = ~self.done
         idx = self.n_gen.clamp(max=self.max_new_tokens - 1)[:, None]
         kept = self.out.gather(1, idx)[:, 0]
@@ -369,8 +391,8 @@ class FastGenerator:
         if self.compile and not self._compiled:
             pre, post, head = self._eager_fns
             self._fns = tuple(torch.compile(f, dynamic=False, fullgraph=True) for f in (pre, post, head))
-            self._sample_fns = tuple(torch.compile(f, dynamic=False, fullgraph=True)
-                                     for f in (self._eager_logits, sample_tokens))
+            self._sample_head = torch.compile(self._eager_logits, dynamic=False, fullgraph=True)
+            self._samplers = {}
             self._compiled = True
         if not self.use_graph:
             self.last_capture_s = time.perf_counter() - t0
@@ -381,11 +403,11 @@ class FastGenerator:
                 if self._mode == "greedy":
                     self._graph = graph
                 else:
-                    self._sample_graphs[self._mode] = graph
+                    self._sample_graphs[self._graph_key()] = graph
                 break
             except Exception as e:  # a compile or kernel problem must not cost the user the run
-                if self._mode != "greedy" and self._sample_fns[1] is not sample_tokens:
-                    what, self._sample_fns = "with the sampler uncompiled", (self._eager_logits, sample_tokens)
+                if self._mode != "greedy" and self._samplers is not None:
+                    what, self._sample_head, self._samplers = "with the sampler uncompiled", self._eager_logits, None
                 elif self._fns is not self._eager_fns:
                     what, self._fns, self.compile = "without torch.compile", self._eager_fns, False
                 elif self.attention == "triton":
@@ -416,8 +438,26 @@ class FastGenerator:
         self.pos.zero_()
         return graph
 
+    def _sampler(self):
+        """The sampler of the current (mode, top_k): f(logits, temperature, top_p, seeds, step); compiled (one
+        compiled function per key) when the generator compiles."""
+        fn = keyed_sampler(self._mode == "sample_top_p", self._top_k)
+        if self._samplers is None:
+            return fn
+        key = self._graph_key()
+        if key not in self._samplers:
+            self._samplers[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+        return self._samplers[key]
+
+    def _graph_key(self) -> tuple:
+        """Which captured sampling graph the current mode replays: one per (mode, top_k)."""
+        return (self._mode, self._top_k)
+
+    def _current_graph(self):
+        return self._graph if self._mode == "greedy" else self._sample_graphs.get(self._graph_key())
+
     def _run_window(self) -> None:
-        graph = self._graph if self._mode == "greedy" else self._sample_graphs.get(self._mode)
+        graph = self._current_graph()
         if graph is not None:
             graph.replay()
         else:
@@ -428,15 +468,19 @@ class FastGenerator:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], progress: bool = True, *, n: int = 1, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, keys: list | None = None) -> list[dict]:
+                 top_p: float = 1.0, seed: int = 0, keys: list | None = None, top_k: int = 0) -> list[dict]:
         """Continuations of every prompt (token id lists), in input order: greedy (temperature 0, one per prompt:
         the path this engine always had), or `n` samples per prompt at `temperature` / `top_p`, returned
         prompt-major (prompt 0's samples 0..n-1, then prompt 1's, ...).  Sample k of a prompt is seeded by
-        row_seed(seed, keys[i] (default: the prompt's index), k), so it does not depend on the batch."""
+        row_seed(seed, keys[i] (default: the prompt's index), k), so it does not depend on the batch.
+        top_k > 0: draw only among the k most likely tokens, then top_p among them (0 or >= vocabulary: no limit)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {top_k}")
+        top_k = int(top_k) if int(top_k) < self.shape.vocab_size else 0  # >= vocabulary: no limit
         if keys is not None and len(keys) != len(prompt_ids):
             raise ValueError(f"{len(keys)} keys for {len(prompt_ids)} prompts")
         sampling = temperature > 0
@@ -445,20 +489,21 @@ class FastGenerator:
             return [dict(o, token_ids=list(o["token_ids"])) for o in out for _ in range(n)] if n > 1 else out
         keys = list(range(len(prompt_ids))) if keys is None else keys
         seeds = [row_seed(seed, key, k) for key in keys for k in range(n)]
-        return self._generate(prompt_ids, progress, n, (float(temperature), float(top_p), seeds))
+        return self._generate(prompt_ids, progress, n, (float(temperature), float(top_p), seeds, top_k))
 
     def _generate(self, prompt_ids: list[list[int]], progress: bool, copies: int, sampling) -> list[dict]:
-        """copies: decodes per prompt; sampling: None (greedy) or (temperature, top_p, seeds per request)."""
+        """copies: decodes per prompt; sampling: None (greedy) or (temperature, top_p, seeds per request, top_k)."""
         n = len(prompt_ids) * copies  # requests
         if n == 0:
             return []
         self._check_prompts(prompt_ids)
         t_start = time.perf_counter()
-        self._mode = "greedy"
+        self._mode, self._top_k = "greedy", 0
         setup_s = self._ensure_plan(prompt_ids, n, sampling is not None)
         if sampling is not None:
-            self._mode = "sample_top_p" if sampling[1] < 1.0 else "sample"
-            if self.use_graph and self._mode not in self._sample_graphs:
+            self._top_k = int(sampling[3]) if len(sampling) > 3 else 0
+            self._mode = "sample_top_p" if sampling[1] < 1.0 or self._top_k > 0 else "sample"
+            if self.use_graph and self._graph_key() not in self._sample_graphs:
                 t0 = time.perf_counter()
                 self._warm_and_capture()
                 setup_s += time.perf_counter() - t0
@@ -499,7 +544,8 @@ class FastGenerator:
         t_end = time.perf_counter()
         self.last_stats = self._stats(results, t_start, t_loop, t_end, setup_s, stage, steps, windows)
         self.last_stats["mode"] = self._mode
-        self._mode = "greedy"
+        self.last_stats["top_k"] = self._top_k
+        self._mode, self._top_k = "greedy", 0
         return results
 
     def _check_prompts(self, prompt_ids: list[list[int]]) -> None:
@@ -574,7 +620,8 @@ class FastGenerator:
                 m = len(req[sl])
                 first[sl] = sample_tokens(logits[rows[sl]], self.temperature[:1].expand(m), self.top_p[:1].expand(m),
                                           torch.tensor([stage.seeds[q] for q in req[sl]], device=self.device),
-                                          torch.zeros(m, dtype=torch.long, device=self.device), self._mode == "sample_top_p")
+                                          torch.zeros(m, dtype=torch.long, device=self.device),
+                                          use_top_p=self._mode == "sample_top_p", top_k=self._top_k)
             stage.first = torch.zeros(stage.n * c, dtype=torch.long, device=self.device)
             stage.first[torch.tensor(req, device=self.device)] = first
         # request i * copies + k: stage row r; its first token is stage.first[r] (greedy) or stage.first[request]
@@ -614,7 +661,7 @@ class FastGenerator:
             "hit_cap": sum(r["hit_cap"] for r in results),
             "slots": self.plan.slots,
             "compiled": bool(self.compile),
-            "cuda_graph": (self._graph if self._mode == "greedy" else self._sample_graphs.get(self._mode)) is not None,
+            "cuda_graph": self._current_graph() is not None,
             "attention": self.attention,
             "num_splits": self.num_splits,
             "plan": asdict(self.plan),

@@ -90,7 +90,7 @@ class Generator:
 
         g.load(model)                                  # (re)load weights: same architecture, new checkpoint
         g.generate(prompt_ids, max_new_tokens=None)    # [Completion] in input order; None = spec's cap
-        g.sample(prompt_ids, n, temperature, top_p=1.0, seed=0, keys=None, max_new_tokens=None)
+        g.sample(prompt_ids, n, temperature, top_p=1.0, seed=0, keys=None, max_new_tokens=None, top_k=0)
                                                        # n [Completion] per prompt, prompt-major
 
     A backend implements `_generate_ids` (raw generated ids per prompt) and `_sample_ids`; stopping, hit_cap
@@ -116,17 +116,21 @@ class Generator:
         return [self.complete(ids, cap) for ids in self._generate_ids(prompt_ids, cap, **kw)]
 
     def sample(self, prompt_ids: list[list[int]], n: int, temperature: float, *, top_p: float = 1.0, seed: int = 0,
-               keys: list | None = None, max_new_tokens: int | None = None) -> list[Completion]:
+               keys: list | None = None, max_new_tokens: int | None = None, top_k: int = 0) -> list[Completion]:
         """n answers per prompt, prompt-major (prompt i's are [i*n, (i+1)*n)); keys: per-prompt seed keys
-        (default: the prompt's index), so a prompt keeps its samples when the others change."""
+        (default: the prompt's index), so a prompt keeps its samples when the others change.  top_k > 0: draw
+        among the k most likely tokens only, then top_p among them (0: no limit)."""
+        if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {top_k}")
         cap = max_new_tokens or self.spec.max_new_tokens
         if temperature <= 0:
             return [c for c in self.generate(prompt_ids, cap) for _ in range(n)]
         keys = list(range(len(prompt_ids))) if keys is None else list(keys)
-        rows = self._sample_ids(prompt_ids, cap, n, float(temperature), float(top_p), int(seed), keys)
+        rows = self._sample_ids(prompt_ids, cap, n, float(temperature), float(top_p), int(seed), keys, int(top_k))
         return [self.complete(ids, cap) for ids in rows]
 
-    def _sample_ids(self, prompt_ids, max_new_tokens, n, temperature, top_p, seed, keys) -> list[list[int]]:
+    def _sample_ids(self, prompt_ids, max_new_tokens, n, temperature, top_p, seed, keys,
+                    top_k: int = 0) -> list[list[int]]:
         raise NotImplementedError
 
     def complete(self, gen_ids: Sequence[int], max_new_tokens: int) -> Completion:
@@ -174,7 +178,8 @@ class HFGenerator(Generator):
         # Rows that stopped early are padded by generate; `finish` cuts at the first stop token anyway.
         return out[:, width:].tolist()
 
-    def _sample_ids(self, prompt_ids, max_new_tokens, n, temperature, top_p, seed, keys) -> list[list[int]]:
+    def _sample_ids(self, prompt_ids, max_new_tokens, n, temperature, top_p, seed, keys,
+                    top_k: int = 0) -> list[list[int]]:
         """Greedy generate() over scores that SampleLogitsProcessor made one-hot on sample_tokens' draw."""
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
@@ -184,7 +189,7 @@ class HFGenerator(Generator):
         input_ids, attn, dev = self._left_padded([p for p in prompt_ids for _ in range(n)])
         width = input_ids.shape[1]
         proc = SampleLogitsProcessor([row_seed(seed, key, k) for key in keys for k in range(n)], temperature, top_p,
-                                     width)
+                                     width, top_k=top_k)
         gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                               eos_token_id=list(self.spec.stop_ids), pad_token_id=self.spec.pad_id)
         with torch.inference_mode():
@@ -213,12 +218,13 @@ class FastBackend(Generator):
                              f"not {max_new_tokens}")
         return [list(o["token_ids"]) for o in self.engine.generate(prompt_ids, progress=False)]
 
-    def _sample_ids(self, prompt_ids, max_new_tokens, n, temperature, top_p, seed, keys) -> list[list[int]]:
+    def _sample_ids(self, prompt_ids, max_new_tokens, n, temperature, top_p, seed, keys,
+                    top_k: int = 0) -> list[list[int]]:
         if max_new_tokens > self.engine.max_new_tokens:
             raise ValueError(f"the fast engine was built for max_new_tokens {self.engine.max_new_tokens}, "
                              f"not {max_new_tokens}")
         out = self.engine.generate(prompt_ids, progress=False, n=n, temperature=temperature, top_p=top_p, seed=seed,
-                                   keys=keys)
+                                   keys=keys, top_k=top_k)
         return [list(o["token_ids"][:max_new_tokens]) for o in out]
 
 

@@ -10,6 +10,8 @@ generation step, v), computed with integer tensor ops.  So
 A token is drawn with the Gumbel-max trick: argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T).
 Rows with temperature 0 take argmax(logits) exactly.  Top-p (nucleus) keeps the smallest set of most likely
 tokens whose probability reaches top_p (the most likely token is always kept); top_p >= 1 keeps everything.
+top_k > 0 (HF generate's semantics) first keeps the k most likely tokens, then applies top-p among them renormalised;
+it only touches those k columns (torch.topk, noise for k columns), which avoids sorting the whole vocabulary.
 """
 
 from __future__ import annotations
@@ -30,11 +32,18 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def uniform_noise(seeds: torch.Tensor, step: torch.Tensor, vocab: int) -> torch.Tensor:
-    """[B, vocab] float32 uniforms in (0, 1), a pure function of (seeds [B] int64, step [B] int64, column)."""
+def uniform_noise(seeds: torch.Tensor, step: torch.Tensor, vocab: "int | torch.Tensor") -> torch.Tensor:
+    """Float32 uniforms in (0, 1), a pure function of (seeds [B] int64, step [B] int64, column).
+
+    vocab: an int V (every column: [B, V]) or an int64 tensor of column indices, [B, k] (per row) or [k]
+    (shared): [B, k].  A column's value is the same either way."""
     base = _mix32(_mix32(seeds) ^ _mix32(step * 0x2545F491 + 0x6A09E667))  # step < 2^32: product < 2^62
-    cols = torch.arange(vocab, device=seeds.device, dtype=torch.int64) * 0x27D4EB2D
-    h = _mix32(_mix32(base[:, None] + cols[None, :]) + 0x3C6EF372)
+    if isinstance(vocab, torch.Tensor):
+        cols = vocab.to(torch.int64) * 0x27D4EB2D
+        cols = cols if cols.dim() == 2 else cols[None, :]
+    else:
+        cols = (torch.arange(vocab, device=seeds.device, dtype=torch.int64) * 0x27D4EB2D)[None, :]
+    h = _mix32(_mix32(base[:, None] + cols) + 0x3C6EF372)
     return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
 
@@ -50,17 +59,30 @@ def top_p_keep(scaled: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
 
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, seeds: torch.Tensor,
-                  step: torch.Tensor, use_top_p: bool = True) -> torch.Tensor:
+                  step: torch.Tensor, use_top_p: bool = True, top_k: int = 0) -> torch.Tensor:
     """Next tokens [B] int64.
 
     logits [B, V] (any float dtype; computed in float32), temperature [B] (0 = greedy), top_p [B] in (0, 1],
     seeds [B] int64 in [0, 2^32) (one per (prompt, sample)), step [B] int64 (tokens the row generated so far).
     use_top_p=False skips the nucleus's sort (a caller that knows every top_p is 1); graph-capturable either way.
+    top_k (a Python int, static): 0 < top_k < V draws only among the k most likely tokens (then top-p within those,
+    renormalised), computing the noise for those k columns only; 0 or >= V: no limit (the full-vocabulary path).
     """
     logits = logits.float()
     greedy = torch.argmax(logits, dim=-1)
     hot = temperature > 0
     scaled = logits / torch.where(hot, temperature, torch.ones_like(temperature))[:, None]
+    top_k = int(top_k)
+    if 0 < top_k < logits.shape[-1]:
+        vals, cols = torch.topk(scaled, top_k, dim=-1, largest=True, sorted=True)  # [B, k], descending
+        if use_top_p:
+            probs = torch.softmax(vals, dim=-1)
+            before = torch.cumsum(probs, dim=-1) - probs
+            drop = (before >= top_p[:, None]) & (top_p[:, None] < 1.0)
+            vals = vals.masked_fill(drop, float("-inf"))
+        gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, cols)))
+        drawn = cols.gather(1, torch.argmax(vals + gumbel, dim=-1, keepdim=True))[:, 0]
+        return torch.where(hot, drawn, greedy)
     if use_top_p:
         scaled = scaled.masked_fill(~top_p_keep(scaled, top_p), float("-inf"))
     gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, logits.shape[-1])))
@@ -80,15 +102,18 @@ class SampleLogitsProcessor:
     generate samples exactly as the fast generator does.  Rows are (prompt, sample) in generate's order;
     `prompt_width` is the padded prompt length (the step = tokens generated so far)."""
 
-    def __init__(self, seeds: list[int], temperature: float, top_p: float, prompt_width: int):
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, prompt_width: int, top_k: int = 0):
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {top_k}")
         self.seeds = torch.tensor(seeds, dtype=torch.int64)
         self.temperature, self.top_p, self.prompt_width = float(temperature), float(top_p), int(prompt_width)
+        self.top_k = int(top_k)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         B, dev = scores.shape[0], scores.device
         step = torch.full((B,), input_ids.shape[1] - self.prompt_width, dtype=torch.int64, device=dev)
         tok = sample_tokens(scores, torch.full((B,), self.temperature, device=dev),
                             torch.full((B,), self.top_p, device=dev), self.seeds.to(dev), step,
-                            use_top_p=self.top_p < 1.0)
+                            use_top_p=self.top_p < 1.0 or self.top_k > 0, top_k=self.top_k)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter(1, tok[:, None], 0.0)
