@@ -8,7 +8,8 @@ GRID (JSON):
      "eval":    {sweep/eval flag: value, ...},       # passed to every sweep (sftbench.eval.sweep / sftbench/eval/run.py flags)
      "configs": [{"name": "lr2e-5", trainer flag: value, ...}, ...],   # named overrides, and/or
      "axes":    {trainer flag: [value, ...], ...}}   # a product (crossed with each named config, if any)
-A named configuration may say {"after": "NAME"} (an earlier configuration): a further round of training
+"extends": "OTHER.json" (a path relative to the grid file) starts from another grid: its base and eval updated by
+this file's, its configurations followed by this file's.  A named configuration may say {"after": "NAME"} (an earlier configuration): a further round of training
 (expert iteration) that starts from NAME's final model instead of --model_name_or_path; with
 --augment_targets self that model answers this round's constraint prompts (give another --augment_seed for
 other variants), the passing answers are this round's added data, and training continues from its weights.
@@ -92,21 +93,44 @@ def _product_names(axes: dict[str, list]) -> list[tuple[str, dict]]:
             for combo in itertools.product(*(axes[k] for k in keys))]
 
 
-def load_grid(path: str | Path, cli_flags: dict[str, Any] | None = None) -> Grid:
-    """Read and validate a grid file (UserError naming the file and the entry)."""
+def _raw_grid(p: Path, seen: tuple = ()) -> dict:
+    """The grid file's JSON object, with "extends": "OTHER.json" (a path relative to this file) resolved: the other
+    grid's base and eval updated by this one's, its configurations followed by this one's."""
     from sftbench.core.io import read_json
-    from sftbench.config.train import TrainConfig
 
-    p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: grid file not found. Give a JSON file with \"base\" flags and \"configs\" and/or \"axes\".")
     g = read_json(p)
-    if not isinstance(g, dict) or not ({"configs", "axes"} & set(g)):
+    if not isinstance(g, dict) or not ({"configs", "axes", "extends"} & set(g)):
         raise UserError(f"{p}: a grid is a JSON object with \"base\" (trainer flags), \"eval\" (sweep flags) and "
                         f"\"configs\" (a list of named overrides) and/or \"axes\" ({{flag: [values]}}).")
-    unknown = set(g) - {"base", "eval", "configs", "axes", "description"}
+    unknown = set(g) - {"base", "eval", "configs", "axes", "description", "extends"}
     if unknown:
-        raise UserError(f"{p}: unknown top-level key(s) {sorted(unknown)}; use base, eval, configs, axes, description.")
+        raise UserError(f"{p}: unknown top-level key(s) {sorted(unknown)}; use base, eval, configs, axes, description, "
+                        f"extends.")
+    if "extends" not in g:
+        return g
+    if not isinstance(g["extends"], str) or p.resolve() in seen:
+        raise UserError(f"{p}: \"extends\" must name another grid file (a path relative to this one), without a cycle.")
+    parent = _raw_grid(p.parent / g["extends"], seen + (p.resolve(),))
+    if "axes" in g or "axes" in parent:
+        raise UserError(f"{p}: \"extends\" and \"axes\" cannot be combined; list the configurations by name.")
+    for key in ("base", "eval"):
+        if not isinstance(g.get(key, {}), dict) or not isinstance(parent.get(key, {}), dict):
+            raise UserError(f"{p}: \"{key}\" must be an object (here and in the grid it extends).")
+    configs = g.get("configs", [])
+    if not isinstance(configs, list):
+        raise UserError(f"{p}: \"configs\" must be a list of named overrides.")
+    return {"base": {**parent.get("base", {}), **g.get("base", {})}, "eval": {**parent.get("eval", {}), **g.get("eval", {})},
+            "configs": list(parent.get("configs") or []) + configs}
+
+
+def load_grid(path: str | Path, cli_flags: dict[str, Any] | None = None) -> Grid:
+    """Read and validate a grid file (UserError naming the file and the entry)."""
+    from sftbench.config.train import TrainConfig
+
+    p = Path(path)
+    g = _raw_grid(p)
     fields = set(TrainConfig().to_dict())  # the trainer's flat flag names (sub-configs walked)
 
     def check_flags(d: Any, where: str) -> dict:

@@ -418,3 +418,30 @@ def test_round_after_validation(tmp_path):
     assert (g.configs[1].after, g.configs[1].flags) == ("a", {"augment_seed": 1})
     cfg = S.train_config(g, g.configs[1], tmp_path / "runs" / "r2")
     assert cfg.model_name_or_path == str(tmp_path / "runs" / "a")
+
+
+def test_grid_extends_another_and_the_shipped_rounds_grid(tmp_path):
+    parent = tmp_path / "p.json"
+    parent.write_text(json.dumps({"base": {"max_steps": 3, "seed": 1}, "eval": {"limit": 2},
+                                  "configs": [{"name": "a", "learning_rate": 1e-5}]}))
+    child = tmp_path / "c.json"
+    child.write_text(json.dumps({"extends": "p.json", "base": {"seed": 2}, "eval": {"max_new_tokens": 8},
+                                 "configs": [{"name": "a_r2", "after": "a"}]}))
+    g = S.load_grid(child)
+    assert [(c.name, c.after, c.flags) for c in g.configs] == [
+        ("a", None, {"max_steps": 3, "seed": 2, "learning_rate": 1e-5}), ("a_r2", "a", {"max_steps": 3, "seed": 2})]
+    assert g.eval == {"limit": 2, "max_new_tokens": 8}
+    child.write_text(json.dumps({"extends": "c.json", "configs": []}))
+    with pytest.raises(UserError, match="without a cycle"):
+        S.load_grid(child)
+    child.write_text(json.dumps({"extends": "nope.json"}))
+    with pytest.raises(UserError, match=r"nope.json: grid file not found"):
+        S.load_grid(child)
+    # the shipped rounds grid: the default grid's configurations, unchanged, then the second round
+    default = S.load_grid(ROOT / "sftbench" / "grids" / "default.json")
+    rounds = S.load_grid(ROOT / "sftbench" / "grids" / "rounds.json")
+    assert [(c.name, c.flags) for c in rounds.configs[:-1]] == [(c.name, c.flags) for c in default.configs]
+    assert rounds.eval == default.eval
+    r2 = rounds.configs[-1]
+    assert (r2.name, r2.after, r2.flags["augment_seed"], r2.flags["augment_targets"]) == \
+        ("lr4e-5_self_v8_r2", "lr4e-5_self_v8", 1, "self")
