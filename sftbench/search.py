@@ -9,10 +9,11 @@ GRID (JSON):
      "configs": [{"name": "lr2e-5", trainer flag: value, ...}, ...],   # named overrides, and/or
      "axes":    {trainer flag: [value, ...], ...}}   # a product (crossed with each named config, if any)
 "extends": "OTHER.json" (a path relative to the grid file) starts from another grid: its base and eval updated by
-this file's, its configurations followed by this file's.  A named configuration may say {"after": "NAME"} (an earlier configuration): a further round of training
-(expert iteration) that starts from NAME's final model instead of --model_name_or_path; with
---augment_targets self that model answers this round's constraint prompts (give another --augment_seed for
-other variants), the passing answers are this round's added data, and training continues from its weights.
+this file's, its configurations followed by this file's.  A named configuration may say {"after": "NAME"} (an
+earlier configuration): a further round of training (expert iteration) that starts from NAME's final model
+instead of --model_name_or_path; with --augment_targets self that model answers this round's constraint prompts
+(give another --augment_seed for other variants), the passing answers are this round's added data, and training
+continues from its weights.
 A flag with value true/false is a boolean; null passes `none`.  TRAINER FLAGS after OUT override the grid's
 base for every configuration (e.g. --data_path, --model_name_or_path); OUT/runs/<name> is each --output_dir.
 
@@ -443,11 +444,16 @@ class Search:
             self._sweep("the sweep of the starting model", empty, res)
         return res / "checkpoint-0"
 
-    def train(self, c: Config, action: str) -> None:
-        run = self.run_dir(c.name)
-        if c.after and not run_complete(self.run_dir(c.after)):
+    def check_first_round(self, c: Config) -> None:
+        """A round (c.after) starts from the earlier configuration's final model: UserError until it exists."""
+        if not run_complete(self.run_dir(c.after)):
             raise UserError(f"{c.name} is a round after {c.after}, whose training has not finished "
                             f"({self.run_dir(c.after)}); run {c.after} first (leave it in --only).")
+
+    def train(self, c: Config, action: str) -> None:
+        run = self.run_dir(c.name)
+        if c.after:
+            self.check_first_round(c)
         cfg = train_config(self.grid, c, run, resume=action == "resume")
         if action == "restart":
             self.log(f"[search] {c.name}: {run} holds no resumable checkpoint; starting it again")
@@ -488,9 +494,8 @@ class Search:
         plan = [(c, a) for c, a in self.plan() if self.only is None or c.name in self.only]
         planned = {c.name for c, a in plan if a != "done"}
         for c, action in plan:
-            if c.after and action != "done" and c.after not in planned and not run_complete(self.run_dir(c.after)):
-                raise UserError(f"{c.name} is a round after {c.after}, whose training has not finished "
-                                f"({self.run_dir(c.after)}); run {c.after} first (leave it in --only).")
+            if c.after and action != "done" and c.after not in planned:
+                self.check_first_round(c)  # before any work: the round before it will not run here
             self.log(f"[search] {c.name}: {action}")
         start = self.evaluate_start()
         for c, action in plan:
