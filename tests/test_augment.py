@@ -96,12 +96,21 @@ CASES = [
     ('train:wrap_tag', {'tag': 'reply'},
      '<reply>\nParis is the capital of France. It has about 2,100,000 residents, many museums, and the Seine river. Visitors love the food.\n</reply>',
      {'tag': 'reply'}),
+    ('train:max_paragraph_sentences', {},
+     'Paris is the capital of France. It has about 2,100,000 residents, many museums, and the Seine river. Visitors love the food.',
+     {'max_sentences': 4}),
+    ('train:no_char', {'char': '!'},
+     'Paris is the capital of France. It has about 2,100,000 residents, many museums, and the Seine river. Visitors love the food.',
+     {'char': '!'}),
+    ('train:line_prefix', {'prefix': '| '},
+     '| Paris is the capital of France. It has about 2,100,000 residents, many museums, and the Seine river. Visitors love the food.',
+     {'prefix': '| '}),
 ]
 
 
 def test_every_type_has_a_fixed_case():
     assert sorted(c[0] for c in CASES) == sorted(T.TYPES)
-    assert len(T.TYPES) == 24  # 19 IFEval types + 5 of the project's own (issue 22)
+    assert len(T.TYPES) == 27  # 19 IFEval types + 8 of the project's own (issue 22)
 
 
 @pytest.mark.parametrize("iid,planned,expected,kwargs", CASES, ids=[c[0] for c in CASES])

@@ -8,9 +8,9 @@ A type is an IFEval instruction id plus four pieces:
   the word count it stays under); None when no honest value exists;
 - `templates`: the project's own phrasings ("{kwarg}" placeholders), keyed by relation where there is one.
   None of them is IFEval's or IFBench's prompt text.
-Rewrites run in `ORDER` (cuts first, then text-wide edits, structure, additions, case, wrapping), so each
-later step keeps what the earlier ones produced.  Keys starting with "_" in kwargs are internal (how many
-sentences to keep, the title text) and never reach the checker or the output.
+Rewrites run in `ORDER` (cuts first, then text-wide edits, structure, additions, case, line prefixes,
+wrapping), so each later step keeps what the earlier ones produced.  Keys starting with "_" in kwargs are
+internal (how many sentences to keep, the title text) and never reach the checker or the output.
 
 `CONFLICTS` lists the pairs that cannot share one answer, and why; `HELD_OUT` the IFEval types the default
 augmentation never trains, so the report can measure them apart (`split_by_seen`).
@@ -396,6 +396,65 @@ def tag_rewrite(text: str, kw: dict) -> str:
     return f"<{kw['tag']}>\n{text.strip()}\n</{kw['tag']}>"
 
 
+LINE_PREFIXES = ("> ", ">> ", "| ")  # not "- " or "* ": IFEval's bullet checker counts lines starting with those
+NO_CHARS = {"!": ".", ";": ",", ":": " -"}  # the character a reply must avoid -> what the rewrite writes instead
+
+
+def _plan_prefix(answer, request, rng):
+    return None if _has_code(answer) else {"prefix": rng.choice(LINE_PREFIXES)}
+
+
+def prefix_rewrite(text: str, kw: dict) -> str:
+    """Every non-empty line behind the prefix; blank (or all-space) lines become empty."""
+    return "\n".join(kw["prefix"] + ln if ln.strip() else "" for ln in text.split("\n"))
+
+
+def _plan_no_char(answer, request, rng):
+    """One of NO_CHARS at random; not ":" when the answer has one inside a token (a URL, a time like 10:30),
+    which " -" would mangle."""
+    if _has_code(answer):
+        return None
+    pool = [c for c in NO_CHARS if c != ":" or not re.search(r"\S:\S", answer)]
+    return {"char": rng.choice(pool)}
+
+
+def no_char_rewrite(text: str, kw: dict) -> str:
+    """The character replaced ("!" -> ".", ";" -> ",", ":" -> " -"); no replacement contains any of NO_CHARS."""
+    c = kw["char"]
+    if c == "!":
+        return re.sub(r"!+", ".", re.sub(r"([?.])!+", r"\1", text))
+    if c == ";":
+        return re.sub(r"[ \t]*;", ",", text)
+    # a colon opening a line is dropped: " -" there would read as a "-" bullet to IFEval's bullet checker
+    text = re.sub(r"(?m)^([ \t]*):+[ \t]*", r"\1", text)
+    return re.sub(r"[ \t]*:+", " -", text)
+
+
+def _fin_no_char(text, kw, rng, util):
+    """The planned character if the final text is free of it; else (a later addition, e.g. the start phrase
+    "Short answer first:" or a title taken from a "Title: ..." heading, brought it back) another of NO_CHARS the
+    final text does not use; None when it uses all three."""
+    if kw["char"] not in text:
+        return kw
+    absent = [c for c in NO_CHARS if c not in text]
+    return {**kw, "char": rng.choice(absent)} if absent else None
+
+
+def _plan_paragraph_sentences(answer, request, rng):
+    """Only answers of two or more paragraphs (a one-paragraph answer would make it a plain sentence cap, which
+    length_constraints:number_sentences trains) and without code (punkt's sentences mean little there)."""
+    return None if _has_code(answer) or len(paragraphs(answer)) < 2 else {}
+
+
+def _fin_paragraph_sentences(text, kw, rng, util):
+    """The longest paragraph's sentence count in the final text, plus 0 or 1; None when it is over 8 (no longer a
+    short-paragraph constraint).  A final text that a cut left with one paragraph still gets its honest cap."""
+    from sftbench.tasks.train_constraints import paragraph_sentences
+
+    counts = paragraph_sentences(text)
+    return {**kw, "max_sentences": max(counts) + rng.randint(0, 1)} if counts and max(counts) <= 8 else None
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The types
 # ------------------------------------------------------------------------------------------------------------
@@ -442,6 +501,16 @@ _TYPES = [
     ConstraintType("train:max_sentence_words", {"": (
         "Keep every sentence to at most {max_words} words.", "No sentence in your reply may run longer than {max_words} words.",
         "Write short sentences: {max_words} words per sentence at most.")}, _plan_text_edit, finalize=_fin_sentence_words),
+    ConstraintType("train:max_paragraph_sentences", {"": (
+        "Keep each paragraph to {max_sentences} sentences or fewer.",
+        "No paragraph of your answer may hold more than {max_sentences} sentences.",
+        "Write in short paragraphs, at most {max_sentences} sentences apiece.")}, _plan_paragraph_sentences,
+        finalize=_fin_paragraph_sentences),
+    ConstraintType("train:no_char", {"": (
+        "Do not use the character \"{char}\" anywhere in your reply.",
+        "Your answer must not contain a single \"{char}\" character.",
+        "Leave out the symbol \"{char}\" entirely when you write the response.")}, _plan_no_char, no_char_rewrite,
+        _fin_no_char, changes_text=True),
     ConstraintType("punctuation:no_comma", {"": (
         "Do not put a single comma anywhere in the reply.", "Write the answer without using any commas.",
         "Avoid commas entirely.", "No commas are allowed in your response.")}, _plan_text_edit, no_comma,
@@ -499,6 +568,11 @@ _TYPES = [
         "Write the entire response in capital letters.", "Reply in English using ALL CAPS only.",
         "Every letter of your answer must be uppercase.")}, _plan_text_edit, lambda t, kw: t.upper(),
         changes_text=True),
+    ConstraintType("train:line_prefix", {"": (
+        "Begin every line of text in your reply with \"{prefix}\" (blank lines may stay empty).",
+        "Each non-empty line of the answer has to start with the marker \"{prefix}\".",
+        "Put \"{prefix}\" in front of every line you write; leave empty lines as they are.")},
+        _plan_prefix, prefix_rewrite),
     ConstraintType("startend:quotation", {"": (
         "Put the whole reply inside double quotation marks.", "Wrap your entire answer in double quotes.",
         "Enclose the complete response in a pair of double quotes.")}, _plan_always,
@@ -534,7 +608,8 @@ _TYPES = [
         finalize=_fin_letter),
 ]
 TYPES: dict[str, ConstraintType] = {t.iid: t for t in _TYPES}
-# Pipeline position of each type: cuts, text edits, structure, highlights, title, repeat, additions, case, wraps.
+# Pipeline position of each type: cuts, text edits, structure, highlights, title, repeat, additions, case,
+# line prefixes, wraps.
 ORDER: tuple[str, ...] = tuple(t.iid for t in _TYPES)
 
 _SHAPE = {"length_constraints:number_paragraphs", "detectable_format:multiple_sections",
@@ -565,6 +640,15 @@ def _conflict_pairs() -> set[frozenset]:
         "the tags open and close the reply, in lowercase")
     add("train:no_digits", ["detectable_format:multiple_sections", "detectable_format:title"],
         "section numbers; a title taken from the request may hold digits")
+    add("train:line_prefix", ["startend:quotation", "train:wrap_tag", "train:start_phrase", "detectable_format:title",
+                              "length_constraints:number_paragraphs", "detectable_format:multiple_sections",
+                              "detectable_format:number_bullet_lists"],
+        "the prefix comes first on every line: nothing else can open the reply (quotes, tag, phrase, a title that "
+        "should begin it) and markers read at a line's start (the *** divider, 'SECTION n', '* ' bullets) are hidden")
+    add("train:max_paragraph_sentences", ["detectable_format:number_bullet_lists"],
+        "the bullets join the whole answer into a single paragraph")
+    # train:no_char: its rewrite runs before the additions and _fin_no_char switches to another absent character
+    # when one of them brings the planned one back; its ";" -> "," runs before punctuation:no_comma removes commas.
     # Repeating the request puts the user's own text first: it may carry commas or capitals, and it counts
     # towards lengths and keywords; keep it with the additions that cannot interfere.
     add("combination:repeat_prompt", set(TYPES) - {"detectable_format:title", "detectable_content:postscript",

@@ -12,7 +12,12 @@ Types (kwargs):
 - train:wrap_tag {tag}: the stripped reply starts with <tag> and ends with </tag>;
 - train:max_sentence_words {max_words}: no sentence (NLTK punkt, as IFEval counts sentences) has more than
   max_words words (words: runs of letters, digits and apostrophes);
-- train:no_digits {}: no character 0-9 anywhere.
+- train:no_digits {}: no character 0-9 anywhere;
+- train:line_prefix {prefix}: every non-empty line (one with a non-space character) starts with the prefix
+  ("> ", ">> " or "| "), and there is at least one such line;
+- train:no_char {char}: the (non-blank) reply never contains the character ("!", ";" or ":");
+- train:max_paragraph_sentences {max_sentences}: every paragraph (the stripped text split on blank lines,
+  non-empty parts) has at most max_sentences sentences (NLTK punkt, as above), and there is at least one.
 The tests (tests/test_augment.py, tests/test_train_constraints.py) check that none of these ids is an IFEval or
 IFBench test instruction id.
 """
@@ -64,12 +69,34 @@ def no_digits(response: str, kw: dict) -> bool:
     return bool(response.strip()) and not re.search(r"[0-9]", response)
 
 
+def line_prefix(response: str, kw: dict) -> bool:
+    lines = [ln for ln in response.splitlines() if ln.strip()]
+    return bool(lines) and all(ln.startswith(kw["prefix"]) for ln in lines)
+
+
+def no_char(response: str, kw: dict) -> bool:
+    return bool(response.strip()) and kw["char"] not in response
+
+
+def paragraph_sentences(text: str) -> list[int]:
+    """Sentences per paragraph of `text` (paragraphs: split on blank lines, empty ones dropped; punkt sentences)."""
+    return [len(_sentences(p.strip())) for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+
+
+def max_paragraph_sentences(response: str, kw: dict) -> bool:
+    counts = paragraph_sentences(response)
+    return bool(counts) and max(counts) <= int(kw["max_sentences"])
+
+
 CHECKERS: dict[str, Callable[[str, dict], bool]] = {
     "train:start_phrase": start_phrase,
     "train:end_with_question": end_with_question,
     "train:wrap_tag": wrap_tag,
     "train:max_sentence_words": max_sentence_words,
     "train:no_digits": no_digits,
+    "train:line_prefix": line_prefix,
+    "train:no_char": no_char,
+    "train:max_paragraph_sentences": max_paragraph_sentences,
 }
 
 
