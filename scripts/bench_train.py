@@ -814,8 +814,8 @@ def parse(argv=None):
                    help="trl_search: gc:MB,...;nogc:MB,... micro-batches with gradient checkpointing on / off, each "
                         "direction ascending and stopped at its first setting that does not finish (out of memory)")
     p.add_argument("--peak-tflops", type=float, default=790.0,
-                   help="peak dense TFLOP/s for the MFU column (790: bf16 matrix products measured on the H200 box; "
-                        "give your GPU's, e.g. 65 for a T4 in fp16)")
+                   help="peak dense TFLOP/s the MFU column divides by (where the default comes from: docs/bench_train.md); "
+                        "give your GPU's")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16"],
                    help="reference, fast and fast@ rows (unless the row says :fp16/:bf16): autocast dtype (fp16 with a "
                         "gradient scaler)")

@@ -490,3 +490,20 @@ def test_conversation_func_composes_the_data_config():
     assert (cfg.model_max_length, cfg.data_path, cfg.tokenizer) == (77, "d.jsonl", TODAY_DEFAULTS["model_name_or_path"])
     src = open(__import__("sftbench.data.cli", fromlist=["x"]).__file__).read()
     assert "sftbench.config" not in src
+
+
+def test_argparse_help_strings_of_every_module_and_script_are_free_of_dated_figures():
+    """The hand-written argparse CLIs too (scripts/, the search, the sweep...): every `help=` string constant."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bad = []
+    for f in sorted([*root.joinpath("sftbench").rglob("*.py"), *root.joinpath("scripts").glob("*.py")]):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.keyword) and node.arg == "help":
+                text = " ".join(c.value for c in ast.walk(node.value)
+                                if isinstance(c, ast.Constant) and isinstance(c.value, str))
+                if re.search(DATED, text.replace("%(default)s", "").replace("%%", "")):
+                    bad.append(f"{f.relative_to(root)}:{node.value.lineno}: {text}")
+    assert not bad, "\n".join(bad)
