@@ -40,7 +40,7 @@ import torch
 from sftbench.engine.fast_attention import HAVE_TRITON, decode_attention_torch, decode_attention_triton, pick_num_splits
 from sftbench.engine.fast_llama import DecodeWeights, LlamaShape, make_layer_fns, prefill, rms_norm, rope_tables
 from sftbench.model.hf import finish
-from sftbench.engine.sampling import row_seed, sample_tokens
+from sftbench.engine.sampling import checked_top_k, row_seed, sample_tokens
 from sftbench.core.errors import UserError
 
 GIB = 1024**3
@@ -478,9 +478,8 @@ class FastGenerator:
             raise ValueError(f"n must be >= 1, got {n}")
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {top_k}")
-        top_k = int(top_k) if int(top_k) < self.shape.vocab_size else 0  # >= vocabulary: no limit
+        top_k = checked_top_k(top_k)
+        top_k = top_k if top_k < self.shape.vocab_size else 0  # >= vocabulary: no limit
         if keys is not None and len(keys) != len(prompt_ids):
             raise ValueError(f"{len(keys)} keys for {len(prompt_ids)} prompts")
         sampling = temperature > 0
@@ -501,7 +500,7 @@ class FastGenerator:
         self._mode, self._top_k = "greedy", 0
         setup_s = self._ensure_plan(prompt_ids, n, sampling is not None)
         if sampling is not None:
-            self._top_k = int(sampling[3]) if len(sampling) > 3 else 0
+            self._top_k = sampling[3]
             self._mode = "sample_top_p" if sampling[1] < 1.0 or self._top_k > 0 else "sample"
             if self.use_graph and self._graph_key() not in self._sample_graphs:
                 t0 = time.perf_counter()

@@ -120,13 +120,14 @@ class Generator:
         """n answers per prompt, prompt-major (prompt i's are [i*n, (i+1)*n)); keys: per-prompt seed keys
         (default: the prompt's index), so a prompt keeps its samples when the others change.  top_k > 0: draw
         among the k most likely tokens only, then top_p among them (0: no limit)."""
-        if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {top_k}")
+        from sftbench.engine.sampling import checked_top_k  # lazy: torch
+
+        top_k = checked_top_k(top_k)
         cap = max_new_tokens or self.spec.max_new_tokens
         if temperature <= 0:
             return [c for c in self.generate(prompt_ids, cap) for _ in range(n)]
         keys = list(range(len(prompt_ids))) if keys is None else list(keys)
-        rows = self._sample_ids(prompt_ids, cap, n, float(temperature), float(top_p), int(seed), keys, int(top_k))
+        rows = self._sample_ids(prompt_ids, cap, n, float(temperature), float(top_p), int(seed), keys, top_k)
         return [self.complete(ids, cap) for ids in rows]
 
     def _sample_ids(self, prompt_ids, max_new_tokens, n, temperature, top_p, seed, keys,

@@ -58,6 +58,13 @@ def top_p_keep(scaled: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return ~drop
 
 
+def checked_top_k(top_k) -> int:
+    """top_k as an int; ValueError unless it is an integer >= 0 (0: no limit)."""
+    if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0, got {top_k}")
+    return int(top_k)
+
+
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, seeds: torch.Tensor,
                   step: torch.Tensor, use_top_p: bool = True, top_k: int = 0) -> torch.Tensor:
     """Next tokens [B] int64.
@@ -103,11 +110,9 @@ class SampleLogitsProcessor:
     `prompt_width` is the padded prompt length (the step = tokens generated so far)."""
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float, prompt_width: int, top_k: int = 0):
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
         self.seeds = torch.tensor(seeds, dtype=torch.int64)
         self.temperature, self.top_p, self.prompt_width = float(temperature), float(top_p), int(prompt_width)
-        self.top_k = int(top_k)
+        self.top_k = checked_top_k(top_k)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         B, dev = scores.shape[0], scores.device
