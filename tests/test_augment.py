@@ -333,11 +333,15 @@ def test_cli_on_demo_data(tmp_path, capsys, checker):
     assert f"kept {stats['kept']}" in capsys.readouterr().out
 
 
-def test_project_generator_adapter_on_the_tiny_model(tiny_model_dir):
+def test_project_generator_adapter_on_the_tiny_model(tiny_model_dir, capsys):
     gen = A.project_generator(str(tiny_model_dir), max_new_tokens=5)
     out = gen(["Tell me a story.", "Hi"], 3, 0.8)
     assert len(out) == 2 and [len(s) for s in out] == [3, 3]
     assert all(isinstance(t, str) for s in out for t in s)
+    # says what it is about to do before the (on a CPU, minutes of) generation
+    assert "[augment] answering 2 prompts x 3 on cpu (hf generator)" in capsys.readouterr().err
+    gen(["p%d" % i for i in range(20)], 1, 0.0)
+    assert "[augment] answering 20 prompts x 1 on cpu (hf generator, batches of 16)" in capsys.readouterr().err
 
 
 def test_augment_cached(tmp_path, checker):

@@ -528,6 +528,7 @@ def project_generator(model_path: str, max_new_tokens: int, *, seed: int = 0, to
     else is generated with it.  An answer that ran to the cap comes back as "" (it never stopped: training on it
     would teach answers that never end)."""
     import torch  # lazy: the augmentation CLI and the trainer's rule-based path need no torch
+    from tqdm.auto import tqdm
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = load_tokenizer(model_path, padding_side="left", log=lambda m: print(f"[augment] {m}", file=sys.stderr))
@@ -554,11 +555,18 @@ def project_generator(model_path: str, max_new_tokens: int, *, seed: int = 0, to
         k = n if temperature > 0 else 1  # greedy: one answer (n would be n copies of it)
         out: list[list[str]] = [[""] * k for _ in prompts]
         b = step or max(1, len(fit))
+        print(f"[augment] answering {len(fit)} prompts x {k} on {dev.type} ({backend.name} generator"
+              f"{', batches of %d' % b if b < len(fit) else ''})", file=sys.stderr)
+        # a bar where the answers come in batches (the CPU path: minutes), on a terminal only (disable=None)
+        bar = tqdm(total=len(fit), desc="augment: answers", unit="prompt", file=sys.stderr,
+                   disable=True if b >= len(fit) else None)
         for a in range(0, len(fit), b):
             done = backend.sample([ids[i] for i in fit[a:a + b]], k, temperature, top_p=top_p, seed=seed,
                                   keys=keys[a:a + b], top_k=top_k)
             for j, i in enumerate(fit[a:a + b]):
                 out[i] = ["" if c.hit_cap else c.text for c in done[j * k:(j + 1) * k]]
+            bar.update(len(fit[a:a + b]))
+        bar.close()
         return out
 
     return gen
