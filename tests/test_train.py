@@ -391,3 +391,23 @@ def test_presets_are_flag_lists_that_launch(tiny_model_dir, tmp_path):
     cfg = json.loads((out / "sft_config.json").read_text())
     assert (cfg["effective_batch"], cfg["gradient_accumulation_steps"], cfg["max_rounds"]) == (32, 32, 4)
     assert cfg["precision"] == "fp32" and cfg["model_max_length"] == 128
+
+
+def test_prepare_model_checkpoints_every_layer_without_deprecation_warnings():
+    """--gradient_checkpointing reaches every decoder layer through transformers' current API (the old name warns
+    that it goes away in v6: users must not see that on every run)."""
+    import warnings
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sftbench.train.step import prepare_model
+
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        prepare_model(m, SimpleNamespace(gradient_checkpointing=True, method="full"), torch.device("cpu"))
+    assert [layer.gradient_checkpointing for layer in m.model.layers] == [True, True]
+    assert m.config.use_cache is False and m.training

@@ -31,7 +31,11 @@ def prepare_model(model, cfg, device: torch.device):
     (non-reentrant) when --gradient_checkpointing, on the device in train mode.  Returns the model."""
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers renamed it (the old name warns of its removal in v6); older releases have only the old one
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method == "lora":
             model.enable_input_require_grads()
     return model.to(device).train()
