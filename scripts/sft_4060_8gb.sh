@@ -6,15 +6,7 @@
 #   unset MODEL / DATA: TrainConfig's defaults; NPROC=N: N GPUs through accelerate, same effective batch)
 # Engine: auto = the fast engine on a CUDA GPU (packed 16384-token micro-batches, layers checkpointed to stay
 # under --vram_target_gib 6), the reference engine on CPU.
-# Measured on one H100 capped to 8 GiB (set_per_process_memory_fraction), real SmolLM2-135M-Instruct, 450
-# real chat conversations (capybara + kto), effective batch 64, 2026-11-24:
-#   --engine reference: 1.2k-2.0k real tokens/s, peak torch 2.90 GiB allocated, NVML 5.20 GiB.
-#   --engine fast, 25 of 30 layers checkpointed (8 GiB plan): ~124k real tokens/s (97k-170k over steps 2-6),
-#     peak torch 5.20 GiB, NVML 6.61 GiB; first-step losses equal the reference's to 1e-3.
-#   default (6 GiB plan = all 30 layers checkpointed, varlen attention, fused projections), freshly started
-#     machine (cold compile cache), random-init SmolLM2-135M shape, same data: first step 20.4 s (compiling),
-#     then 130k real tokens/s over steps 3-8, peak torch 3.95 GiB, NVML 5.57 GiB (session 2, .gpu-min runs).
-#     With FlexAttention (--attention flex) the cold first step took 247 s; see docs/gpu_results.md.
+# Measured speed and memory of the presets as shipped: docs/gpu_results.md (GPU, date and command beside each).
 # The flags: sftbench/presets.py (PRESETS["4060_8gb"], shared with `sftbench train --preset 4060_8gb`); everything
 # else is TrainConfig's default (python train_hw_parallel.py --help).
 PRESET=4060_8gb

@@ -507,3 +507,17 @@ def test_argparse_help_strings_of_every_module_and_script_are_free_of_dated_figu
                 if re.search(DATED, text.replace("%(default)s", "").replace("%%", "")):
                     bad.append(f"{f.relative_to(root)}:{node.value.lineno}: {text}")
     assert not bad, "\n".join(bad)
+
+
+def test_preset_launchers_headers_are_free_of_dated_figures():
+    """The sft_*.sh launchers only override flags: their header comments (what a user reads before running one) say
+    what the preset does and point at docs/gpu_results.md for measurements, which age there with their dates."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    launchers = sorted(root.joinpath("scripts").glob("sft_*.sh"))
+    assert len(launchers) == 3
+    for f in launchers:
+        comments = " ".join(line for line in f.read_text(encoding="utf-8").splitlines() if line.startswith("#"))
+        assert not re.search(DATED + r"|tokens/s|GiB", comments), f.name
+        assert "docs/gpu_results.md" in comments, f.name
