@@ -50,12 +50,17 @@ def uniform_noise(seeds: torch.Tensor, step: torch.Tensor, vocab: "int | torch.T
 def top_p_keep(scaled: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """[B, V] bool: the tokens the nucleus keeps for each row of temperature-scaled float32 logits.  A token is
     dropped when the probability of the tokens ranked above it already reaches top_p; rows with top_p >= 1 keep all."""
-    probs = torch.softmax(scaled, dim=-1)
-    sorted_p, idx = torch.sort(probs, dim=-1, descending=True)
-    before = torch.cumsum(sorted_p, dim=-1) - sorted_p
-    drop_sorted = (before >= top_p[:, None]) & (top_p[:, None] < 1.0)
+    sorted_p, idx = torch.sort(torch.softmax(scaled, dim=-1), dim=-1, descending=True)
+    drop_sorted = _nucleus_drop(sorted_p, top_p)
     drop = torch.zeros_like(drop_sorted).scatter(1, idx, drop_sorted)
     return ~drop
+
+
+def _nucleus_drop(sorted_p: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """[B, n] bool over probabilities sorted descending: the nucleus rule (dropped when the probability ranked
+    above already reaches top_p; rows with top_p >= 1 drop nothing)."""
+    before = torch.cumsum(sorted_p, dim=-1) - sorted_p
+    return (before >= top_p[:, None]) & (top_p[:, None] < 1.0)
 
 
 def checked_top_k(top_k) -> int:
@@ -83,10 +88,7 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.
     if 0 < top_k < logits.shape[-1]:
         vals, cols = torch.topk(scaled, top_k, dim=-1, largest=True, sorted=True)  # [B, k], descending
         if use_top_p:
-            probs = torch.softmax(vals, dim=-1)
-            before = torch.cumsum(probs, dim=-1) - probs
-            drop = (before >= top_p[:, None]) & (top_p[:, None] < 1.0)
-            vals = vals.masked_fill(drop, float("-inf"))
+            vals = vals.masked_fill(_nucleus_drop(torch.softmax(vals, dim=-1), top_p), float("-inf"))
         gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, cols)))
         drawn = cols.gather(1, torch.argmax(vals + gumbel, dim=-1, keepdim=True))[:, 0]
         return torch.where(hot, drawn, greedy)
