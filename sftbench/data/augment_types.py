@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from random import Random
 from typing import Callable, Iterable
 
+from sftbench.tasks.train_constraints import paragraph_sentences, paragraphs
+
 # IFEval instruction types the default augmentation never adds: 5 of IFEval's 25 (a fifth), one in each of
 # five categories, so that an IFEval gain on them can only come from transfer, not from training on the type.
 # Two of them are types we can write (quotation, multiple_sections), three we cannot yet; the report splits
@@ -76,10 +78,6 @@ def _punkt(cls, _cache={}):
     if "t" not in _cache:
         _cache["t"] = cls("english")
     return _cache["t"]
-
-
-def paragraphs(text: str) -> list[str]:
-    return [p.strip() for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
 
 
 def _words(text: str) -> list[str]:
@@ -449,8 +447,6 @@ def _plan_paragraph_sentences(answer, request, rng):
 def _fin_paragraph_sentences(text, kw, rng, util):
     """The longest paragraph's sentence count in the final text, plus 0 or 1; None when it is over 8 (no longer a
     short-paragraph constraint).  A final text that a cut left with one paragraph still gets its honest cap."""
-    from sftbench.tasks.train_constraints import paragraph_sentences
-
     counts = paragraph_sentences(text)
     return {**kw, "max_sentences": max(counts) + rng.randint(0, 1)} if counts and max(counts) <= 8 else None
 

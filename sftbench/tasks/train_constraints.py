@@ -78,9 +78,14 @@ def no_char(response: str, kw: dict) -> bool:
     return bool(response.strip()) and kw["char"] not in response
 
 
+def paragraphs(text: str) -> list[str]:
+    """The stripped text split on blank lines, each part stripped, empty ones dropped."""
+    return [p.strip() for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+
+
 def paragraph_sentences(text: str) -> list[int]:
-    """Sentences per paragraph of `text` (paragraphs: split on blank lines, empty ones dropped; punkt sentences)."""
-    return [len(_sentences(p.strip())) for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    """Sentences per paragraph of `text` (`paragraphs`; punkt sentences)."""
+    return [len(_sentences(p)) for p in paragraphs(text)]
 
 
 def max_paragraph_sentences(response: str, kw: dict) -> bool:
